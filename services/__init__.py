@@ -1,0 +1,1 @@
+"""tailsynth services: api gateway, generator, OOD filter and trainer workers."""

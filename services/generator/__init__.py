@@ -1,0 +1,1 @@
+"""Generator worker: class-conditional inpainting diffusion (train, sample, record)."""

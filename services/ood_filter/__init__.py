@@ -1,0 +1,1 @@
+"""OOD filter worker: calibrated post-selection with a memorisation guard."""

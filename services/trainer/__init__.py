@@ -1,0 +1,1 @@
+"""Trainer worker: timm classifiers, baselines, metrics with intervals, AAS rounds."""

@@ -1,0 +1,1 @@
+"""tailsynth: the library common to the services (settings, DB, storage, Celery, image IO)."""
