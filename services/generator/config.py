@@ -1,0 +1,179 @@
+"""Configuration of a class-conditional inpainting diffusion generator trained from scratch.
+
+One frozen dataclass holds everything that shapes the model and its training run; it is
+dumped as JSON next to every checkpoint (timm habit) so a checkpoint can be rebuilt and
+audited without the code that wrote it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+MIN_RESOLUTION = 32
+MAX_RESOLUTION = 256
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    """Model and training settings.
+
+    Attributes:
+        resolution: side of the square training/sampling images in pixels, 32-256 (16 is
+            accepted only for tests, see ``allow_tiny``); must be divisible by the total
+            downsampling factor of the UNet (and of the VAE in latent mode).
+        channels: image channels, 1 (grayscale, chest X-ray) or 3 (RGB, dermoscopy).
+        num_classes: number of real classes; the class embedding has one extra row, the
+            "null" class ``num_classes`` used for classifier-free guidance.
+        block_out_channels: UNet width per resolution level; its length sets the number
+            of down/up blocks (each but the last halves the resolution).
+        layers_per_block: ResNet layers per UNet block.
+        attention_levels: indices of levels that use attention blocks (costly at high
+            resolution; the lowest-resolution level by default).
+        latent: train in the latent space of an ``AutoencoderKL`` (larger images, GPU).
+        vae_block_out_channels: VAE width per level (latent mode only); the VAE
+            downsamples by ``2 ** (len(vae_block_out_channels) - 1)``.
+        latent_channels: channels of the VAE latent.
+        vae_path: directory of a pretrained ``AutoencoderKL`` (``save_pretrained``
+            layout); ``None`` builds an untrained one from the config, which is only
+            useful for tests - a latent generator needs a trained autoencoder.
+        num_train_timesteps: length of the DDPM forward process.
+        beta_schedule: diffusers beta schedule name.
+        class_dropout: probability, 0-1, that a training label is replaced by the null
+            class so the same network learns p(x) and p(x|y) (classifier-free guidance).
+        full_mask_probability: probability, 0-1, that a training example gets an
+            all-ones mask (nothing known), so the model also serves unconditional
+            "generate" and "img2img" modes.
+        mask_loss_weight: weight (>= 1) of the masked (painted) region in the per-pixel
+            noise-prediction loss; unmasked pixels have weight 1. See ``training.py``.
+        learning_rate, adam_weight_decay, lr_scheduler, lr_warmup_steps: optimiser.
+        batch_size, max_train_steps: training length in optimiser steps.
+        ema_decay: decay of the exponential moving average of the weights (diffusers
+            ``EMAModel``); the EMA weights are the ones sampled from.
+        checkpoint_every: write a checkpoint every this many steps (and at the end,
+            and when canceled).
+        keep_checkpoints: how many of the newest checkpoints to keep on disk.
+        mixed_precision: ``"bf16"`` autocast on CUDA, ``"no"`` for fp32; ignored on CPU.
+        seed: seed of every random draw of the run (init, batches, noise, dropout).
+    """
+
+    resolution: int = 32
+    channels: int = 3
+    num_classes: int = 2
+    block_out_channels: tuple[int, ...] = (32, 64, 64)
+    layers_per_block: int = 1
+    attention_levels: tuple[int, ...] = (2,)
+    latent: bool = False
+    vae_block_out_channels: tuple[int, ...] = (32, 64)
+    latent_channels: int = 4
+    vae_path: str | None = None
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "squaredcos_cap_v2"
+    class_dropout: float = 0.1
+    full_mask_probability: float = 0.1
+    mask_loss_weight: float = 4.0
+    learning_rate: float = 2e-4
+    adam_weight_decay: float = 1e-2
+    lr_scheduler: str = "constant_with_warmup"
+    lr_warmup_steps: int = 50
+    batch_size: int = 32
+    max_train_steps: int = 1000
+    ema_decay: float = 0.999
+    checkpoint_every: int = 250
+    keep_checkpoints: int = 2
+    mixed_precision: Literal["no", "bf16"] = "bf16"
+    seed: int = 0
+    allow_tiny: bool = False
+    class_names: tuple[str, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        # Tuples survive a JSON round trip as lists; normalise so equality holds.
+        for name in ("block_out_channels", "attention_levels", "vae_block_out_channels",
+                     "class_names"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        self.validate()
+
+    @property
+    def null_class_id(self) -> int:
+        """Row of the class embedding that means "no class" (classifier-free guidance)."""
+        return self.num_classes
+
+    @property
+    def vae_scale_factor(self) -> int:
+        """Pixel-to-latent downsampling of the VAE; 1 in pixel space."""
+        return 2 ** (len(self.vae_block_out_channels) - 1) if self.latent else 1
+
+    @property
+    def unet_downsampling(self) -> int:
+        """Total downsampling of the UNet (every block but the last halves H and W)."""
+        return 2 ** (len(self.block_out_channels) - 1)
+
+    @property
+    def model_channels(self) -> int:
+        """Channels of the diffused tensor: image channels, or latent channels."""
+        return self.latent_channels if self.latent else self.channels
+
+    @property
+    def sample_size(self) -> int:
+        """Spatial side of the diffused tensor (pixels, or latent cells)."""
+        return self.resolution // self.vae_scale_factor
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first inconsistent setting."""
+        low = 16 if self.allow_tiny else MIN_RESOLUTION
+        if not low <= self.resolution <= MAX_RESOLUTION:
+            raise ValueError(f"resolution must be in [{low}, {MAX_RESOLUTION}], got {self.resolution}")
+        factor = self.unet_downsampling * self.vae_scale_factor
+        if self.resolution % factor:
+            raise ValueError(
+                f"resolution {self.resolution} is not divisible by the downsampling factor "
+                f"{factor} (UNet {self.unet_downsampling} x VAE {self.vae_scale_factor}); "
+                f"use a multiple of {factor} or fewer blocks"
+            )
+        if self.channels not in (1, 3):
+            raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {self.channels}")
+        if self.num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
+        if self.class_names and len(self.class_names) != self.num_classes:
+            raise ValueError(
+                f"{len(self.class_names)} class names given for num_classes={self.num_classes}"
+            )
+        if not self.block_out_channels or any(c <= 0 for c in self.block_out_channels):
+            raise ValueError(f"block_out_channels must be positive, got {self.block_out_channels}")
+        if any(not 0 <= i < len(self.block_out_channels) for i in self.attention_levels):
+            raise ValueError(
+                f"attention_levels {self.attention_levels} out of range for "
+                f"{len(self.block_out_channels)} levels"
+            )
+        for name in ("class_dropout", "full_mask_probability"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.mask_loss_weight < 1.0:
+            raise ValueError(f"mask_loss_weight must be >= 1, got {self.mask_loss_weight}")
+        for name in ("batch_size", "max_train_steps", "checkpoint_every", "keep_checkpoints",
+                     "num_train_timesteps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.mixed_precision not in ("no", "bf16"):
+            raise ValueError(f"mixed_precision must be 'no' or 'bf16', got {self.mixed_precision!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GeneratorConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown generator config keys: {sorted(unknown)}")
+        return cls(**data)
+
+    @classmethod
+    def from_json(cls, path: Path) -> GeneratorConfig:
+        return cls.from_dict(json.loads(path.read_text()))

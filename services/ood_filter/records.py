@@ -1,0 +1,118 @@
+"""Plain records of a filtering run, ready for the lead to store in Postgres.
+
+Nothing here knows about the database: every field is a builtin (``str``, ``int``,
+``float``, ``bool``, ``dict``) so ``dataclasses.asdict`` gives a JSON-able row.
+
+Score convention (all detectors): **higher = more in-distribution / more acceptable**.
+A candidate passes a detector when ``score >= threshold``.
+
+Reason precedence, when several checks fail at once, is
+``near_copy`` > ``off_class`` > ``ood``: a memorised copy of a patient's image is a
+privacy leak whatever else is true of it, an image of the wrong class is a label error
+even if it looks in-distribution, and ``ood`` covers every remaining detector failure
+(including "ranked below the keep cut" under a keep-fraction or target-count rule).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class Reason(StrEnum):
+    """Why a candidate was kept or rejected (stored verbatim)."""
+
+    KEPT = "kept"
+    NEAR_COPY = "near_copy"
+    OFF_CLASS = "off_class"
+    OOD = "ood"
+
+
+@dataclass(frozen=True)
+class CandidateRecord:
+    """The verdict on one candidate image.
+
+    Attributes:
+        index: Position of the candidate in the scored stream (0-based, in input order).
+        class_index: The class the candidate was generated for.
+        scores: Detector name -> raw score (higher = more in-distribution; units differ
+            per detector, e.g. negative squared Mahalanobis distance, probability).
+        thresholds: Detector name -> the threshold the raw score was compared with.
+        percentiles: Detector name -> the score's percentile among the class's real
+            validation images, in [0, 1] (0.5 = scores like a median real image).
+        combined_score: Mean of ``percentiles`` over detectors, in [0, 1]; used for
+            ranking and AUROC.
+        nearest_train_similarity: Cosine similarity of the candidate's features to the
+            nearest real training image, in [-1, 1].
+        nearest_train_index: Row of that training image in the fitted training set.
+        copy_similarity_threshold: Similarity at or above which the candidate counts as a
+            near copy (from the training images' own nearest-neighbour similarities).
+        phash_distance: Smallest Hamming distance (bits, 0-64) between the candidate's
+            perceptual hash and any training image's hash in any of its 8 flips/rotations.
+        phash_threshold: Hamming distance at or below which the candidate is a near copy.
+        kept: Whether the candidate is in the curated set.
+        reason: Why (see module docstring for precedence).
+    """
+
+    index: int
+    class_index: int
+    scores: dict[str, float]
+    thresholds: dict[str, float]
+    percentiles: dict[str, float]
+    combined_score: float
+    nearest_train_similarity: float
+    nearest_train_index: int
+    copy_similarity_threshold: float
+    phash_distance: int
+    phash_threshold: int
+    kept: bool
+    reason: Reason
+
+
+@dataclass(frozen=True)
+class ClassCalibration:
+    """The thresholds one class was filtered with, and how they were set.
+
+    Attributes:
+        class_index: The class.
+        thresholds: Detector name -> threshold on the raw score.
+        tail_quantile: The common lower quantile of each detector's real-validation
+            scores used as its threshold, in [0, 1).
+        target_keep_rate: Fraction of real validation images asked to pass every
+            detector at once.
+        validation_keep_rate: Fraction that actually did (>= target up to ties).
+        n_train: Real training images the detectors were fitted on.
+        n_validation: Real validation images the thresholds were set from.
+    """
+
+    class_index: int
+    thresholds: dict[str, float]
+    tail_quantile: float
+    target_keep_rate: float
+    validation_keep_rate: float
+    n_train: int
+    n_validation: int
+
+
+@dataclass(frozen=True)
+class FilterOutcome:
+    """Every candidate's record plus counts; the curated set is ``kept_indices``.
+
+    Attributes:
+        class_index: The class the candidates were generated for.
+        rule: Human-readable selection rule, e.g. ``"calibrated"`` or ``"keep_fraction=0.4"``.
+        calibration: Thresholds in force.
+        records: One record per candidate, in input order.
+        counts: Reason -> number of candidates (all four reasons present).
+    """
+
+    class_index: int
+    rule: str
+    calibration: ClassCalibration
+    records: list[CandidateRecord]
+    counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def kept_indices(self) -> list[int]:
+        """Indices (input order) of the kept candidates."""
+        return [record.index for record in self.records if record.kept]

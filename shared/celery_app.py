@@ -1,0 +1,80 @@
+"""The Celery application: four queues, JSON only, late acks, one task at a time.
+
+Queues: ``ingest`` (light work: dataset ingest, demo data), ``generate`` (GPU),
+``filter`` and ``train``. Tasks are sent by name with the job id as their only
+argument (workers re-read the job row; no image bytes or ORM objects travel).
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+from kombu import Queue
+
+from shared.settings import Settings
+
+QUEUES = ("ingest", "generate", "filter", "train")
+
+TASK_MODULES = (
+    "shared.ingest.tasks",
+    "services.generator.tasks",
+    "services.ood_filter.tasks",
+    "services.trainer.tasks",
+)
+
+
+class BrokerConfigError(RuntimeError):
+    """The broker settings would make long tasks run twice; refused at start-up."""
+
+
+def check_visibility_timeout(settings: Settings) -> None:
+    """Refuse a Redis visibility timeout shorter than the longest task time limit.
+
+    Redis re-delivers a task that is not acknowledged within the visibility timeout;
+    with ``acks_late`` a five-hour training task would otherwise be handed to a second
+    worker while the first is still running it.
+    """
+    if settings.resolved_broker_url.startswith(("redis://", "rediss://")):
+        longest = settings.longest_task_time_limit_s
+        if settings.broker_visibility_timeout_s < longest:
+            raise BrokerConfigError(
+                f"broker visibility timeout {settings.broker_visibility_timeout_s}s is shorter "
+                f"than the longest task time limit {longest}s; raise "
+                "TAILSYNTH_BROKER_VISIBILITY_TIMEOUT_S or lower the time limits"
+            )
+
+
+def create_celery_app(settings: Settings, *, include_tasks: bool = False) -> Celery:
+    check_visibility_timeout(settings)
+    app = Celery("tailsynth", include=list(TASK_MODULES) if include_tasks else [])
+    transport_options: dict[str, object] = {}
+    if settings.resolved_broker_url.startswith("filesystem"):
+        folder = settings.broker_folder
+        for sub in ("in", "processed"):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+        transport_options = {
+            "data_folder_in": str(folder / "in"),
+            "data_folder_out": str(folder / "in"),
+            "processed_folder": str(folder / "processed"),
+            "store_processed": False,
+        }
+    else:
+        transport_options = {"visibility_timeout": settings.broker_visibility_timeout_s}
+        if settings.broker_key_prefix:
+            transport_options["global_keyprefix"] = settings.broker_key_prefix
+    app.conf.update(
+        broker_url=settings.resolved_broker_url,
+        broker_transport_options=transport_options,
+        broker_connection_retry_on_startup=True,
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,  # results live in the job rows, not in Celery
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_queues=[Queue(name) for name in QUEUES],
+        task_default_queue="ingest",
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+    )
+    return app

@@ -1,0 +1,1 @@
+"""Dataset ingest: safe archive reading, the four label formats, splits, the ingest task."""

@@ -1,0 +1,231 @@
+"""The job system: rows first, then tasks; progress, cancel, and a reaper.
+
+A job row is committed before its task is sent (:func:`dispatch`). If the process
+dies between the two, the row stays with ``dispatched_at`` empty and the reaper sends
+it later (:func:`reap`). The reaper also re-sends a running job whose heartbeat has
+gone stale (its worker died) — safe because every task is idempotent.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from celery import Celery
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.errors import Conflict, TailsynthError
+from shared.models import Job, JobState, utcnow
+
+log = logging.getLogger(__name__)
+
+# Task names and their queues: the API sends by name, so it never imports worker code.
+TASK_QUEUES: dict[str, str] = {
+    "tailsynth.ingest_dataset": "ingest",
+    "tailsynth.train_generator": "generate",
+    "tailsynth.register_generator": "generate",
+    "tailsynth.synthesize": "generate",
+    "tailsynth.filter_candidates": "filter",
+    "tailsynth.run_experiment": "train",
+}
+
+
+class JobCanceled(Exception):
+    """Raised inside a task when the user asked to cancel; finished work is kept."""
+
+
+def create_job(
+    session: Session,
+    *,
+    tenant_id: uuid.UUID,
+    kind: str,
+    task_name: str,
+    params: dict[str, Any] | None = None,
+    total: int = 0,
+) -> Job:
+    """Add a queued job to ``session`` (the caller commits, then calls :func:`dispatch`)."""
+    job = Job(
+        tenant_id=tenant_id,
+        kind=kind,
+        task_name=task_name,
+        queue=TASK_QUEUES[task_name],
+        params=params or {},
+        total=total,
+        state=JobState.QUEUED,
+        stage="queued",
+    )
+    session.add(job)
+    session.flush()
+    return job
+
+
+def dispatch(celery: Celery, factory: sessionmaker[Session], job_id: uuid.UUID) -> None:
+    """Send the task of a committed job and record that the broker took it."""
+    with factory() as session:
+        job = session.get(Job, job_id)
+        if job is None or job.state.is_final:
+            return
+        celery.send_task(job.task_name, args=[str(job.id)], queue=job.queue)
+        job.dispatched_at = utcnow()
+        session.commit()
+
+
+def request_cancel(session: Session, job: Job) -> Job:
+    """Cancel: a queued job ends at once; a running one stops at its next checkpoint."""
+    if job.state.is_final:
+        raise Conflict(f"job {job.id} is already {job.state.value}; nothing to cancel")
+    if job.state == JobState.QUEUED:
+        job.state = JobState.CANCELED
+        job.stage = "canceled"
+        job.finished_at = utcnow()
+    job.cancel_requested = True
+    return job
+
+
+def reap(celery: Celery, factory: sessionmaker[Session], *, lease_s: int, grace_s: float = 5.0) -> int:
+    """Send jobs a crash left unsent, and re-send running jobs whose worker went silent.
+
+    Returns how many tasks were sent. Safe to run from several processes at once:
+    a doubled send only re-runs an idempotent task.
+    """
+    now = utcnow()
+    stale = now - timedelta(seconds=lease_s)
+    with factory() as session:
+        unsent = select(Job.id).where(
+            Job.state == JobState.QUEUED,
+            Job.dispatched_at.is_(None),
+            Job.created_at < now - timedelta(seconds=grace_s),
+        )
+        lost = select(Job.id).where(
+            ((Job.state == JobState.RUNNING) & (Job.heartbeat_at < stale))
+            | ((Job.state == JobState.QUEUED) & (Job.dispatched_at < stale))
+        )
+        job_ids = list(session.scalars(unsent)) + list(session.scalars(lost))
+    for job_id in job_ids:
+        log.warning("reaper: (re)sending job %s", job_id)
+        dispatch(celery, factory, job_id)
+    return len(job_ids)
+
+
+@dataclass
+class JobContext:
+    """What a running task uses to report progress and notice a cancel request.
+
+    Each report is its own short transaction, so progress is visible while the task's
+    work goes on, and doubles as the heartbeat the reaper watches.
+    """
+
+    job_id: uuid.UUID
+    factory: sessionmaker[Session]
+    params: dict[str, Any] = field(default_factory=dict)
+    attempts: int = 0
+    _last_cancel_check: datetime | None = None
+
+    def progress(self, done: int, total: int | None = None, stage: str | None = None) -> None:
+        values: dict[str, Any] = {"done": done, "heartbeat_at": utcnow()}
+        if total is not None:
+            values["total"] = total
+        if stage is not None:
+            values["stage"] = stage
+        with self.factory.begin() as session:
+            session.execute(update(Job).where(Job.id == self.job_id).values(**values))
+
+    def should_cancel(self) -> bool:
+        with self.factory() as session:
+            return bool(
+                session.scalar(select(Job.cancel_requested).where(Job.id == self.job_id))
+            )
+
+    def check_cancel(self) -> None:
+        if self.should_cancel():
+            raise JobCanceled()
+
+
+def run_job(
+    factory: sessionmaker[Session],
+    job_id: str,
+    work: Callable[[JobContext], dict[str, Any]],
+) -> None:
+    """Run ``work`` for a job, moving it through its states. Idempotent per job.
+
+    A job already final is left alone (a duplicate delivery); a job already running is
+    resumed (its worker died and the task came back); ``work`` must itself skip what
+    an earlier attempt finished and recorded.
+    """
+    jid = uuid.UUID(job_id)
+    with factory.begin() as session:
+        job = session.get(Job, jid, with_for_update=True)
+        if job is None:
+            log.error("task for unknown job %s dropped", job_id)
+            return
+        if job.state.is_final:
+            log.info("job %s already %s; duplicate delivery ignored", job_id, job.state.value)
+            return
+        if job.cancel_requested:
+            _finish(job, JobState.CANCELED, "canceled")
+            return
+        job.state = JobState.RUNNING
+        job.attempts += 1
+        job.started_at = job.started_at or utcnow()
+        job.heartbeat_at = utcnow()
+        if job.stage == "queued":
+            job.stage = "starting"
+        ctx = JobContext(job_id=jid, factory=factory, params=dict(job.params), attempts=job.attempts)
+    try:
+        result = work(ctx)
+    except JobCanceled:
+        _end(factory, jid, JobState.CANCELED, "canceled")
+    except TailsynthError as exc:
+        _end(factory, jid, JobState.FAILED, "failed", error=exc.detail)
+    except Exception as exc:
+        log.exception("job %s failed", job_id)
+        _end(factory, jid, JobState.FAILED, "failed", error=f"internal error: {type(exc).__name__}")
+        raise
+    else:
+        _end(factory, jid, JobState.SUCCEEDED, "done", result=result)
+
+
+def _finish(job: Job, state: JobState, stage: str) -> None:
+    job.state = state
+    job.stage = stage
+    job.finished_at = utcnow()
+
+
+def _end(
+    factory: sessionmaker[Session],
+    job_id: uuid.UUID,
+    state: JobState,
+    stage: str,
+    *,
+    error: str | None = None,
+    result: dict[str, Any] | None = None,
+) -> None:
+    with factory.begin() as session:
+        job = session.get(Job, job_id, with_for_update=True)
+        if job is None:
+            return
+        _finish(job, state, stage)
+        job.error = error
+        if result is not None:
+            job.result = {**job.result, **result}
+            if job.total and state == JobState.SUCCEEDED:
+                job.done = job.total
+
+
+@contextmanager
+def heartbeat_every(ctx: JobContext, every: int) -> Iterator[Callable[[int], None]]:
+    """A ``tick(done)`` that reports progress every ``every`` units of work."""
+    state = {"last": -every}
+
+    def tick(done: int) -> None:
+        if done - state["last"] >= every:
+            ctx.progress(done)
+            state["last"] = done
+
+    yield tick
