@@ -125,7 +125,9 @@ class GeneratorConfig:
         """Raise ``ValueError`` naming the first inconsistent setting."""
         low = 16 if self.allow_tiny else MIN_RESOLUTION
         if not low <= self.resolution <= MAX_RESOLUTION:
-            raise ValueError(f"resolution must be in [{low}, {MAX_RESOLUTION}], got {self.resolution}")
+            raise ValueError(
+                f"resolution must be in [{low}, {MAX_RESOLUTION}], got {self.resolution}"
+            )
         factor = self.unet_downsampling * self.vae_scale_factor
         if self.resolution % factor:
             raise ValueError(
@@ -158,7 +160,9 @@ class GeneratorConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.mixed_precision not in ("no", "bf16"):
-            raise ValueError(f"mixed_precision must be 'no' or 'bf16', got {self.mixed_precision!r}")
+            raise ValueError(
+                f"mixed_precision must be 'no' or 'bf16', got {self.mixed_precision!r}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
