@@ -58,7 +58,9 @@ def prepare_image(pixels: np.ndarray, image_size: int, in_chans: int) -> np.ndar
     elif in_chans == 1 and pixels.shape[2] == 3:
         luma = pixels.astype(np.float32) @ _LUMA
         pixels = np.clip(np.rint(luma), 0, 255).astype(np.uint8)[:, :, None]
-    return np.ascontiguousarray(pixels)
+    # A fresh, writable copy: PIL-backed arrays are read-only, and callers' arrays must
+    # never be aliased by tensors that augmentation might write to.
+    return np.array(pixels, dtype=np.uint8, order="C")
 
 
 def prepare_batch(images: ImageSet, image_size: int, in_chans: int) -> torch.Tensor:

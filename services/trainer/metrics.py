@@ -217,16 +217,18 @@ def bootstrap_intervals(
     y_true, y_pred = _check_labels(y_true, y_pred, len(class_names))
     num_classes = len(class_names)
     indices = stratified_resample_indices(y_true, n_resamples, seed)
-    point = _metrics_from_confusion(_confusions(y_true, y_pred, None, num_classes), positive_label)
-    boot = _metrics_from_confusion(
-        _confusions(y_true, y_pred, indices, num_classes), positive_label
-    )
+    point = _scored(y_true, y_pred, None, num_classes, positive_label)
+    boot = _scored(y_true, y_pred, indices, num_classes, positive_label)
     alpha = (1.0 - confidence) / 2.0
 
     def interval(name: str, k: int | None = None) -> Interval:
-        estimate, draws = (point[name][0], boot[name]) if k is None else (
-            point[name][0, k],
-            boot[name][:, k],
+        estimate, draws = (
+            (point[name][0], boot[name])
+            if k is None
+            else (
+                point[name][0, k],
+                boot[name][:, k],
+            )
         )
         low, high = np.quantile(draws, [alpha, 1.0 - alpha])
         return Interval(estimate=float(estimate), low=float(low), high=float(high))
@@ -270,14 +272,10 @@ def paired_bootstrap_difference(
     _, y_pred_b = _check_labels(y_true, y_pred_b, len(class_names))
     num_classes = len(class_names)
     indices = stratified_resample_indices(y_true, n_resamples, seed)
-    point_a = _metrics_from_confusion(_confusions(y_true, y_pred_a, None, num_classes), positive_label)
-    point_b = _metrics_from_confusion(_confusions(y_true, y_pred_b, None, num_classes), positive_label)
-    boot_a = _metrics_from_confusion(
-        _confusions(y_true, y_pred_a, indices, num_classes), positive_label
-    )
-    boot_b = _metrics_from_confusion(
-        _confusions(y_true, y_pred_b, indices, num_classes), positive_label
-    )
+    point_a = _scored(y_true, y_pred_a, None, num_classes, positive_label)
+    point_b = _scored(y_true, y_pred_b, None, num_classes, positive_label)
+    boot_a = _scored(y_true, y_pred_a, indices, num_classes, positive_label)
+    boot_b = _scored(y_true, y_pred_b, indices, num_classes, positive_label)
     alpha = (1.0 - confidence) / 2.0
 
     def difference(name: str, k: int | None = None) -> DifferenceInterval:
@@ -358,6 +356,19 @@ def _sklearn_kappa(y_true: np.ndarray, y_pred: np.ndarray, labels: list[int]) ->
     # chance) instead of scikit-learn's NaN, which JSON cannot carry.
     kappa = float(cohen_kappa_score(y_true, y_pred, labels=labels))
     return 0.0 if np.isnan(kappa) else kappa
+
+
+def _scored(
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    indices: np.ndarray | None,
+    num_classes: int,
+    positive_label: int,
+) -> dict[str, np.ndarray]:
+    """Every metric on the full set (``indices`` None, R = 1) or on each resample (R rows)."""
+    return _metrics_from_confusion(
+        _confusions(y_true, y_pred, indices, num_classes), positive_label
+    )
 
 
 def _confusions(

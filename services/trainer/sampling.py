@@ -1,4 +1,4 @@
-"""How many synthetic images each class gets: offline fill-to-max and IOIS accuracy-adaptive sampling.
+"""Synthetic images per class: offline fill-to-max and IOIS accuracy-adaptive sampling (AAS).
 
 Offline campaigns (Jiang et al., 2026) fill every class towards the head class:
 ``n_syn(c) = max(0, n_max - n_c)``.
