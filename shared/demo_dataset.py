@@ -1,0 +1,998 @@
+"""The built-in demo dataset: long-tailed, dermoscopy-like images made from a seed.
+
+No dataset can be downloaded where tailsynth is demonstrated and tested, so this module
+draws one. It imitates ISIC 2019: the same eight classes in the same order, the same
+class proportions scaled to a CPU-sized total, and images that look like dermoscopy —
+skin of varied tone and texture, the circular field of a dermoscope, hairs, rulers,
+air bubbles and glare around a lesion whose shape, border, colours and texture depend
+on its class. Each image comes with a binary lesion mask (what inpainting repaints)
+and a patient-like group id: a group is one lesion imaged a few times, sharing skin,
+hair and lesion traits, so grouped splits are needed to avoid leakage, as in ISIC.
+
+Classes are meant to overlap (a featureless melanoma looks like a naevus, actinic
+keratosis like squamous cell carcinoma) so that a small classifier shows the
+long-tail problem: rare classes are recalled far worse than head classes.
+
+Every image is a pure function of ``(seed, total, index, image_size)``: the dataset
+plan (labels, groups) comes from a generator seeded by ``seed`` alone, and each image
+and each patient draw from their own ``numpy`` generator seeded by ``(seed, stream,
+number)``. Images can therefore be made lazily, in any order or in parallel, and are
+identical bit for bit. Geometry is drawn in image-relative coordinates, so the same
+sample at 64 and 256 px shows the same lesion.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+from shared.imaging import encode_png
+
+DEMO_CLASSES: tuple[str, ...] = ("NV", "MEL", "BCC", "BKL", "AK", "SCC", "VASC", "DF")
+
+# ISIC 2019 training set, images per class (the proportions the demo reproduces).
+ISIC2019_COUNTS: dict[str, int] = {
+    "NV": 12_875,
+    "MEL": 4_522,
+    "BCC": 3_323,
+    "BKL": 2_624,
+    "AK": 867,
+    "SCC": 628,
+    "VASC": 253,
+    "DF": 239,
+}
+
+DEFAULT_TOTAL = 2_400
+DEFAULT_IMAGE_SIZE = 64
+DEFAULT_MIN_PER_CLASS = 5  # a rare class needs a few images to be split at all
+
+DEMO_PNG_KEY = "tailsynth:demo_dataset"  # tEXt marker: made by this module (not by a generator)
+
+# Independent random streams per seed: the plan, one per patient, one per image.
+_PLAN_STREAM = 0
+_PATIENT_STREAM = 1
+_IMAGE_STREAM = 2
+
+# Images per patient group: one lesion photographed 1-5 times.
+_GROUP_SIZES = np.array([1, 2, 3, 4, 5])
+_GROUP_SIZE_P = np.array([0.15, 0.25, 0.25, 0.2, 0.15])
+
+Rgb = tuple[float, float, float]
+
+# Colour anchors, linear-ish RGB in [0, 1], as they appear under a dermoscope's light.
+_LIGHT_BROWN: Rgb = (0.66, 0.46, 0.33)
+_BROWN: Rgb = (0.50, 0.32, 0.22)
+_DARK_BROWN: Rgb = (0.33, 0.20, 0.14)
+_BLACK: Rgb = (0.14, 0.11, 0.11)
+_BLUE_GREY: Rgb = (0.42, 0.46, 0.56)
+_PINK: Rgb = (0.90, 0.62, 0.62)
+_RED: Rgb = (0.74, 0.26, 0.26)
+_DARK_RED: Rgb = (0.48, 0.12, 0.15)
+_PURPLE: Rgb = (0.45, 0.18, 0.36)
+_WHITE: Rgb = (0.95, 0.93, 0.90)
+_KERATIN: Rgb = (0.93, 0.88, 0.72)
+_TAN: Rgb = (0.72, 0.56, 0.40)
+
+# Skin under dermoscopy, lightest to darkest tone.
+_SKIN_LIGHT: Rgb = (0.93, 0.76, 0.70)
+_SKIN_DARK: Rgb = (0.50, 0.34, 0.25)
+
+
+class DemoDatasetCanceled(RuntimeError):
+    """Generation stopped because ``should_cancel`` returned True."""
+
+
+@dataclass(frozen=True)
+class DemoSample:
+    """One demo image.
+
+    ``image`` is (H, W, 3) uint8 RGB; ``mask`` is (H, W) uint8 with 255 on the lesion
+    and 0 elsewhere; ``label`` is one of :data:`DEMO_CLASSES`; ``group`` names the
+    patient (one lesion imaged several times).
+    """
+
+    index: int
+    image_id: str
+    image: np.ndarray
+    mask: np.ndarray
+    label: str
+    group: str
+
+
+@dataclass
+class DemoArrays:
+    """The whole demo set in memory.
+
+    ``images`` (N, H, W, 3) uint8; ``masks`` (N, H, W) uint8 in {0, 255}; ``labels``
+    (N,) int64 indices into ``class_names``; ``groups`` N patient ids.
+    """
+
+    images: np.ndarray
+    masks: np.ndarray
+    labels: np.ndarray
+    groups: list[str]
+    class_names: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class DemoPlan:
+    """Which class and patient each index is: ``labels`` (N,) int64 into
+    :data:`DEMO_CLASSES`, ``patients`` (N,) int64 patient numbers from 0."""
+
+    labels: np.ndarray
+    patients: np.ndarray
+
+
+# ---------------------------------------------------------------------------------
+# Class counts and the dataset plan
+# ---------------------------------------------------------------------------------
+
+
+def demo_class_counts(total: int, *, min_per_class: int = DEFAULT_MIN_PER_CLASS) -> dict[str, int]:
+    """Split ``total`` images over the classes in ISIC 2019 proportions.
+
+    Largest-remainder rounding keeps the sum exact; any class below ``min_per_class``
+    is raised to it with images taken from the largest class, so the rarest class can
+    still be split into train and test. Raises ``ValueError`` if ``total`` cannot give
+    every class ``min_per_class`` images.
+    """
+    if min_per_class < 1:
+        raise ValueError(f"min_per_class must be >= 1, got {min_per_class}")
+    if total < min_per_class * len(DEMO_CLASSES):
+        raise ValueError(
+            f"total={total} is too small for {len(DEMO_CLASSES)} classes with at least "
+            f"{min_per_class} images each"
+        )
+    isic = np.array([ISIC2019_COUNTS[name] for name in DEMO_CLASSES], dtype=np.float64)
+    quota = total * isic / isic.sum()
+    counts = np.floor(quota).astype(np.int64)
+    # Stable sort: equal remainders go to the class listed first.
+    order = np.argsort(-(quota - counts), kind="stable")
+    counts[order[: total - int(counts.sum())]] += 1
+    for klass in range(len(DEMO_CLASSES)):
+        deficit = min_per_class - int(counts[klass])
+        if deficit > 0:
+            counts[klass] += deficit
+            counts[int(np.argmax(counts))] -= deficit
+    return {name: int(n) for name, n in zip(DEMO_CLASSES, counts, strict=True)}
+
+
+def demo_plan(total: int = DEFAULT_TOTAL, seed: int = 0) -> DemoPlan:
+    """Assign a class and a patient to each of ``total`` indices, from ``seed`` alone.
+
+    Patients hold 1-5 images of one class; indices are shuffled so classes and
+    patients interleave, and patients are numbered in order of first appearance so a
+    group id says nothing about the class.
+    """
+    rng = np.random.default_rng([seed, _PLAN_STREAM])
+    labels: list[np.ndarray] = []
+    patients: list[np.ndarray] = []
+    next_patient = 0
+    for klass, count in enumerate(demo_class_counts(total).values()):
+        sizes = rng.choice(_GROUP_SIZES, size=count, p=_GROUP_SIZE_P)  # more than enough
+        ends = np.cumsum(sizes)
+        n_groups = int(np.searchsorted(ends, count)) + 1
+        group_of_image = np.searchsorted(ends[:n_groups], np.arange(count), side="right")
+        labels.append(np.full(count, klass, dtype=np.int64))
+        patients.append(next_patient + group_of_image)
+        next_patient += n_groups
+    order = rng.permutation(total)
+    shuffled_labels = np.concatenate(labels)[order]
+    shuffled_patients = np.concatenate(patients)[order]
+    _, first_seen, inverse = np.unique(shuffled_patients, return_index=True, return_inverse=True)
+    renumber = np.empty_like(first_seen)
+    renumber[np.argsort(first_seen)] = np.arange(len(first_seen))
+    return DemoPlan(labels=shuffled_labels, patients=renumber[inverse].astype(np.int64))
+
+
+def demo_image_id(index: int, seed: int) -> str:
+    """Stable image id, unique across seeds, e.g. ``demo_s0_000042``."""
+    return f"demo_s{seed}_{index:06d}"
+
+
+def demo_group_id(patient: int, seed: int) -> str:
+    """Stable patient group id, e.g. ``demo_s0_p00017``."""
+    return f"demo_s{seed}_p{patient:05d}"
+
+
+# ---------------------------------------------------------------------------------
+# Drawing primitives (float32 fields on a size x size grid)
+# ---------------------------------------------------------------------------------
+
+
+def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel-centre coordinates ``(x, y)``, each (size, size) float32 in (-1, 1)."""
+    axis = ((np.arange(size, dtype=np.float32) + 0.5) / size) * 2.0 - 1.0
+    y, x = np.meshgrid(axis, axis, indexing="ij")
+    return x, y
+
+
+def _value_noise(rng: np.random.Generator, cells: int, size: int) -> np.ndarray:
+    """Smooth noise, (size, size) float32, roughly unit variance, blobs ~size/cells wide.
+
+    A random ``cells`` x ``cells`` lattice upsampled bicubically, so the pattern is
+    tied to image-relative coordinates and looks the same at any resolution.
+    """
+    return _upsample(rng.standard_normal((cells + 3, cells + 3), dtype=np.float32), size)
+
+
+def _upsample(lattice: np.ndarray, size: int) -> np.ndarray:
+    """Bicubic resize of a (c + 3, c + 3) float32 lattice to (size, size), dropping the
+    one-cell margin that bicubic interpolation needs at the borders."""
+    cells = lattice.shape[0] - 3
+    field = Image.fromarray(lattice).resize(
+        (size, size), Image.Resampling.BICUBIC, box=(1.0, 1.0, cells + 1.0, cells + 1.0)
+    )
+    return np.asarray(field, dtype=np.float32)
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return (0.5 * (1.0 + np.tanh(0.5 * z))).astype(np.float32)
+
+
+def _rgb(colour: Rgb | np.ndarray) -> np.ndarray:
+    return np.asarray(colour, dtype=np.float32).reshape(1, 1, 3)
+
+
+def _jitter(rng: np.random.Generator, colour: Rgb, amount: float) -> np.ndarray:
+    """``colour`` with a shared brightness and per-channel tint jitter, clipped to [0, 1]."""
+    base = np.asarray(colour, dtype=np.float32)
+    scale = 1.0 + amount * rng.standard_normal()
+    tint = 1.0 + 0.5 * amount * rng.standard_normal(3)
+    return np.clip(base * scale * tint, 0.0, 1.0).astype(np.float32)
+
+
+def _blend(canvas: np.ndarray, colour: np.ndarray, opacity: np.ndarray) -> np.ndarray:
+    """Alpha-composite ``colour`` ((H, W, 3) or (3,)) over ``canvas`` with (H, W) opacity."""
+    return canvas + (colour - canvas) * opacity[..., None]
+
+
+@dataclass(frozen=True)
+class _Stroke:
+    """A thin curve (hair, vessel, ruler line): centre-line points in image coordinates
+    (-1..1, shape (N, 2) as x, y), half-width in pixels at 64 px, colour and opacity."""
+
+    points: np.ndarray
+    half_width: float
+    colour: np.ndarray
+    opacity: float
+
+
+def _render_strokes(strokes: list[_Stroke], size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rasterise strokes with one distance transform: (opacity (H, W), colour (H, W, 3)).
+
+    Each pixel takes width and colour from its nearest centre-line pixel, so crossing
+    hairs of different thickness need no per-stroke pass.
+    """
+    opacity = np.zeros((size, size), dtype=np.float32)
+    colour = np.zeros((size, size, 3), dtype=np.float32)
+    if not strokes:
+        return opacity, colour
+    free = np.ones((size, size), dtype=bool)
+    width_at = np.zeros((size, size), dtype=np.float32)
+    alpha_at = np.zeros((size, size), dtype=np.float32)
+    colour_at = np.zeros((size, size, 3), dtype=np.float32)
+    scale = size / 64.0  # widths are specified for 64 px images
+    for stroke in strokes:
+        cols = np.floor((stroke.points[:, 0] + 1.0) * 0.5 * size).astype(np.int64)
+        rows = np.floor((stroke.points[:, 1] + 1.0) * 0.5 * size).astype(np.int64)
+        keep = (cols >= 0) & (cols < size) & (rows >= 0) & (rows < size)
+        rows, cols = rows[keep], cols[keep]
+        free[rows, cols] = False
+        width_at[rows, cols] = stroke.half_width * scale
+        alpha_at[rows, cols] = stroke.opacity
+        colour_at[rows, cols] = stroke.colour
+    if free.all():
+        return opacity, colour
+    distance, (near_r, near_c) = ndimage.distance_transform_edt(free, return_indices=True)
+    half_width = width_at[near_r, near_c]
+    coverage = np.clip(half_width + 0.5 - distance.astype(np.float32), 0.0, 1.0)
+    opacity = coverage * alpha_at[near_r, near_c]
+    colour = colour_at[near_r, near_c]
+    return opacity.astype(np.float32), colour
+
+
+def _curve_points(control: np.ndarray, size: int) -> np.ndarray:
+    """Densely sampled quadratic Bezier through 3 control points (3, 2) -> (N, 2)."""
+    length = float(np.linalg.norm(np.diff(control, axis=0), axis=1).sum())
+    steps = max(8, int(length * size))  # about two samples per pixel
+    t = np.linspace(0.0, 1.0, steps, dtype=np.float32)[:, None]
+    return ((1 - t) ** 2) * control[0] + 2 * (1 - t) * t * control[1] + (t**2) * control[2]
+
+
+# ---------------------------------------------------------------------------------
+# Skin, dermoscope and artefacts
+# ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _PatientSkin:
+    """Traits shared by a patient's images: skin tone (0 light .. 1 dark), hairiness."""
+
+    tone: float
+    redness: float
+    hairs_mean: float
+    hair_colour: np.ndarray
+
+
+def _patient_skin(rng: np.random.Generator) -> _PatientSkin:
+    # ISIC is mostly light skin; a long tail of darker tones.
+    tone = float(rng.beta(1.6, 3.5))
+    hairy = rng.random() < 0.45
+    hair_colour = _jitter(rng, _DARK_BROWN if rng.random() < 0.6 else _BLACK, 0.15)
+    return _PatientSkin(
+        tone=tone,
+        redness=float(rng.uniform(-0.05, 0.08)),
+        hairs_mean=float(rng.uniform(2.0, 9.0) if hairy else rng.uniform(0.0, 1.5)),
+        hair_colour=hair_colour * 0.8,
+    )
+
+
+def _skin(rng: np.random.Generator, skin: _PatientSkin, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Skin background (H, W, 3) float32: tone, illumination gradient, blotches, pores."""
+    size = x.shape[0]
+    tone = np.clip(skin.tone + 0.05 * rng.standard_normal(), 0.0, 1.0)
+    base = (1 - tone) * np.asarray(_SKIN_LIGHT) + tone * np.asarray(_SKIN_DARK)
+    base = base * np.array([1.0 + skin.redness, 1.0 - skin.redness, 1.0 - skin.redness])
+    base = _jitter(rng, tuple(base), 0.04)
+    angle = rng.uniform(0, 2 * np.pi)
+    tilt = rng.uniform(0.03, 0.14)
+    gradient = 1.0 + tilt * (float(np.cos(angle)) * x + float(np.sin(angle)) * y)
+    blotches = 0.05 * _value_noise(rng, 5, size)
+    redness = 0.04 * _value_noise(rng, 3, size)
+    # Grain and pores live on a lattice of 64 x 64 image cells, so that a sample looks
+    # the same at any resolution and no per-pixel filtering is needed.
+    grain = 0.03 * _value_noise(rng, 64, size)
+    pore_lattice = (rng.random((67, 67), dtype=np.float32) < 0.012).astype(np.float32)
+    pores = 0.12 * np.clip(_upsample(pore_lattice, size), 0.0, 1.0)
+    shade = (gradient + blotches + grain - pores)[..., None]
+    canvas = _rgb(base) * shade
+    canvas[..., 0] += redness
+    return canvas
+
+
+def _hair_strokes(rng: np.random.Generator, skin: _PatientSkin, size: int) -> list[_Stroke]:
+    """Dark thin curves crossing the image, count ~ Poisson(patient hairiness)."""
+    strokes = []
+    for _ in range(int(rng.poisson(skin.hairs_mean))):
+        start = rng.uniform(-1.1, 1.1, 2)
+        direction = rng.uniform(0, 2 * np.pi)
+        length = rng.uniform(0.5, 2.2)
+        end = start + length * np.array([np.cos(direction), np.sin(direction)])
+        bend = (start + end) / 2 + rng.normal(0, 0.25, 2)
+        control = np.stack([start, bend, end]).astype(np.float32)
+        strokes.append(
+            _Stroke(
+                points=_curve_points(control, size),
+                half_width=float(rng.uniform(0.25, 0.7)),
+                colour=skin.hair_colour * float(rng.uniform(0.8, 1.2)),
+                opacity=float(rng.uniform(0.7, 1.0)),
+            )
+        )
+    return strokes
+
+
+def _ruler_strokes(rng: np.random.Generator, size: int) -> list[_Stroke]:
+    """A scale bar near one edge: a line with ticks every few pixels, long every fifth."""
+    side = int(rng.integers(4))
+    offset = rng.uniform(0.72, 0.88)
+    start, stop = sorted(rng.uniform(-0.7, 0.7, 2) + np.array([-0.3, 0.3]))
+    spacing = rng.uniform(0.06, 0.1)
+    ink = _rgb(_BLACK).reshape(3) * rng.uniform(0.5, 1.2)
+    along = np.arange(start, stop, 0.5 / size, dtype=np.float32)
+    lines = [np.stack([along, np.full_like(along, offset)], axis=1)]
+    for k, tick in enumerate(np.arange(start, stop, spacing)):
+        tick_len = 0.08 if k % 5 == 0 else 0.04
+        across = np.arange(offset - tick_len, offset, 0.5 / size, dtype=np.float32)
+        lines.append(np.stack([np.full_like(across, tick), across], axis=1))
+    strokes = []
+    for points in lines:
+        # Rotate the bar to the chosen side of the image.
+        for _ in range(side):
+            points = np.stack([-points[:, 1], points[:, 0]], axis=1)
+        strokes.append(_Stroke(points=points, half_width=0.35, colour=ink, opacity=0.85))
+    return strokes
+
+
+def _bubbles_and_glare(
+    rng: np.random.Generator, canvas: np.ndarray, x: np.ndarray, y: np.ndarray
+) -> np.ndarray:
+    """Air bubbles in the immersion fluid (bright rings) and specular glare spots."""
+    size = x.shape[0]
+    pixel = 2.0 / size
+    if rng.random() < 0.25:
+        for _ in range(int(rng.integers(1, 5))):
+            cx, cy = (float(v) for v in rng.uniform(-0.9, 0.9, 2))
+            radius = rng.uniform(0.04, 0.2)
+            ring = np.abs(np.hypot(x - cx, y - cy) - radius)
+            rim = np.exp(-((ring / max(pixel * 0.8, radius * 0.08)) ** 2)).astype(np.float32)
+            canvas = _blend(canvas, _rgb(_WHITE), 0.55 * rim)
+    if rng.random() < 0.2:
+        for _ in range(int(rng.integers(1, 4))):
+            cx, cy = (float(v) for v in rng.uniform(-0.8, 0.8, 2))
+            spread = rng.uniform(0.015, 0.05)
+            spot = np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * spread**2)).astype(np.float32)
+            canvas = _blend(canvas, _rgb(_WHITE), 0.8 * spot)
+    return canvas
+
+
+def _dermoscope_field(rng: np.random.Generator, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Illumination (H, W) in [0, 1]: the circular dermoscope field, black outside.
+
+    About a third of images are cropped inside the field and only show a fall-off.
+    """
+    size = x.shape[0]
+    cx, cy = (float(v) for v in rng.normal(0.0, 0.04, 2))
+    r = np.hypot(x - cx, y - cy)
+    falloff = 1.0 - rng.uniform(0.05, 0.2) * r**2
+    if rng.random() < 0.35:
+        return falloff.astype(np.float32)
+    radius = rng.uniform(0.92, 1.22)
+    edge = max(rng.uniform(0.02, 0.06), 1.5 / size)
+    field = _sigmoid((radius - r) / edge)
+    return (falloff * field).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------
+# Lesions
+# ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _ClassLook:
+    """How a class's lesions vary, as (low, high) ranges drawn per patient.
+
+    ``radius`` is in image half-widths; ``irregularity`` and ``jaggedness`` are
+    amplitudes of low- (k=1..3) and high-frequency (k=5..11) border harmonics relative
+    to the radius; ``softness`` is the border blur relative to the radius; ``opacity``
+    how much the lesion hides the skin beneath.
+    """
+
+    radius: tuple[float, float]
+    aspect: tuple[float, float]
+    irregularity: tuple[float, float]
+    jaggedness: tuple[float, float]
+    softness: tuple[float, float]
+    opacity: tuple[float, float]
+
+
+_LOOKS: dict[str, _ClassLook] = {
+    "NV": _ClassLook(
+        radius=(0.26, 0.48),
+        aspect=(1.0, 1.3),
+        irregularity=(0.01, 0.06),
+        jaggedness=(0.0, 0.015),
+        softness=(0.03, 0.08),
+        opacity=(0.75, 0.95),
+    ),
+    "MEL": _ClassLook(
+        radius=(0.34, 0.62),
+        aspect=(1.0, 1.5),
+        irregularity=(0.06, 0.2),
+        jaggedness=(0.01, 0.04),
+        softness=(0.04, 0.12),
+        opacity=(0.85, 1.0),
+    ),
+    "BCC": _ClassLook(
+        radius=(0.24, 0.46),
+        aspect=(1.0, 1.4),
+        irregularity=(0.03, 0.12),
+        jaggedness=(0.0, 0.02),
+        softness=(0.08, 0.18),
+        opacity=(0.45, 0.75),
+    ),
+    "BKL": _ClassLook(
+        radius=(0.26, 0.5),
+        aspect=(1.0, 1.5),
+        irregularity=(0.03, 0.12),
+        jaggedness=(0.01, 0.03),
+        softness=(0.02, 0.07),
+        opacity=(0.75, 0.95),
+    ),
+    "AK": _ClassLook(
+        radius=(0.24, 0.48),
+        aspect=(1.0, 1.5),
+        irregularity=(0.05, 0.16),
+        jaggedness=(0.01, 0.03),
+        softness=(0.12, 0.25),
+        opacity=(0.4, 0.7),
+    ),
+    "SCC": _ClassLook(
+        radius=(0.22, 0.42),
+        aspect=(1.0, 1.3),
+        irregularity=(0.03, 0.1),
+        jaggedness=(0.0, 0.02),
+        softness=(0.06, 0.14),
+        opacity=(0.6, 0.9),
+    ),
+    "VASC": _ClassLook(
+        radius=(0.16, 0.34),
+        aspect=(1.0, 1.3),
+        irregularity=(0.02, 0.08),
+        jaggedness=(0.0, 0.015),
+        softness=(0.03, 0.07),
+        opacity=(0.8, 1.0),
+    ),
+    "DF": _ClassLook(
+        radius=(0.15, 0.3),
+        aspect=(1.0, 1.3),
+        irregularity=(0.02, 0.08),
+        jaggedness=(0.0, 0.015),
+        softness=(0.1, 0.22),
+        opacity=(0.6, 0.9),
+    ),
+}
+
+
+@dataclass(frozen=True)
+class _LesionTraits:
+    """A patient's lesion: shape, border and how typical it looks for its class.
+
+    ``typicality`` in [0, 1] scales the class's tell-tale features (vessels, white
+    patch, blue-grey areas); low values give a generic-looking lesion, which is what
+    makes classes overlap.
+    """
+
+    radius: float
+    aspect: float
+    harmonics: np.ndarray  # (K,) relative amplitudes
+    phases: np.ndarray  # (K,) radians
+    softness: float
+    opacity: float
+    typicality: float
+    tint: np.ndarray  # (3,) multiplicative colour jitter of the whole lesion
+    darkness: float  # 0 light .. 1 dark shade of the class's palette
+
+
+_HARMONIC_ORDERS = np.array([1, 2, 3, 5, 7, 9, 11], dtype=np.float32)
+
+
+def _lesion_traits(rng: np.random.Generator, look: _ClassLook) -> _LesionTraits:
+    def draw(span: tuple[float, float]) -> float:
+        return float(rng.uniform(*span))
+
+    irregular, jagged = draw(look.irregularity), draw(look.jaggedness)
+    amplitudes = np.concatenate(
+        [irregular * rng.uniform(0.3, 1.0, 3), jagged * rng.uniform(0.3, 1.0, 4)]
+    ).astype(np.float32)
+    return _LesionTraits(
+        radius=draw(look.radius),
+        aspect=draw(look.aspect),
+        harmonics=amplitudes,
+        phases=rng.uniform(0, 2 * np.pi, _HARMONIC_ORDERS.size).astype(np.float32),
+        softness=draw(look.softness),
+        opacity=draw(look.opacity),
+        typicality=float(rng.beta(2.0, 1.6)),
+        tint=(1.0 + 0.08 * rng.standard_normal(3)).astype(np.float32),
+        darkness=float(rng.random()),
+    )
+
+
+@dataclass(frozen=True)
+class _LesionFrame:
+    """Per-pixel lesion coordinates, each (H, W) float32.
+
+    ``t`` is the distance from the lesion centre relative to the border (0 centre, 1
+    border), ``theta`` the polar angle, ``lx``/``ly`` rotated coordinates in units of
+    the lesion radius, ``inside`` the soft border coverage in [0, 1].
+    """
+
+    t: np.ndarray
+    theta: np.ndarray
+    lx: np.ndarray
+    ly: np.ndarray
+    inside: np.ndarray
+    size: int
+    radius: float  # in image half-widths
+    centre: np.ndarray  # (2,) x, y in image coordinates
+    angle: float  # rotation of the lesion's long axis, radians
+
+
+def _lesion_frame(
+    rng: np.random.Generator, traits: _LesionTraits, x: np.ndarray, y: np.ndarray
+) -> _LesionFrame:
+    """Place the patient's lesion in this image: per-image scale, rotation and offset.
+
+    The lesion is shrunk if needed so its whole border stays within 0.86 of the
+    half-width: the mask never touches the image edge or leaves the dermoscope field.
+    """
+    scale = traits.radius * rng.uniform(0.9, 1.1)
+    stretch = float(np.sqrt(traits.aspect))
+    probe = np.linspace(0, 2 * np.pi, 64, endpoint=False, dtype=np.float32)
+    border = 1.0 + (
+        traits.harmonics[:, None]
+        * np.cos(_HARMONIC_ORDERS[:, None] * probe + traits.phases[:, None])
+    ).sum(axis=0)
+    reach = float(border.max()) * stretch
+    offset = rng.normal(0.0, 0.08, 2).astype(np.float32)
+    limit = 0.86 - float(np.abs(offset).max())
+    scale = min(scale, limit / reach)
+    angle = rng.uniform(0, 2 * np.pi)
+    cos_a, sin_a = float(np.cos(angle)), float(np.sin(angle))
+    dx, dy = x - offset[0], y - offset[1]
+    lx = (cos_a * dx + sin_a * dy) / (scale * stretch)
+    ly = (-sin_a * dx + cos_a * dy) * stretch / scale
+    rho = np.hypot(lx, ly)
+    # cos(k*theta + phase) = Re(u^k * e^{i*phase}) with u = e^{i*theta}: powers of a unit complex
+    # number are far cheaper than a cosine per order and pixel.
+    unit = (lx + 1j * ly).astype(np.complex64) / np.maximum(rho, 1e-6)
+    phasors = np.exp(1j * traits.phases).astype(np.complex64)
+    edge = np.ones_like(rho)
+    power = np.ones_like(unit)
+    for order in range(1, int(_HARMONIC_ORDERS.max()) + 1):
+        power = power * unit
+        for k in np.flatnonzero(_HARMONIC_ORDERS == order):
+            edge += traits.harmonics[k] * (power * phasors[k]).real
+    theta = np.angle(unit)
+    t = (rho / edge).astype(np.float32)
+    pixel = 2.0 / x.shape[0] / scale  # one pixel in lesion-radius units
+    inside = _sigmoid((1.0 - t) / max(traits.softness, pixel))
+    return _LesionFrame(
+        t=t,
+        theta=theta,
+        lx=lx,
+        ly=ly,
+        inside=inside,
+        size=x.shape[0],
+        radius=scale,
+        centre=np.asarray(offset, dtype=np.float32),
+        angle=float(angle),
+    )
+
+
+def _mix(weights: list[np.ndarray], colours: list[np.ndarray]) -> np.ndarray:
+    """Per-pixel convex mix of colours; weights (H, W) non-negative -> (H, W, 3)."""
+    stack = np.stack(weights, axis=-1)
+    stack = stack / np.maximum(stack.sum(axis=-1, keepdims=True), 1e-6)
+    return np.einsum("hwk,kc->hwc", stack, np.stack(colours)).astype(np.float32)
+
+
+def _dots(
+    rng: np.random.Generator, frame: _LesionFrame, count: int, radius: float, within: float
+) -> np.ndarray:
+    """``count`` round dots of ``radius`` (lesion units) inside ``t < within``: (H, W) in [0, 1]."""
+    field = np.zeros_like(frame.t)
+    if count <= 0:
+        return field
+    angles = rng.uniform(0, 2 * np.pi, count)
+    dists = within * np.sqrt(rng.random(count))
+    pixel = 2.0 / frame.size / frame.radius
+    width = max(radius, 0.7 * pixel)
+    for a, d in zip(angles, dists, strict=True):
+        r2 = (frame.lx - d * np.cos(a)) ** 2 + (frame.ly - d * np.sin(a)) ** 2
+        field = np.maximum(field, np.exp(-r2 / (2 * width**2)))
+    return field.astype(np.float32)
+
+
+def _network(rng: np.random.Generator, frame: _LesionFrame, cells: float) -> np.ndarray:
+    """Reticular pigment network: (H, W) in [0, 1], 1 on the lines of a warped grid."""
+    warp = 0.15 * _value_noise(rng, 6, frame.size)
+    gx = np.cos(np.pi * cells * (frame.lx + warp))
+    gy = np.cos(np.pi * cells * (frame.ly - warp))
+    return np.clip(1.0 - 2.5 * np.minimum(np.abs(gx), np.abs(gy)), 0, 1).astype(np.float32)
+
+
+def _vessel_strokes(rng: np.random.Generator, frame: _LesionFrame, count: int) -> list[_Stroke]:
+    """Arborising vessels: trunks that fork into thinner branches, in image coordinates."""
+    strokes: list[_Stroke] = []
+    angle = frame.angle
+    rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    red = np.asarray(_RED, dtype=np.float32) * 0.85
+    for _ in range(count):
+        start = rng.uniform(-0.6, 0.6, 2)
+        heading = rng.uniform(0, 2 * np.pi)
+        tips = [(start, heading, 0.55, 0)]
+        while tips:
+            origin, heading, length, depth = tips.pop()
+            end = origin + length * np.array([np.cos(heading), np.sin(heading)])
+            bend = (origin + end) / 2 + rng.normal(0, 0.08, 2)
+            control = np.stack([origin, bend, end]) @ rotation.T * frame.radius + frame.centre
+            strokes.append(
+                _Stroke(
+                    points=_curve_points(control.astype(np.float32), frame.size),
+                    half_width=0.45 - 0.12 * depth,
+                    colour=red * float(rng.uniform(0.8, 1.1)),
+                    opacity=0.9,
+                )
+            )
+            if depth < 2:
+                for turn in (-1, 1):
+                    tips.append(
+                        (end, heading + turn * rng.uniform(0.3, 0.9), length * 0.6, depth + 1)
+                    )
+    return strokes
+
+
+def _paint_nv(rng: np.random.Generator, f: _LesionFrame, tr: _LesionTraits) -> np.ndarray:
+    """Naevus: uniform brown, slightly darker centre, faint regular network."""
+    base = (1 - tr.darkness) * np.asarray(_LIGHT_BROWN) + tr.darkness * np.asarray(_BROWN)
+    colour = _rgb(_jitter(rng, tuple(base), 0.05)) * (1.0 - 0.12 * (1 - f.t))[..., None]
+    net = _network(rng, f, cells=rng.uniform(5, 8))
+    return colour * (1.0 - 0.18 * tr.typicality * net)[..., None]
+
+
+def _paint_mel(rng: np.random.Generator, f: _LesionFrame, tr: _LesionTraits) -> np.ndarray:
+    """Melanoma: several colours in asymmetric blotches, blue-grey veil, atypical network."""
+    palette = [_LIGHT_BROWN, _BROWN, _DARK_BROWN, _BLACK, _BLUE_GREY]
+    colours = [_jitter(rng, c, 0.06) for c in palette]
+    tilt = [float(v) for v in rng.normal(0, 1.0, 2)]
+    asym = 1.2 * (tilt[0] * f.lx + tilt[1] * f.ly)
+    # Atypical lesions show more of the dark and blue-grey colours.
+    emphasis = np.array([1.0, 1.0, 0.4 + tr.typicality, 0.2 + tr.typicality, 1.4 * tr.typicality])
+    weights = [
+        emphasis[k] * np.exp(1.6 * _value_noise(rng, 4, f.size) + (asym if k >= 2 else -asym))
+        for k in range(len(colours))
+    ]
+    colour = _mix(weights, colours)
+    net = _network(rng, f, cells=rng.uniform(4, 7)) * _sigmoid(2 * _value_noise(rng, 3, f.size))
+    return colour * (1.0 - 0.3 * tr.typicality * net)[..., None]
+
+
+def _paint_bcc(rng: np.random.Generator, f: _LesionFrame, tr: _LesionTraits) -> np.ndarray:
+    """Basal cell carcinoma: pearly pink, shiny white areas, blue-grey ovoid nests."""
+    colour = _rgb(_jitter(rng, _PINK, 0.06)) * np.ones_like(f.t)[..., None]
+    shine = np.clip(_value_noise(rng, 5, f.size) - 0.6, 0, 1)
+    colour = _blend(colour, _rgb(_WHITE), 0.6 * shine)
+    if rng.random() < 0.45 * tr.typicality + 0.1:
+        nests = _dots(rng, f, int(rng.integers(1, 5)), rng.uniform(0.08, 0.16), 0.7)
+        colour = _blend(colour, _rgb(_jitter(rng, _BLUE_GREY, 0.08)) * 0.8, 0.85 * nests)
+    return colour
+
+
+def _paint_bkl(rng: np.random.Generator, f: _LesionFrame, tr: _LesionTraits) -> np.ndarray:
+    """Benign keratosis: waxy tan to brown, cerebriform ridges, milia and comedo dots."""
+    shades = [_jitter(rng, c, 0.07) for c in (_TAN, _LIGHT_BROWN, _BROWN)]
+    shift = 2.0 * (tr.darkness - 0.5)
+    weights = [np.exp(1.2 * _value_noise(rng, 3, f.size) + k * shift) for k in range(3)]
+    colour = _mix(weights, shades)
+    warp = 0.3 * _value_noise(rng, 4, f.size)
+    ridges = 0.5 + 0.5 * np.cos(np.pi * rng.uniform(4, 7) * (f.lx + f.ly * 0.3 + warp))
+    colour = colour * (1.0 - 0.22 * tr.typicality * ridges)[..., None]
+    milia = _dots(rng, f, int(rng.integers(0, 8 * tr.typicality + 1)), 0.05, 0.85)
+    comedo = _dots(rng, f, int(rng.integers(0, 6 * tr.typicality + 1)), 0.05, 0.85)
+    colour = _blend(colour, _rgb(_WHITE), 0.8 * milia)
+    return _blend(colour, _rgb(_DARK_BROWN) * 0.7, 0.8 * comedo)
+
+
+def _paint_ak(rng: np.random.Generator, f: _LesionFrame, tr: _LesionTraits) -> np.ndarray:
+    """Actinic keratosis: reddish patch, rough white-yellow scale, 'strawberry' follicles."""
+    red = (1 - tr.darkness) * np.asarray(_PINK) + tr.darkness * np.asarray(_RED)
+    colour = (
+        _rgb(_jitter(rng, tuple(red), 0.07))
+        * (1.0 + 0.06 * _value_noise(rng, 6, f.size))[..., None]
+    )
+    roughness = _value_noise(rng, 18, f.size) + 0.6 * _value_noise(rng, 7, f.size)
+    scale = np.clip(roughness - (1.3 - 0.7 * tr.typicality), 0, 1)
+    colour = _blend(colour, _rgb(_KERATIN), 0.8 * scale)
+    follicles = _dots(rng, f, int(rng.integers(0, 10 * tr.typicality + 1)), 0.04, 0.8)
+    return _blend(colour, _rgb(_WHITE), 0.6 * follicles)
+
+
+def _paint_scc(rng: np.random.Generator, f: _LesionFrame, tr: _LesionTraits) -> np.ndarray:
+    """Squamous cell carcinoma: red-pink nodule, central keratin, dotted vessels, crust."""
+    red = (1 - tr.darkness) * np.asarray(_PINK) + tr.darkness * np.asarray(_RED)
+    colour = _rgb(_jitter(rng, tuple(red), 0.07)) * np.ones_like(f.t)[..., None]
+    core = rng.uniform(0.3, 0.6)
+    keratin = _sigmoid((core - f.t + 0.15 * _value_noise(rng, 5, f.size)) / 0.06)
+    colour = _blend(colour, _rgb(_jitter(rng, _KERATIN, 0.05)), 0.9 * tr.typicality * keratin)
+    vessels = _dots(rng, f, int(rng.integers(3, 14)), 0.035, 0.95) * (f.t > core)
+    colour = _blend(colour, _rgb(_DARK_RED), 0.85 * vessels)
+    if rng.random() < 0.3:
+        crust = _dots(rng, f, 1, rng.uniform(0.12, 0.25), 0.5)
+        colour = _blend(colour, _rgb(_DARK_RED) * 0.6, 0.9 * crust)
+    return colour
+
+
+def _paint_vasc(rng: np.random.Generator, f: _LesionFrame, tr: _LesionTraits) -> np.ndarray:
+    """Vascular lesion: red to purple lacunae separated by paler septa."""
+    tones = [_jitter(rng, c, 0.08) for c in (_RED, _DARK_RED, _PURPLE)]
+    mix = rng.dirichlet([1.0, 1.0, 1.0])
+    base = np.einsum("k,kc->c", mix, np.stack(tones))
+    septum = 0.6 * base + 0.4 * np.asarray(_PINK, dtype=np.float32)
+    colour = _rgb(septum) * np.ones_like(f.t)[..., None]
+    count = int(rng.integers(4, 12))
+    for _ in range(count):
+        lacuna = _dots(rng, f, 1, rng.uniform(0.12, 0.28), 0.8)
+        tone = tones[int(rng.integers(3))] * rng.uniform(0.75, 1.05)
+        colour = _blend(
+            colour, _rgb(tone), np.clip(1.6 * lacuna, 0, 1) * (0.5 + 0.5 * tr.typicality)
+        )
+    return colour
+
+
+def _paint_df(rng: np.random.Generator, f: _LesionFrame, tr: _LesionTraits) -> np.ndarray:
+    """Dermatofibroma: light-brown delicate rim network, central white scar-like patch."""
+    base = (1 - tr.darkness) * np.asarray(_LIGHT_BROWN) + tr.darkness * np.asarray(_BROWN)
+    colour = _rgb(_jitter(rng, tuple(base), 0.06)) * np.ones_like(f.t)[..., None]
+    net = _network(rng, f, cells=rng.uniform(6, 9))
+    colour = colour * (1.0 - 0.15 * net)[..., None]
+    patch = rng.uniform(0.3, 0.6)
+    white = _sigmoid((patch - f.t + 0.2 * _value_noise(rng, 4, f.size)) / 0.08)
+    return _blend(colour, _rgb(_jitter(rng, _WHITE, 0.04)), 0.85 * tr.typicality * white)
+
+
+_PAINTERS: dict[str, Callable[[np.random.Generator, _LesionFrame, _LesionTraits], np.ndarray]] = {
+    "NV": _paint_nv,
+    "MEL": _paint_mel,
+    "BCC": _paint_bcc,
+    "BKL": _paint_bkl,
+    "AK": _paint_ak,
+    "SCC": _paint_scc,
+    "VASC": _paint_vasc,
+    "DF": _paint_df,
+}
+
+
+# ---------------------------------------------------------------------------------
+# One image
+# ---------------------------------------------------------------------------------
+
+
+def render_demo_image(
+    label: str, patient: int, index: int, image_size: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Draw one image and its mask: ((H, W, 3) uint8, (H, W) uint8 in {0, 255}).
+
+    A pure function of its arguments. Patient traits (skin, hair, the lesion itself)
+    come from the ``(seed, patient)`` stream, everything per view (placement,
+    lighting, hairs, artefacts, noise) from the ``(seed, index)`` stream.
+    """
+    if label not in _PAINTERS:
+        raise ValueError(f"unknown class {label!r}; expected one of {DEMO_CLASSES}")
+    if image_size < 16:
+        raise ValueError(f"image_size must be >= 16, got {image_size}")
+    patient_rng = np.random.default_rng([seed, _PATIENT_STREAM, patient])
+    rng = np.random.default_rng([seed, _IMAGE_STREAM, index])
+    skin_traits = _patient_skin(patient_rng)
+    traits = _lesion_traits(patient_rng, _LOOKS[label])
+    x, y = _grid(image_size)
+
+    canvas = _skin(rng, skin_traits, x, y)
+    skin_texture = canvas.mean(axis=-1) / max(float(canvas.mean()), 1e-6)
+    frame = _lesion_frame(rng, traits, x, y)
+    lesion = (
+        _PAINTERS[label](rng, frame, traits) * traits.tint * _rgb(_jitter(rng, (1, 1, 1), 0.04))
+    )
+    # Keep the skin's grain visible through the lesion so it looks embedded, not pasted.
+    lesion = lesion * (0.6 + 0.4 * skin_texture)[..., None]
+    canvas = _blend(canvas, np.clip(lesion, 0, 1), traits.opacity * frame.inside)
+    canvas = _add_class_strokes(rng, label, frame, traits, canvas)
+    mask = np.where(frame.t < 1.0, 255, 0).astype(np.uint8)
+
+    strokes = _hair_strokes(rng, skin_traits, image_size)
+    if rng.random() < 0.12:
+        strokes += _ruler_strokes(rng, image_size)
+    opacity, ink = _render_strokes(strokes, image_size)
+    canvas = _blend(canvas, ink, opacity)
+    canvas = _bubbles_and_glare(rng, canvas, x, y)
+    canvas = canvas * _dermoscope_field(rng, x, y)[..., None]
+
+    # Camera: white balance, exposure, focus blur and sensor noise.
+    canvas = (
+        canvas * (1.0 + 0.04 * rng.standard_normal(3)).astype(np.float32) * rng.uniform(0.88, 1.1)
+    )
+    blur = rng.uniform(0.0, 0.7) * image_size / 64
+    if blur > 0.25:
+        canvas = ndimage.gaussian_filter(canvas, sigma=(blur, blur, 0))
+    sensor_noise = rng.uniform(0.01, 0.03)
+    canvas += sensor_noise * rng.standard_normal(canvas.shape, dtype=np.float32)
+    assert canvas.dtype == np.float32, canvas.dtype
+    image = np.clip(np.round(canvas * 255.0), 0, 255).astype(np.uint8)
+    return image, mask
+
+
+def _add_class_strokes(
+    rng: np.random.Generator,
+    label: str,
+    frame: _LesionFrame,
+    traits: _LesionTraits,
+    canvas: np.ndarray,
+) -> np.ndarray:
+    """Curvilinear class features drawn as strokes: arborising vessels of BCC."""
+    if label != "BCC":
+        return canvas
+    count = int(rng.binomial(4, 0.2 + 0.7 * traits.typicality))
+    if count == 0:
+        return canvas
+    strokes = _vessel_strokes(rng, frame, count)
+    opacity, ink = _render_strokes(strokes, frame.size)
+    return _blend(canvas, ink, opacity * frame.inside * traits.opacity)
+
+
+# ---------------------------------------------------------------------------------
+# The dataset
+# ---------------------------------------------------------------------------------
+
+
+def generate_demo_samples(
+    total: int = DEFAULT_TOTAL, image_size: int = DEFAULT_IMAGE_SIZE, seed: int = 0
+) -> Iterator[DemoSample]:
+    """Yield the ``total`` demo samples in index order, drawing each lazily."""
+    plan = demo_plan(total, seed)
+    for index in range(total):
+        label = DEMO_CLASSES[int(plan.labels[index])]
+        patient = int(plan.patients[index])
+        image, mask = render_demo_image(label, patient, index, image_size, seed)
+        yield DemoSample(
+            index=index,
+            image_id=demo_image_id(index, seed),
+            image=image,
+            mask=mask,
+            label=label,
+            group=demo_group_id(patient, seed),
+        )
+
+
+def load_demo_arrays(
+    total: int = DEFAULT_TOTAL,
+    image_size: int = DEFAULT_IMAGE_SIZE,
+    seed: int = 0,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+) -> DemoArrays:
+    """The whole demo set as arrays (see :class:`DemoArrays`); ~25 MB at the defaults."""
+    images = np.empty((total, image_size, image_size, 3), dtype=np.uint8)
+    masks = np.empty((total, image_size, image_size), dtype=np.uint8)
+    labels = np.empty(total, dtype=np.int64)
+    groups: list[str] = []
+    for sample in generate_demo_samples(total, image_size, seed):
+        if should_cancel is not None and should_cancel():
+            raise DemoDatasetCanceled(f"canceled after {sample.index} of {total} images")
+        images[sample.index] = sample.image
+        masks[sample.index] = sample.mask
+        labels[sample.index] = DEMO_CLASSES.index(sample.label)
+        groups.append(sample.group)
+        if progress is not None:
+            progress(sample.index + 1, total)
+    return DemoArrays(
+        images=images, masks=masks, labels=labels, groups=groups, class_names=DEMO_CLASSES
+    )
+
+
+def write_demo_dataset(
+    out_dir: Path,
+    total: int = DEFAULT_TOTAL,
+    image_size: int = DEFAULT_IMAGE_SIZE,
+    seed: int = 0,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+) -> Path:
+    """Write the demo set as a tailsynth CSV-manifest dataset and return the manifest path.
+
+    Layout: ``out_dir/images/<image_id>.png``, ``out_dir/masks/<image_id>.png`` and
+    ``out_dir/manifest.csv`` with header ``path,label,mask,group`` (paths relative to
+    ``out_dir``, POSIX separators). The manifest is written last and moved into place
+    atomically, so a directory with a manifest is always complete.
+    """
+    out_dir = Path(out_dir)
+    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    (out_dir / "masks").mkdir(parents=True, exist_ok=True)
+    rows: list[tuple[str, str, str, str]] = []
+    for sample in generate_demo_samples(total, image_size, seed):
+        if should_cancel is not None and should_cancel():
+            raise DemoDatasetCanceled(f"canceled after {sample.index} of {total} images")
+        image_rel = f"images/{sample.image_id}.png"
+        mask_rel = f"masks/{sample.image_id}.png"
+        marker = {DEMO_PNG_KEY: f"seed={seed};index={sample.index};label={sample.label}"}
+        (out_dir / image_rel).write_bytes(encode_png(sample.image, text=marker))
+        (out_dir / mask_rel).write_bytes(encode_png(sample.mask))
+        rows.append((image_rel, sample.label, mask_rel, sample.group))
+        if progress is not None:
+            progress(sample.index + 1, total)
+    manifest = out_dir / "manifest.csv"
+    partial = out_dir / "manifest.csv.partial"
+    with partial.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(("path", "label", "mask", "group"))
+        writer.writerows(rows)
+    os.replace(partial, manifest)
+    return manifest
