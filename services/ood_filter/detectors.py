@@ -71,9 +71,7 @@ class MahalanobisDetector(Detector):
 
     def fit(self, features: np.ndarray, logits: np.ndarray, labels: np.ndarray) -> Self:
         features = np.asarray(features, dtype=np.float64)
-        self.class_means = {
-            int(c): features[labels == c].mean(axis=0) for c in np.unique(labels)
-        }
+        self.class_means = {int(c): features[labels == c].mean(axis=0) for c in np.unique(labels)}
         means = np.stack([self.class_means[int(c)] for c in labels])
         shrunk = LedoitWolf(assume_centered=True).fit(features - means)
         self.precision = shrunk.precision_
@@ -115,9 +113,7 @@ class RelativeMahalanobisDetector(MahalanobisDetector):
     def score(self, features: np.ndarray, logits: np.ndarray, class_index: int) -> np.ndarray:
         if self.background_mean is None or self.background_precision is None:
             raise RuntimeError("RelativeMahalanobisDetector.fit was not called")
-        background = _squared_mahalanobis(
-            features, self.background_mean, self.background_precision
-        )
+        background = _squared_mahalanobis(features, self.background_mean, self.background_precision)
         return -(self.class_distance(features, class_index) - background)
 
 
@@ -141,9 +137,9 @@ class KnnDetector(Detector):
         self.indexes = {}
         for c in np.unique(labels):
             members = normalised[labels == c]
-            self.indexes[int(c)] = NearestNeighbors(
-                n_neighbors=min(self.k, len(members))
-            ).fit(members)
+            self.indexes[int(c)] = NearestNeighbors(n_neighbors=min(self.k, len(members))).fit(
+                members
+            )
         return self
 
     def score(self, features: np.ndarray, logits: np.ndarray, class_index: int) -> np.ndarray:

@@ -97,7 +97,9 @@ def _as_float32(values: Any, name: str, n_rows: int) -> np.ndarray:
         values = values.detach().float().cpu().numpy()
     array = np.asarray(values, dtype=np.float32)
     if array.ndim != 2 or array.shape[0] != n_rows:
-        raise ValueError(f"extractor returned {name} of shape {array.shape}, expected ({n_rows}, K)")
+        raise ValueError(
+            f"extractor returned {name} of shape {array.shape}, expected ({n_rows}, K)"
+        )
     return array
 
 

@@ -1,0 +1,461 @@
+"""The OOD filter: fit on real images, score candidates in a stream, select the curated set.
+
+Typical use (the lead wraps this in a Celery task; nothing here touches DB or storage)::
+
+    train = embed_images(classifier, iter_image_batches(train_images, 256))
+    val = embed_images(classifier, iter_image_batches(val_images, 256))
+    ood_filter = OodFilter.fit(train, train_labels, val, val_labels)
+    scores = [chunk for chunk in ood_filter.score_batches(classifier, batches, "DF")]
+    outcome = ood_filter.decide(CandidateScores.concatenate(scores), SelectionRule.calibrated())
+
+Detectors are fitted on the real **training** split; thresholds and percentiles come
+from the real **validation** split of the class; the test split is never used. Scores
+follow one convention: higher = more in-distribution (see :mod:`.records`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from services.ood_filter.calibration import combined_score, joint_thresholds, percentile_scores
+from services.ood_filter.detectors import OFF_CLASS_DETECTOR, Detector, build_detector
+from services.ood_filter.features import (
+    FeatureExtractor,
+    ImageEmbeddings,
+    OodFilterCanceled,
+    embed_batch,
+    image_shape_of,
+)
+from services.ood_filter.memorisation import CopyCheck, MemorisationGuard
+from services.ood_filter.records import CandidateRecord, ClassCalibration, FilterOutcome, Reason
+from services.ood_filter.selection import SelectionRule, decide
+
+DEFAULT_DETECTORS: tuple[str, ...] = (
+    "mahalanobis",
+    "relative_mahalanobis",
+    "knn",
+    "energy",
+    "max_softmax",
+    "class_probability",
+)
+
+
+@dataclass(frozen=True)
+class OodFilterConfig:
+    """Knobs of the filter (defaults are what the demo evaluation measured).
+
+    Attributes:
+        detectors: Detector names, all must pass; include ``class_probability`` for the
+            ``off_class`` reason.
+        knn_k: Neighbours for the KNN detector (capped by the class size).
+        target_keep_rate: Fraction of real validation images of a class that must pass
+            all detectors at the calibrated thresholds, in (0, 1].
+        min_train_per_class: Real training images a class needs before it can be filtered.
+        min_validation_per_class: Real validation images a class needs for calibration.
+        copy_similarity_percentile: Percentile of train-to-nearest-other-train cosine
+            similarities above which a candidate is a near copy.
+        copy_similarity_margin: Added to that percentile's similarity.
+        max_phash_distance: Upper bound (bits) of the pHash near-copy threshold.
+        seed: Seed for the subsample that calibrates the pHash threshold.
+    """
+
+    detectors: tuple[str, ...] = DEFAULT_DETECTORS
+    knn_k: int = 5
+    target_keep_rate: float = 0.95
+    min_train_per_class: int = 10
+    min_validation_per_class: int = 10
+    copy_similarity_percentile: float = 99.0
+    copy_similarity_margin: float = 0.0
+    max_phash_distance: int = 6
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.detectors:
+            raise ValueError("at least one detector is needed")
+        if len(set(self.detectors)) != len(self.detectors):
+            raise ValueError(f"detectors repeat: {self.detectors}")
+        if self.min_train_per_class < 2:
+            raise ValueError("min_train_per_class must be >= 2 (the copy guard needs pairs)")
+        if self.min_validation_per_class < 1:
+            raise ValueError("min_validation_per_class must be >= 1")
+
+
+@dataclass(frozen=True)
+class CandidateScores:
+    """Scores of a run of consecutive candidates for one class (arrays of shape (N,)).
+
+    Attributes:
+        class_index: The class the candidates were generated for.
+        start_index: Stream position of the first candidate.
+        scores: Detector name -> raw scores (higher = more in-distribution).
+        percentiles: Detector name -> percentile among real validation images, [0, 1].
+        combined: Mean percentile, [0, 1].
+        copy_check: Memorisation-guard results.
+    """
+
+    class_index: int
+    start_index: int
+    scores: dict[str, np.ndarray]
+    percentiles: dict[str, np.ndarray]
+    combined: np.ndarray
+    copy_check: CopyCheck
+
+    def __len__(self) -> int:
+        return int(self.combined.shape[0])
+
+    @staticmethod
+    def concatenate(chunks: Sequence[CandidateScores]) -> CandidateScores:
+        """Join consecutive chunks of one class into one (only floats, no images)."""
+        if not chunks:
+            raise ValueError("no candidate scores to concatenate")
+        if len({chunk.class_index for chunk in chunks}) != 1:
+            raise ValueError("chunks belong to different classes")
+
+        def join(arrays: Iterable[np.ndarray]) -> np.ndarray:
+            return np.concatenate(list(arrays))
+
+        names = list(chunks[0].scores)
+        checks = [chunk.copy_check for chunk in chunks]
+        return CandidateScores(
+            class_index=chunks[0].class_index,
+            start_index=chunks[0].start_index,
+            scores={name: join(chunk.scores[name] for chunk in chunks) for name in names},
+            percentiles={name: join(chunk.percentiles[name] for chunk in chunks) for name in names},
+            combined=join(chunk.combined for chunk in chunks),
+            copy_check=CopyCheck(
+                nearest_similarity=join(check.nearest_similarity for check in checks),
+                nearest_index=join(check.nearest_index for check in checks),
+                similarity_threshold=join(check.similarity_threshold for check in checks),
+                phash_distance=join(check.phash_distance for check in checks),
+                phash_threshold=checks[0].phash_threshold,
+                is_copy=join(check.is_copy for check in checks),
+            ),
+        )
+
+
+@dataclass
+class _ClassReference:
+    """Per-class state fitted from real images."""
+
+    calibration: ClassCalibration
+    sorted_validation_scores: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+class OodFilter:
+    """A fitted filter; build with :meth:`fit`."""
+
+    def __init__(
+        self,
+        config: OodFilterConfig,
+        detectors: dict[str, Detector],
+        guard: MemorisationGuard,
+        image_shape: tuple[int, int, int],
+        n_logits: int,
+        train_counts: dict[int, int],
+        validation_counts: dict[int, int],
+        references: dict[int, _ClassReference],
+        class_names: Sequence[str] | None,
+    ) -> None:
+        self.config = config
+        self.detectors = detectors
+        self.guard = guard
+        self.image_shape = image_shape
+        self.n_logits = n_logits
+        self.train_counts = train_counts
+        self.validation_counts = validation_counts
+        self.references = references
+        self.class_names = list(class_names) if class_names is not None else None
+
+    # ----------------------------------------------------------------- fitting
+    @classmethod
+    def fit(
+        cls,
+        train: ImageEmbeddings,
+        train_labels: np.ndarray,
+        validation: ImageEmbeddings,
+        validation_labels: np.ndarray,
+        config: OodFilterConfig | None = None,
+        *,
+        class_names: Sequence[str] | None = None,
+    ) -> OodFilter:
+        """Fit detectors and the copy guard on train, thresholds on validation.
+
+        Args:
+            train: Embeddings of the real training images (hashed in all orientations).
+            train_labels: (N_train,) int class labels, 0 <= label < number of logits.
+            validation: Embeddings of real validation images, same image shape.
+            validation_labels: (N_val,) int class labels.
+            config: Filter settings; defaults when None.
+            class_names: Names by class index, used in messages only.
+
+        Classes with fewer than ``min_train_per_class`` training or
+        ``min_validation_per_class`` validation images are left unfitted; asking to
+        score them raises a ValueError naming the shortfall.
+        """
+        config = config or OodFilterConfig()
+        train_labels = _check_labels(train_labels, len(train), "train")
+        validation_labels = _check_labels(validation_labels, len(validation), "validation")
+        if train.image_shape != validation.image_shape:
+            raise ValueError(
+                f"validation images are {validation.image_shape}, training images are "
+                f"{train.image_shape}; both must be resampled to the same size and channels"
+            )
+        n_logits = int(train.logits.shape[1])
+        for name, labels in (("train", train_labels), ("validation", validation_labels)):
+            if len(labels) and (labels.min() < 0 or labels.max() >= n_logits):
+                raise ValueError(
+                    f"{name} labels must lie in [0, {n_logits}) (the classifier has "
+                    f"{n_logits} outputs), got range [{labels.min()}, {labels.max()}]"
+                )
+        train_counts = _counts(train_labels)
+        validation_counts = _counts(validation_labels)
+        # Fit only on classes with enough images: a 1-image class would give a
+        # meaningless mean and break the copy guard's nearest-other statistic.
+        fittable = np.isin(
+            train_labels,
+            [c for c, n in train_counts.items() if n >= config.min_train_per_class],
+        )
+        if not fittable.any():
+            raise ValueError(
+                f"no class has the {config.min_train_per_class} real training images the "
+                f"OOD filter needs (counts by class: {train_counts})"
+            )
+        fit_features, fit_logits = train.features[fittable], train.logits[fittable]
+        fit_labels = train_labels[fittable]
+        detectors = {
+            name: build_detector(name, knn_k=config.knn_k).fit(fit_features, fit_logits, fit_labels)
+            for name in config.detectors
+        }
+        guard = MemorisationGuard(
+            percentile=config.copy_similarity_percentile,
+            margin=config.copy_similarity_margin,
+            max_phash_distance=config.max_phash_distance,
+            seed=config.seed,
+        ).fit(train.features, train_labels, train.phashes)
+        references: dict[int, _ClassReference] = {}
+        for class_index in np.unique(fit_labels):
+            c = int(class_index)
+            if validation_counts.get(c, 0) < config.min_validation_per_class:
+                continue
+            members = validation.subset(validation_labels == c)
+            raw = {
+                name: detector.score(members.features, members.logits, c)
+                for name, detector in detectors.items()
+            }
+            thresholds, level, keep_rate = joint_thresholds(raw, config.target_keep_rate)
+            references[c] = _ClassReference(
+                calibration=ClassCalibration(
+                    class_index=c,
+                    thresholds=thresholds,
+                    tail_quantile=level,
+                    target_keep_rate=config.target_keep_rate,
+                    validation_keep_rate=keep_rate,
+                    n_train=train_counts[c],
+                    n_validation=validation_counts[c],
+                ),
+                sorted_validation_scores={name: np.sort(values) for name, values in raw.items()},
+            )
+        return cls(
+            config,
+            detectors,
+            guard,
+            train.image_shape,
+            n_logits,
+            train_counts,
+            validation_counts,
+            references,
+            class_names,
+        )
+
+    # ----------------------------------------------------------------- lookup
+    def class_label(self, class_index: int) -> str:
+        """``'DF' (index 5)`` when names are known, else ``index 5``."""
+        if self.class_names is not None and 0 <= class_index < len(self.class_names):
+            return f"{self.class_names[class_index]!r} (index {class_index})"
+        return f"index {class_index}"
+
+    def resolve_class(self, requested: int | str) -> int:
+        """The class index for a name or index, checked to be fitted.
+
+        Raises:
+            ValueError: Unknown to the classifier, or too few real images to filter.
+        """
+        if isinstance(requested, str):
+            if self.class_names is None or requested not in self.class_names:
+                raise ValueError(
+                    f"class {requested!r} is unknown to the feature model; known classes: "
+                    f"{self.class_names or list(range(self.n_logits))}"
+                )
+            class_index = self.class_names.index(requested)
+        else:
+            class_index = int(requested)
+        if not 0 <= class_index < self.n_logits:
+            raise ValueError(
+                f"class index {class_index} was never seen by the feature model, which has "
+                f"{self.n_logits} classes (0..{self.n_logits - 1})"
+            )
+        label = self.class_label(class_index)
+        n_train = self.train_counts.get(class_index, 0)
+        if n_train < self.config.min_train_per_class:
+            raise ValueError(
+                f"class {label} has {n_train} real training image(s); the OOD filter needs at "
+                f"least {self.config.min_train_per_class} to fit its detectors"
+            )
+        n_validation = self.validation_counts.get(class_index, 0)
+        if class_index not in self.references:
+            raise ValueError(
+                f"class {label} has {n_validation} real validation image(s); the OOD filter "
+                f"needs at least {self.config.min_validation_per_class} to calibrate thresholds"
+            )
+        return class_index
+
+    def calibration(self, requested: int | str) -> ClassCalibration:
+        """The thresholds in force for a class."""
+        return self.references[self.resolve_class(requested)].calibration
+
+    # ----------------------------------------------------------------- scoring
+    def score(
+        self, candidates: ImageEmbeddings, requested: int | str, *, start_index: int = 0
+    ) -> CandidateScores:
+        """Score embedded candidates generated for one class.
+
+        Args:
+            candidates: Embeddings of the candidates (any number of hash columns).
+            requested: Class name or index they were generated for.
+            start_index: Stream position of the first candidate (for record indices).
+        """
+        class_index = self.resolve_class(requested)
+        if candidates.image_shape != self.image_shape:
+            raise ValueError(
+                f"candidates are {candidates.image_shape} (H, W, C) but the filter was fitted "
+                f"on {self.image_shape}; resample candidates to the fitted size and channels"
+            )
+        if candidates.logits.shape[1] != self.n_logits:
+            raise ValueError(
+                f"candidate logits have {candidates.logits.shape[1]} classes, the fitted "
+                f"classifier has {self.n_logits}; use the same feature model"
+            )
+        reference = self.references[class_index]
+        scores = {
+            name: detector.score(candidates.features, candidates.logits, class_index)
+            for name, detector in self.detectors.items()
+        }
+        percentiles = {
+            name: percentile_scores(reference.sorted_validation_scores[name], values)
+            for name, values in scores.items()
+        }
+        return CandidateScores(
+            class_index=class_index,
+            start_index=start_index,
+            scores=scores,
+            percentiles=percentiles,
+            combined=combined_score(percentiles),
+            copy_check=self.guard.check(candidates.features, candidates.phashes),
+        )
+
+    def score_batches(
+        self,
+        extractor: FeatureExtractor,
+        batches: Iterable[np.ndarray],
+        requested: int | str,
+        *,
+        total: int | None = None,
+        progress: Callable[[int, int], None] | None = None,
+        should_cancel: Callable[[], bool] | None = None,
+    ) -> Iterator[CandidateScores]:
+        """Embed and score candidate image batches lazily, one chunk per batch.
+
+        Only one batch of images is alive at a time, so memory stays bounded however
+        many candidates stream through; record each yielded chunk as it arrives.
+
+        Args:
+            extractor: The same feature model the filter was fitted with.
+            batches: Iterable of uint8 arrays (n_i, H, W[, C]) at the fitted shape.
+            requested: Class name or index the candidates were generated for.
+            total: Expected number of candidates, for ``progress`` (0 when unknown).
+            progress: ``progress(done, total)`` after each batch.
+            should_cancel: Polled before each batch; True raises :class:`OodFilterCanceled`
+                (chunks already yielded stay valid).
+        """
+        self.resolve_class(requested)  # fail before any work on a bad class
+        done = 0
+        for batch in batches:
+            if should_cancel is not None and should_cancel():
+                raise OodFilterCanceled(f"canceled after scoring {done} candidates")
+            shape = image_shape_of(batch)
+            if shape != self.image_shape:
+                raise ValueError(
+                    f"candidate batch is {shape} (H, W, C) but the filter was fitted on "
+                    f"{self.image_shape}; resample candidates to the fitted size and channels"
+                )
+            embedded = embed_batch(extractor, batch, all_orientations=False)
+            yield self.score(embedded, requested, start_index=done)
+            done += len(batch)
+            if progress is not None:
+                progress(done, total or 0)
+
+    # ----------------------------------------------------------------- decisions
+    def decide(self, scored: CandidateScores, rule: SelectionRule | None = None) -> FilterOutcome:
+        """Keep/reject every scored candidate and record why.
+
+        With the default calibrated rule each chunk can be decided on its own as it is
+        scored; ranked rules (keep fraction, target count) need all chunks of the class,
+        joined with :meth:`CandidateScores.concatenate`.
+        """
+        rule = rule or SelectionRule.calibrated()
+        calibration = self.references[scored.class_index].calibration
+        thresholds = calibration.thresholds
+        failed = {name: scored.scores[name] < thresholds[name] for name in scored.scores}
+        off_class = failed.get(OFF_CLASS_DETECTOR, np.zeros(len(scored), dtype=bool))
+        other = [mask for name, mask in failed.items() if name != OFF_CLASS_DETECTOR]
+        ood = np.any(np.stack(other), axis=0) if other else np.zeros(len(scored), dtype=bool)
+        check = scored.copy_check
+        kept, reasons = decide(
+            rule, combined=scored.combined, is_copy=check.is_copy, off_class=off_class, ood=ood
+        )
+        names = list(scored.scores)
+        records = [
+            CandidateRecord(
+                index=scored.start_index + row,
+                class_index=scored.class_index,
+                scores={name: float(scored.scores[name][row]) for name in names},
+                thresholds={name: thresholds[name] for name in names},
+                percentiles={name: float(scored.percentiles[name][row]) for name in names},
+                combined_score=float(scored.combined[row]),
+                nearest_train_similarity=float(check.nearest_similarity[row]),
+                nearest_train_index=int(check.nearest_index[row]),
+                copy_similarity_threshold=float(check.similarity_threshold[row]),
+                phash_distance=int(check.phash_distance[row]),
+                phash_threshold=int(check.phash_threshold),
+                kept=bool(kept[row]),
+                reason=reasons[row],
+            )
+            for row in range(len(scored))
+        ]
+        counts = {reason.value: 0 for reason in Reason}
+        for reason in reasons:
+            counts[reason.value] += 1
+        return FilterOutcome(
+            class_index=scored.class_index,
+            rule=rule.describe(),
+            calibration=calibration,
+            records=records,
+            counts=counts,
+        )
+
+
+def _check_labels(labels: np.ndarray, n_rows: int, name: str) -> np.ndarray:
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or len(labels) != n_rows:
+        raise ValueError(f"{name} labels must have shape ({n_rows},), got {labels.shape}")
+    if labels.size and not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"{name} labels must be integers, got {labels.dtype}")
+    return labels.astype(np.int64)
+
+
+def _counts(labels: np.ndarray) -> dict[int, int]:
+    values, counts = np.unique(labels, return_counts=True)
+    return {int(v): int(n) for v, n in zip(values, counts, strict=True)}

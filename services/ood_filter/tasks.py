@@ -1,0 +1,1 @@
+"""Celery tasks of this service (wired by the platform)."""

@@ -1,0 +1,82 @@
+"""Fixtures for the OOD filter tests: Gaussian features per class and a fake extractor.
+
+The fake extractor stands in for ``ImageClassifier``: features are block-mean colours
+(so flipped copies get *different* features and only the pHash check can catch them),
+logits are negative distances of the mean colour to per-class colours (a nearest-
+centroid classifier). Images are 16 px, so everything runs in milliseconds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from services.ood_filter.features import ImageEmbeddings
+
+N_CLASSES = 3
+FEATURE_DIM = 16
+IMAGE_SIZE = 16
+CLASS_COLOURS = np.array([[200.0, 60.0, 60.0], [60.0, 200.0, 60.0], [60.0, 60.0, 200.0]])
+
+
+@dataclass(frozen=True)
+class GaussianWorld:
+    """Class means (C, D) and a linear head (D, C) producing confident logits."""
+
+    means: np.ndarray
+    head: np.ndarray
+
+    def sample(
+        self, rng: np.random.Generator, labels: np.ndarray, *, n_hash_columns: int
+    ) -> ImageEmbeddings:
+        features = self.means[labels] + rng.normal(0.0, 1.0, (len(labels), FEATURE_DIM))
+        hashes = rng.integers(0, 2**63, (len(labels), n_hash_columns), dtype=np.uint64)
+        return ImageEmbeddings(
+            features=features.astype(np.float32),
+            logits=(features @ self.head).astype(np.float32),
+            phashes=hashes,
+            image_shape=(IMAGE_SIZE, IMAGE_SIZE, 3),
+        )
+
+
+@pytest.fixture
+def world() -> GaussianWorld:
+    """Three well-separated Gaussian classes in 16-D."""
+    means = np.zeros((N_CLASSES, FEATURE_DIM))
+    for c in range(N_CLASSES):
+        means[c, c] = 6.0
+    return GaussianWorld(means=means, head=means.T.copy() / 3.0)
+
+
+def labels_for(n_per_class: int) -> np.ndarray:
+    """(N_CLASSES * n_per_class,) labels 0, 0, ..., 1, 1, ..., 2, 2, ..."""
+    return np.repeat(np.arange(N_CLASSES), n_per_class)
+
+
+class BlockColourExtractor:
+    """Fake ``ImageClassifier``: 4 x 4 block-mean colours as features (48-D)."""
+
+    def features_and_logits(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        pixels = images.astype(np.float64)
+        n, height, width, channels = pixels.shape
+        blocks = pixels.reshape(n, 4, height // 4, 4, width // 4, channels).mean(axis=(2, 4))
+        features = blocks.reshape(n, -1) / 255.0
+        mean_colour = pixels.mean(axis=(1, 2))
+        logits = -np.linalg.norm(mean_colour[:, None, :] - CLASS_COLOURS[None], axis=2) / 10.0
+        return features, logits
+
+
+def make_images(rng: np.random.Generator, labels: np.ndarray) -> np.ndarray:
+    """(N, 16, 16, 3) uint8: class colour + smooth random texture + a little noise."""
+    coarse = rng.normal(0.0, 40.0, (len(labels), 4, 4, 3))
+    texture = np.kron(coarse, np.ones((1, 4, 4, 1)))
+    noise = rng.normal(0.0, 4.0, (len(labels), IMAGE_SIZE, IMAGE_SIZE, 3))
+    images = CLASS_COLOURS[labels][:, None, None, :] + texture + noise
+    return np.clip(images, 0, 255).round().astype(np.uint8)
+
+
+@pytest.fixture
+def extractor() -> BlockColourExtractor:
+    return BlockColourExtractor()
