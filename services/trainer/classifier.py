@@ -626,7 +626,7 @@ def _normalisation(model: nn.Module, in_chans: int) -> tuple[torch.Tensor, torch
     if in_chans == 1 and mean.numel() != 1:
         # timm adapts an RGB stem to one channel by summing its filters, i.e. it treats
         # gray as R = G = B; the matching normalisation is the channel average.
-        mean, std = mean.mean(keepdim=True), std.mean(keepdim=True)
+        mean, std = mean.mean().reshape(1), std.mean().reshape(1)
     return mean.view(1, -1, 1, 1), std.view(1, -1, 1, 1)
 
 
