@@ -14,6 +14,15 @@ from shared.settings import Settings
 
 QUEUES = ("ingest", "generate", "filter", "train")
 
+# Task names and their queues: the API sends by name, so it never imports worker code.
+TASK_QUEUES: dict[str, str] = {
+    "tailsynth.ingest_dataset": "ingest",
+    "tailsynth.train_generator": "generate",
+    "tailsynth.synthesize": "generate",
+    "tailsynth.filter_candidates": "filter",
+    "tailsynth.run_experiment": "train",
+}
+
 TASK_MODULES = (
     "shared.ingest.tasks",
     "services.generator.tasks",
@@ -41,6 +50,10 @@ def check_visibility_timeout(settings: Settings) -> None:
                 f"than the longest task time limit {longest}s; raise "
                 "TAILSYNTH_BROKER_VISIBILITY_TIMEOUT_S or lower the time limits"
             )
+
+
+def _time_limit(settings: Settings, queue: str) -> int:
+    return int(getattr(settings, f"{queue}_time_limit_s"))
 
 
 def create_celery_app(settings: Settings, *, include_tasks: bool = False) -> Celery:
@@ -76,5 +89,8 @@ def create_celery_app(settings: Settings, *, include_tasks: bool = False) -> Cel
         task_default_queue="ingest",
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
+        task_annotations={
+            name: {"time_limit": _time_limit(settings, queue)} for name, queue in TASK_QUEUES.items()
+        },
     )
     return app

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -20,20 +19,11 @@ from celery import Celery
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared.celery_app import TASK_QUEUES
 from shared.errors import Conflict, TailsynthError
 from shared.models import Job, JobState, utcnow
 
 log = logging.getLogger(__name__)
-
-# Task names and their queues: the API sends by name, so it never imports worker code.
-TASK_QUEUES: dict[str, str] = {
-    "tailsynth.ingest_dataset": "ingest",
-    "tailsynth.train_generator": "generate",
-    "tailsynth.register_generator": "generate",
-    "tailsynth.synthesize": "generate",
-    "tailsynth.filter_candidates": "filter",
-    "tailsynth.run_experiment": "train",
-}
 
 
 class JobCanceled(Exception):
@@ -216,16 +206,3 @@ def _end(
             job.result = {**job.result, **result}
             if job.total and state == JobState.SUCCEEDED:
                 job.done = job.total
-
-
-@contextmanager
-def heartbeat_every(ctx: JobContext, every: int) -> Iterator[Callable[[int], None]]:
-    """A ``tick(done)`` that reports progress every ``every`` units of work."""
-    state = {"last": -every}
-
-    def tick(done: int) -> None:
-        if done - state["last"] >= every:
-            ctx.progress(done)
-            state["last"] = done
-
-    yield tick

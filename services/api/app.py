@@ -1,0 +1,115 @@
+"""The FastAPI gateway: ``create_app(settings)``.
+
+Engines, the store and the Celery app are made in the lifespan, never at import.
+The lifespan also runs the job reaper in a background thread (sends jobs whose
+dispatch a crash interrupted, re-sends jobs whose worker died).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+
+from services.api.deps import AppState
+from services.api.problems import install_problem_handlers, problem
+from services.api.routers import datasets, health, jobs
+from shared.celery_app import create_celery_app
+from shared.db import make_engine, make_session_factory
+from shared.errors import PayloadTooLarge
+from shared.jobs import reap
+from shared.settings import Settings, get_settings
+from shared.storage import make_store
+
+log = logging.getLogger(__name__)
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+ASGIApp = Callable[[Scope, Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]], Awaitable[None]]
+
+
+class BodySizeLimit:
+    """Answer 413 for a body over ``max_bytes``, from Content-Length or while streaming."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive, send) -> None:  # type: ignore[no-untyped-def]
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers", [])).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            response = problem(
+                413, "Payload too large", f"body of {int(declared):,} bytes is over the limit of {self.max_bytes:,}"
+            )
+            await response(scope, receive, send)
+            return
+        received = 0
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise PayloadTooLarge(f"body is over the limit of {self.max_bytes:,} bytes")
+            return message
+
+        await self.app(scope, counting_receive, send)
+
+
+class Reaper:
+    """Calls :func:`shared.jobs.reap` every ``interval`` seconds until stopped."""
+
+    def __init__(self, state: AppState) -> None:
+        self.state = state
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="job-reaper", daemon=True)
+
+    def _loop(self) -> None:
+        while not self.stop.wait(self.state.settings.reaper_interval_s):
+            try:
+                reap(self.state.celery, self.state.sessions, lease_s=self.state.settings.job_lease_s)
+            except Exception:  # keep reaping after a passing DB or broker outage
+                log.exception("job reaper pass failed")
+
+
+def create_app(settings: Settings | None = None, *, run_reaper: bool = True) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = make_engine(settings)
+        state = AppState(
+            settings=settings,
+            sessions=make_session_factory(engine),
+            store=make_store(settings),
+            celery=create_celery_app(settings),
+        )
+        app.state.tailsynth = state
+        reaper = Reaper(state)
+        if run_reaper:
+            reaper.thread.start()
+        try:
+            yield
+        finally:
+            reaper.stop.set()
+            engine.dispose()
+
+    app = FastAPI(
+        title="tailsynth",
+        version="1",
+        summary="Fill the long tail of medical image datasets with curated synthetic images.",
+        lifespan=lifespan,
+    )
+    install_problem_handlers(app)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
+    for module in (health, datasets, jobs):
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,1 @@
+"""v1 routers: thin — parse, call the service, shape the answer."""

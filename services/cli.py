@@ -1,0 +1,308 @@
+"""``tailsynth``: the server launcher and the client for CI pipelines.
+
+Server side: ``serve`` (embedded default: API + all workers), ``api``, ``worker``,
+``db upgrade``, ``keys create``. Client side (talks HTTP; ``--url`` and
+``--api-key`` or ``TAILSYNTH_URL`` / ``TAILSYNTH_API_KEY``): ``datasets upload``,
+``datasets demo``, ``jobs wait``. Client verbs exit non-zero when a job fails.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from shared.settings import Settings
+
+EMBEDDED_QUEUES = ("ingest", "generate", "filter", "train")
+
+
+def _settings(data_dir: str | None) -> Settings:
+    if data_dir is not None:
+        os.environ["TAILSYNTH_DATA_DIR"] = str(Path(data_dir).resolve())
+    settings = Settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return settings
+
+
+def _echo_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, default=str))
+
+
+@click.group()
+@click.option("-v", "--verbose", is_flag=True, help="log at INFO level")
+def main(verbose: bool) -> None:
+    """tailsynth: fill the long tail of medical image datasets with curated synthetic images."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+# --------------------------------------------------------------------------- server side
+
+@main.group()
+def db() -> None:
+    """Database schema."""
+
+
+@db.command("upgrade")
+@click.option("--data-dir", default=None, help="embedded data directory (SQLite lives here)")
+def db_upgrade(data_dir: str | None) -> None:
+    """Apply all migrations (idempotent)."""
+    from shared.db import make_engine
+    from shared.migrate import upgrade
+
+    engine = make_engine(_settings(data_dir))
+    upgrade(engine)
+    click.echo(f"database at {engine.url.render_as_string(hide_password=True)} is up to date")
+
+
+@main.group()
+def keys() -> None:
+    """API keys."""
+
+
+@keys.command("create")
+@click.option("--name", required=True, help="what the key is for, e.g. 'ci'")
+@click.option("--tenant", default="default", show_default=True)
+@click.option("--data-dir", default=None)
+def keys_create(name: str, tenant: str, data_dir: str | None) -> None:
+    """Create an API key and print it (it is shown once; only its hash is stored)."""
+    from services.api.auth import create_api_key
+    from shared.db import make_engine, make_session_factory, session_scope
+    from shared.migrate import upgrade
+
+    engine = make_engine(_settings(data_dir))
+    upgrade(engine)
+    with session_scope(make_session_factory(engine)) as session:
+        issued = create_api_key(session, name=name, tenant_name=tenant)
+    click.echo(issued.key)
+
+
+@main.command()
+@click.option("--host", default=None)
+@click.option("--port", type=int, default=None)
+@click.option("--data-dir", default=None)
+def api(host: str | None, port: int | None, data_dir: str | None) -> None:
+    """Run the API gateway alone (workers run elsewhere)."""
+    import uvicorn
+
+    from services.api.app import create_app
+
+    settings = _settings(data_dir)
+    uvicorn.run(
+        create_app(settings),
+        host=host or settings.api_host,
+        port=port or settings.api_port,
+        log_level="info",
+    )
+
+
+def _worker_command(queues: str, concurrency: int, name: str) -> list[str]:
+    return [
+        sys.executable, "-m", "celery", "-A", "shared.worker", "worker",
+        "--queues", queues, "--concurrency", str(concurrency), "--pool", "prefork",
+        "--hostname", f"{name}@%h", "--loglevel", "INFO", "--without-gossip",
+        "--without-mingle", "--without-heartbeat",
+    ]  # fmt: skip
+
+
+@main.command()
+@click.option("--queues", default=",".join(EMBEDDED_QUEUES), show_default=True)
+@click.option("--concurrency", type=int, default=1, show_default=True)
+@click.option("--data-dir", default=None)
+def worker(queues: str, concurrency: int, data_dir: str | None) -> None:
+    """Run a Celery worker for some queues (e.g. ``--queues generate`` on a GPU host)."""
+    _settings(data_dir)
+    name = queues.replace(",", "-")
+    os.execv(sys.executable, _worker_command(queues, concurrency, name))
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8000, show_default=True)
+@click.option("--data-dir", default=".tailsynth", show_default=True)
+def serve(host: str, port: int, data_dir: str) -> None:
+    """Embedded default: the API and one real Celery worker process per queue, on SQLite,
+    a local object directory and a filesystem broker. Nothing to install."""
+    import uvicorn
+
+    from services.api.app import create_app
+    from shared.db import make_engine
+    from shared.migrate import upgrade
+
+    settings = _settings(data_dir)
+    upgrade(make_engine(settings))
+    env = {**os.environ, **settings.environ()}
+    logs = settings.data_dir / "logs"
+    logs.mkdir(exist_ok=True)
+    workers = []
+    for queue in EMBEDDED_QUEUES:
+        log_file = (logs / f"worker-{queue}.log").open("ab")
+        workers.append(
+            subprocess.Popen(
+                _worker_command(queue, 1, queue), env=env, stdout=log_file, stderr=subprocess.STDOUT
+            )
+        )
+    click.echo(
+        f"tailsynth: API on http://{host}:{port}, workers for {', '.join(EMBEDDED_QUEUES)} "
+        f"(logs in {logs}), data in {settings.data_dir.resolve()}",
+        err=True,
+    )
+    try:
+        uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
+    finally:
+        for process in workers:
+            process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        for process in workers:
+            try:
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+# --------------------------------------------------------------------------- client side
+
+def _client(ctx: click.Context) -> Any:
+    from services.client import TailsynthClient
+
+    return TailsynthClient(ctx.obj["url"], ctx.obj["api_key"])
+
+
+def _client_options(func: Any) -> Any:
+    func = click.option("--api-key", envvar="TAILSYNTH_API_KEY", default=None)(func)
+    func = click.option("--url", envvar="TAILSYNTH_URL", default="http://127.0.0.1:8000")(func)
+    return func
+
+
+def _wait_and_report(client: Any, job_id: str, timeout: float) -> dict[str, Any]:
+    from services.client import JobFailed
+
+    def show(job: dict[str, Any]) -> None:
+        p = job["progress"]
+        click.echo(f"  {job['state']:<9} {job['stage']:<12} {p['done']}/{p['total']} ({p['percent']}%)", err=True)
+
+    try:
+        return client.wait(job_id, timeout=timeout, on_progress=show)  # type: ignore[no-any-return]
+    except JobFailed as exc:
+        raise click.ClickException(str(exc)) from exc
+    except TimeoutError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _api_call(func: Any) -> Any:
+    """Turn :class:`ApiError` into a clean non-zero exit with the server's message."""
+    import functools
+
+    from services.client import ApiError
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except ApiError as exc:
+            raise click.ClickException(str(exc)) from exc
+
+    return wrapper
+
+
+@main.group()
+@_client_options
+@click.pass_context
+def datasets(ctx: click.Context, url: str, api_key: str | None) -> None:
+    """Datasets: upload an archive, ask for the demo set, make demo files locally."""
+    ctx.obj = {"url": url, "api_key": api_key}
+
+
+@datasets.command("upload")
+@click.argument("archive", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--name", required=True)
+@click.option("--format", "fmt", type=click.Choice(["isic2019", "ham10000", "imagefolder", "csv"]))
+@click.option("--classes", default=None, help="comma-separated closed list of labels")
+@click.option("--wait/--no-wait", default=True, show_default=True)
+@click.option("--timeout", type=float, default=3600)
+@click.pass_context
+@_api_call
+def datasets_upload(
+    ctx: click.Context, archive: Path, name: str, fmt: str | None, classes: str | None, wait: bool, timeout: float
+) -> None:
+    """Upload a zip or tar.gz dataset and (by default) wait for its ingest."""
+    with _client(ctx) as client:
+        created = client.upload_dataset(
+            archive, name=name, format=fmt, classes=classes.split(",") if classes else None
+        )
+        if wait:
+            _wait_and_report(client, created["job_id"], timeout)
+        _echo_json(client.dataset(created["dataset_id"]))
+
+
+@datasets.command("demo")
+@click.option("--name", default="demo")
+@click.option("--total", type=int, default=2400, show_default=True)
+@click.option("--image-size", type=int, default=64, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--timeout", type=float, default=3600)
+@click.pass_context
+@_api_call
+def datasets_demo(ctx: click.Context, name: str, total: int, image_size: int, seed: int, timeout: float) -> None:
+    """Ask the server to build and ingest the built-in demo dataset; wait for it."""
+    with _client(ctx) as client:
+        created = client.create_demo_dataset(name=name, total=total, image_size=image_size, seed=seed)
+        _wait_and_report(client, created["job_id"], timeout)
+        _echo_json(client.dataset(created["dataset_id"]))
+
+
+@datasets.command("make-demo")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--total", type=int, default=2400, show_default=True)
+@click.option("--image-size", type=int, default=64, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def datasets_make_demo(out_dir: Path, total: int, image_size: int, seed: int) -> None:
+    """Write the demo dataset (images, masks, manifest.csv) to a local directory."""
+    from shared.demo_dataset import write_demo_dataset
+
+    manifest = write_demo_dataset(out_dir, total=total, image_size=image_size, seed=seed)
+    click.echo(str(manifest))
+
+
+@main.group()
+@_client_options
+@click.pass_context
+def jobs(ctx: click.Context, url: str, api_key: str | None) -> None:
+    """Jobs: wait for one, cancel one."""
+    ctx.obj = {"url": url, "api_key": api_key}
+
+
+@jobs.command("wait")
+@click.argument("job_id")
+@click.option("--timeout", type=float, default=3600)
+@click.pass_context
+@_api_call
+def jobs_wait(ctx: click.Context, job_id: str, timeout: float) -> None:
+    """Wait for a job; exit 1 if it failed or was canceled."""
+    with _client(ctx) as client:
+        _echo_json(_wait_and_report(client, job_id, timeout))
+
+
+@jobs.command("cancel")
+@click.argument("job_id")
+@click.pass_context
+@_api_call
+def jobs_cancel(ctx: click.Context, job_id: str) -> None:
+    """Cancel a job; finished work is kept."""
+    with _client(ctx) as client:
+        _echo_json(client.cancel(job_id))
+
+
+if __name__ == "__main__":
+    main()

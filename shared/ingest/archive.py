@@ -1,0 +1,185 @@
+"""Reading uploaded zip and tar(.gz) archives without trusting them.
+
+Every entry is checked before anything is extracted: no ``..`` or absolute paths, no
+symlinks, hard links or devices, at most ``max_entries`` entries, at most
+``max_total_bytes`` uncompressed, and a compression ratio no higher than
+``max_compression_ratio`` (a zip bomb). Extraction then counts the bytes it really
+writes, so an archive whose headers lie is still stopped.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import tarfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from shared.errors import InvalidInput, PayloadTooLarge
+
+TEXT_SUFFIXES = (".csv", ".txt", ".tsv")
+MAX_TEXT_BYTES = 64 * 1024 * 1024
+IGNORED_PREFIXES = ("__MACOSX/",)
+
+
+@dataclass(frozen=True)
+class ArchiveLimits:
+    max_entries: int
+    max_total_bytes: int
+    max_compression_ratio: float
+
+
+@dataclass
+class ArchiveListing:
+    """The files of an archive (normalised relative posix paths → sizes) and the
+    contents of its small text files (label CSVs), read without extracting images."""
+
+    kind: str  # "zip" | "tar"
+    sizes: dict[str, int] = field(default_factory=dict)
+    texts: dict[str, bytes] = field(default_factory=dict)
+
+
+def _normalise(name: str) -> str:
+    """The entry's safe relative path, or :class:`InvalidInput` naming it."""
+    if "\\" in name:
+        name = name.replace("\\", "/")
+    if name.startswith("/") or (len(name) > 1 and name[1] == ":"):
+        raise InvalidInput(f"archive entry {name!r} has an absolute path", file=name)
+    parts = [part for part in name.split("/") if part not in ("", ".")]
+    if ".." in parts:
+        raise InvalidInput(f"archive entry {name!r} climbs out of the archive with '..'", file=name)
+    return posixpath.join(*parts) if parts else ""
+
+
+def _skip(path: str) -> bool:
+    base = posixpath.basename(path)
+    return not path or path.startswith(IGNORED_PREFIXES) or base.startswith("._")
+
+
+def detect_kind(path: Path) -> str:
+    if zipfile.is_zipfile(path):
+        return "zip"
+    try:
+        with tarfile.open(path, "r:*"):
+            return "tar"
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise InvalidInput(
+            "upload is neither a zip nor a tar(.gz) archive", field="file"
+        ) from exc
+
+
+def _check_totals(count: int, total: int, archive_bytes: int, limits: ArchiveLimits) -> None:
+    if count > limits.max_entries:
+        raise PayloadTooLarge(
+            f"archive has more than {limits.max_entries:,} entries", field="file"
+        )
+    if total > limits.max_total_bytes:
+        raise PayloadTooLarge(
+            f"archive expands to {total:,} bytes, over the limit of {limits.max_total_bytes:,}",
+            field="file",
+        )
+    ratio = total / max(archive_bytes, 1)
+    if ratio > limits.max_compression_ratio:
+        raise InvalidInput(
+            f"archive expands {ratio:.0f}x, over the compression-ratio limit of "
+            f"{limits.max_compression_ratio:.0f}x (possible zip bomb)",
+            field="file",
+        )
+
+
+def list_archive(path: Path, limits: ArchiveLimits) -> ArchiveListing:
+    """Validate every entry of the archive at ``path`` and read its small text files."""
+    kind = detect_kind(path)
+    listing = ArchiveListing(kind=kind)
+    archive_bytes = path.stat().st_size
+    count = total = 0
+    if kind == "zip":
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                count += 1
+                name = _normalise(info.filename)
+                mode = (info.external_attr >> 16) & 0o170000
+                if mode == 0o120000:
+                    raise InvalidInput(f"archive entry {info.filename!r} is a symlink", file=name)
+                if info.is_dir() or _skip(name):
+                    continue
+                total += info.file_size
+                _check_totals(count, total, archive_bytes, limits)
+                listing.sizes[name] = info.file_size
+                if name.lower().endswith(TEXT_SUFFIXES) and info.file_size <= MAX_TEXT_BYTES:
+                    listing.texts[name] = archive.read(info)
+    else:
+        with tarfile.open(path, "r:*") as archive:
+            for member in archive:
+                count += 1
+                name = _normalise(member.name)
+                if member.issym() or member.islnk():
+                    raise InvalidInput(f"archive entry {member.name!r} is a link", file=name)
+                if member.isdir():
+                    continue
+                if not member.isfile():
+                    raise InvalidInput(
+                        f"archive entry {member.name!r} is not a regular file", file=name
+                    )
+                if _skip(name):
+                    continue
+                total += member.size
+                _check_totals(count, total, archive_bytes, limits)
+                listing.sizes[name] = member.size
+                if name.lower().endswith(TEXT_SUFFIXES) and member.size <= MAX_TEXT_BYTES:
+                    handle = archive.extractfile(member)
+                    if handle is not None:
+                        listing.texts[name] = handle.read()
+    _check_totals(count, total, archive_bytes, limits)
+    if not listing.sizes:
+        raise InvalidInput("archive contains no files", field="file")
+    return listing
+
+
+def extract_archive(path: Path, dest: Path, listing: ArchiveListing) -> None:
+    """Extract the validated files of ``listing`` under ``dest``, counting real bytes."""
+    budget = sum(listing.sizes.values())
+
+    def copy(source, name: str) -> None:  # type: ignore[no-untyped-def]
+        nonlocal budget
+        target = dest / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with target.open("wb") as out:
+            while chunk := source.read(1024 * 1024):
+                budget -= len(chunk)
+                if budget < 0:
+                    raise InvalidInput(
+                        f"archive entry {name!r} holds more bytes than its header says",
+                        file=name,
+                    )
+                out.write(chunk)
+
+    if listing.kind == "zip":
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                name = _normalise(info.filename)
+                if name in listing.sizes:
+                    with archive.open(info) as source:
+                        copy(source, name)
+    else:
+        with tarfile.open(path, "r:*") as archive:
+            for member in archive:
+                name = _normalise(member.name)
+                if member.isfile() and name in listing.sizes:
+                    source = archive.extractfile(member)
+                    if source is not None:
+                        with source:
+                            copy(source, name)
+
+
+def listing_from_directory(root: Path) -> ArchiveListing:
+    """The same view of a directory already on disk (the demo dataset, local imports)."""
+    listing = ArchiveListing(kind="directory")
+    for file in sorted(root.rglob("*")):
+        if file.is_file():
+            name = file.relative_to(root).as_posix()
+            listing.sizes[name] = file.stat().st_size
+            if name.lower().endswith(TEXT_SUFFIXES):
+                listing.texts[name] = file.read_bytes()
+    return listing
+

@@ -1,0 +1,247 @@
+"""The ingest job: extract, decode, hash, de-duplicate, store, label, split.
+
+Work is chunked and recorded as it completes. A redelivered task (its worker was
+killed) re-runs from the top but skips what is recorded: objects are keyed by their
+content hash and rows are inserted with "on conflict do nothing" on
+(dataset, sha256), so nothing is lost and nothing is duplicated.
+"""
+
+from __future__ import annotations
+
+import logging
+import posixpath
+import tempfile
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.errors import InvalidInput, NotFound
+from shared.imaging import ImageDecodeError, decode_image, sha256_bytes
+from shared.ingest.archive import (
+    ArchiveLimits,
+    ArchiveListing,
+    extract_archive,
+    list_archive,
+    listing_from_directory,
+)
+from shared.ingest.formats import IngestPlan, PlanRow, build_plan
+from shared.ingest.splits import assign_splits
+from shared.jobs import JobCanceled, JobContext
+from shared.models import Dataset, DatasetState, RealImage, Split
+from shared.settings import Settings
+from shared.storage import ObjectStore
+
+log = logging.getLogger(__name__)
+MAX_LISTED_REJECTIONS = 1000
+
+
+def archive_limits(settings: Settings) -> ArchiveLimits:
+    return ArchiveLimits(
+        max_entries=settings.max_archive_entries,
+        max_total_bytes=settings.max_archive_total_bytes,
+        max_compression_ratio=settings.max_compression_ratio,
+    )
+
+
+def image_key(dataset_id: uuid.UUID, sha256: str, suffix: str) -> str:
+    return f"datasets/{dataset_id}/images/{sha256}{suffix}"
+
+
+def mask_key(dataset_id: uuid.UUID, sha256: str) -> str:
+    return f"datasets/{dataset_id}/masks/{sha256}.png"
+
+
+def _insert_ignoring_duplicates(session: Session, rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        return
+    dialect = postgresql if session.bind and session.bind.dialect.name == "postgresql" else sqlite
+    statement = dialect.insert(RealImage).values(rows)
+    session.execute(statement.on_conflict_do_nothing(index_elements=["dataset_id", "sha256"]))
+
+
+class _Report:
+    """Rows rejected during ingest and why (listed in the dataset's ingest report)."""
+
+    def __init__(self) -> None:
+        self.rejected: list[dict[str, Any]] = []
+        self.reasons: Counter[str] = Counter()
+        self.duplicates = 0
+
+    def reject(self, row: PlanRow, reason: str, detail: str) -> None:
+        self.reasons[reason] += 1
+        if len(self.rejected) < MAX_LISTED_REJECTIONS:
+            self.rejected.append({"file": row.path, "line": row.line, "reason": reason, "detail": detail})
+
+
+def _ingest_row(
+    row: PlanRow,
+    root: Path,
+    dataset_id: uuid.UUID,
+    store: ObjectStore,
+    settings: Settings,
+    report: _Report,
+) -> dict[str, Any] | None:
+    raw = (root / row.path).read_bytes()
+    try:
+        image = decode_image(raw, max_pixels=settings.max_image_pixels)
+    except ImageDecodeError as exc:
+        report.reject(row, exc.reason, str(exc))
+        return None
+    suffix = posixpath.splitext(row.path)[1].lower() or ".png"
+    stored_mask = None
+    if row.mask_path:
+        try:
+            mask = decode_image((root / row.mask_path).read_bytes(), max_pixels=settings.max_image_pixels)
+        except ImageDecodeError as exc:
+            report.reject(row, "bad_mask", f"mask {row.mask_path}: {exc}")
+            return None
+        if mask.size != image.size:
+            report.reject(
+                row, "bad_mask", f"mask {row.mask_path} is {mask.size}, image is {image.size}"
+            )
+            return None
+        stored_mask = mask_key(dataset_id, image.sha256)
+        if not store.exists(stored_mask):
+            store.put_bytes(stored_mask, (root / row.mask_path).read_bytes(), "image/png")
+    key = image_key(dataset_id, image.sha256, suffix)
+    if not store.exists(key):
+        store.put_bytes(key, raw)
+    return {
+        "id": uuid.uuid5(dataset_id, image.sha256),
+        "dataset_id": dataset_id,
+        "source_path": row.path,
+        "sha256": image.sha256,
+        "object_key": key,
+        "mask_key": stored_mask,
+        "label": row.label,
+        "group_id": row.group,
+        "split": Split(row.split) if row.split else None,
+        "width": image.size[0],
+        "height": image.size[1],
+        "channels": 1 if image.mode == "L" else 3,
+    }
+
+
+def ingest_directory(
+    ctx: JobContext,
+    factory: sessionmaker[Session],
+    store: ObjectStore,
+    settings: Settings,
+    dataset_id: uuid.UUID,
+    root: Path,
+    plan: IngestPlan,
+) -> dict[str, Any]:
+    report = _Report()
+    seen: dict[str, str] = {}
+    total = len(plan.rows)
+    ctx.progress(0, total, "decoding")
+    chunk = settings.ingest_chunk_size
+    for start in range(0, total, chunk):
+        ctx.check_cancel()
+        batch = []
+        for row in plan.rows[start : start + chunk]:
+            record = _ingest_row(row, root, dataset_id, store, settings, report)
+            if record is None:
+                continue
+            if record["sha256"] in seen:
+                report.duplicates += 1
+                report.reject(row, "duplicate", f"same pixels as {seen[record['sha256']]}")
+                continue
+            seen[record["sha256"]] = row.path
+            batch.append(record)
+        with factory.begin() as session:
+            _insert_ignoring_duplicates(session, batch)
+        ctx.progress(min(start + chunk, total))
+
+    ctx.progress(total, total, "splitting")
+    with factory.begin() as session:
+        dataset = session.get(Dataset, dataset_id)
+        if dataset is None:
+            raise NotFound(f"dataset {dataset_id} vanished during ingest")
+        images = session.execute(
+            select(RealImage.id, RealImage.label, RealImage.group_id, RealImage.split)
+            .where(RealImage.dataset_id == dataset_id)
+            .order_by(RealImage.sha256)
+        ).all()
+        if not images:
+            raise InvalidInput("no image of the dataset could be decoded; see the ingest report")
+        if plan.has_given_splits:
+            splits = [img.split.value for img in images]
+        else:
+            splits = assign_splits(
+                [img.label for img in images], [img.group_id for img in images], dataset.split_seed
+            )
+        for split_name in set(splits):
+            ids = [img.id for img, s in zip(images, splits, strict=True) if s == split_name]
+            for i in range(0, len(ids), 500):
+                session.execute(
+                    update(RealImage).where(RealImage.id.in_(ids[i : i + 500])).values(split=Split(split_name))
+                )
+        counts = Counter(img.label for img in images)
+        class_names = [c for c in plan.class_names if counts[c]]
+        dataset.class_names = class_names
+        dataset.class_counts = {c: counts[c] for c in class_names}
+        dataset.imbalance_ratio = max(counts.values()) / min(counts.values())
+        dataset.split_counts = {
+            s: {c: sum(1 for img, sp in zip(images, splits, strict=True) if sp == s and img.label == c) for c in class_names}
+            for s in ("train", "val", "test")
+        }
+        dataset.ingest_report = {
+            "format": plan.format,
+            "rows": total,
+            "images": len(images),
+            "rejected_count": sum(report.reasons.values()),
+            "rejected_by_reason": dict(report.reasons),
+            "rejected": report.rejected,
+            "splits_given": plan.has_given_splits,
+        }
+        dataset.format = plan.format
+        dataset.state = DatasetState.READY
+    return {"dataset_id": str(dataset_id), "images": len(images)}
+
+
+def run_ingest(
+    ctx: JobContext, factory: sessionmaker[Session], store: ObjectStore, settings: Settings
+) -> dict[str, Any]:
+    """The body of the ingest task for an uploaded archive or a demo dataset."""
+    dataset_id = uuid.UUID(ctx.params["dataset_id"])
+    try:
+        with tempfile.TemporaryDirectory(prefix="tailsynth-ingest-") as tmp:
+            root = Path(tmp) / "files"
+            root.mkdir()
+            ctx.progress(0, stage="extracting")
+            listing: ArchiveListing
+            if ctx.params.get("source") == "demo":
+                from shared.demo_dataset import write_demo_dataset
+
+                write_demo_dataset(
+                    root,
+                    total=int(ctx.params["total"]),
+                    image_size=int(ctx.params["image_size"]),
+                    seed=int(ctx.params["seed"]),
+                )
+                listing = listing_from_directory(root)
+            else:
+                archive = Path(tmp) / "upload"
+                store.download_to(ctx.params["source_key"], archive)
+                listing = list_archive(archive, archive_limits(settings))
+                extract_archive(archive, root, listing)
+                archive.unlink()
+            plan = build_plan(listing, ctx.params.get("format"), ctx.params.get("classes"))
+            return ingest_directory(ctx, factory, store, settings, dataset_id, root, plan)
+    except Exception as exc:
+        reason = "ingest canceled" if isinstance(exc, JobCanceled) else getattr(
+            exc, "detail", f"internal error: {type(exc).__name__}"
+        )
+        with factory.begin() as session:
+            session.execute(
+                update(Dataset)
+                .where(Dataset.id == dataset_id)
+                .values(state=DatasetState.FAILED, ingest_report={"error": reason})
+            )
+        raise

@@ -1,0 +1,53 @@
+"""Stratified, seed-fixed train/val/test splits, grouped by patient or lesion.
+
+Images of one group (HAM10000 ``lesion_id``, manifest ``group``) always land in the
+same split, so a lesion photographed twice cannot leak from train into test. Uses
+scikit-learn's ``StratifiedGroupKFold``: one fold of 7 becomes test (~14 %), one fold
+of 6 of the rest becomes val (~14 %), the remaining ~71 % train.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+from sklearn.model_selection import StratifiedGroupKFold
+
+TEST_FOLDS = 7
+VAL_FOLDS = 6
+
+
+def _hold_out_one_fold(
+    labels: np.ndarray, groups: np.ndarray, n_folds: int, seed: int
+) -> np.ndarray:
+    """Boolean mask of the first fold of a stratified group k-fold."""
+    held = np.zeros(len(labels), dtype=bool)
+    n_groups = len(np.unique(groups))
+    if n_groups < 2:
+        return held
+    splitter = StratifiedGroupKFold(n_splits=min(n_folds, n_groups), shuffle=True, random_state=seed)
+    with warnings.catch_warnings():
+        # Rare classes have fewer members than folds; they still split as well as they can.
+        warnings.simplefilter("ignore", UserWarning)
+        _, fold = next(splitter.split(np.zeros(len(labels)), labels, groups))
+    held[fold] = True
+    return held
+
+
+def assign_splits(
+    labels: Sequence[str], groups: Sequence[str | None], seed: int
+) -> list[str]:
+    """A split name ("train", "val", "test") per image, fixed by ``seed``.
+
+    Images without a group are their own group.
+    """
+    y = np.asarray(labels)
+    g = np.asarray([grp if grp else f"__image_{i}" for i, grp in enumerate(groups)])
+    splits = np.full(len(y), "train", dtype=object)
+    test = _hold_out_one_fold(y, g, TEST_FOLDS, seed)
+    splits[test] = "test"
+    rest = np.flatnonzero(~test)
+    val = _hold_out_one_fold(y[rest], g[rest], VAL_FOLDS, seed + 1)
+    splits[rest[val]] = "val"
+    return [str(s) for s in splits]
