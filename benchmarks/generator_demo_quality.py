@@ -1,0 +1,150 @@
+"""Does a generator trained from scratch on the demo set paint recognisable lesions?
+
+Trains the inpainting generator at 32 px on CPU on the long-tailed demo dataset, paints
+candidates of every class into real backgrounds (masks from the dataset, jittered), and
+scores them with a classifier trained on the real training images: per-class accuracy
+(chance = 1/8) and per-class Frechet distance in that classifier's feature space against
+held-out real images. Prints one JSON document.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/generator_demo_quality.py --train-steps 1500
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from services.generator.config import GeneratorConfig
+from services.generator.masks import jitter_mask, select_background_indices
+from services.generator.quality import FeatureNetwork, quality_report
+from services.generator.sampling import load_generator
+from services.generator.training import train_generator
+from services.trainer.classifier import ClassifierConfig, ImageClassifier, train_classifier
+from shared.demo_dataset import load_demo_arrays
+
+logger = logging.getLogger("generator_demo_quality")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--total", type=int, default=1600, help="demo images")
+    parser.add_argument("--resolution", type=int, default=32)
+    parser.add_argument("--train-steps", type=int, default=1500)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--per-class", type=int, default=24, help="candidates per class")
+    parser.add_argument("--inference-steps", type=int, default=25)
+    parser.add_argument("--guidance-scale", type=float, default=3.0)
+    parser.add_argument("--classifier-epochs", type=int, default=12)
+    parser.add_argument("--checkpoint-dir", type=Path, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    timings: dict[str, float] = {}
+
+    start = time.perf_counter()
+    demo = load_demo_arrays(total=args.total, image_size=args.resolution, seed=args.seed)
+    rng = np.random.default_rng(args.seed)
+    order = rng.permutation(len(demo.labels))
+    held_out = order[: len(order) // 5]
+    train = order[len(order) // 5:]
+    names = list(demo.class_names)
+    timings["dataset_s"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    classifier = train_classifier(
+        demo.images[train], demo.labels[train], names,
+        ClassifierConfig(backbone="resnet10t", image_size=args.resolution,
+                         epochs=args.classifier_epochs, batch_size=64, lr=2e-3, device="cpu",
+                         balanced_sampling=True, seed=args.seed),
+    )
+    timings["classifier_train_s"] = time.perf_counter() - start
+    real_accuracy = per_class_accuracy(classifier, demo.images[held_out], demo.labels[held_out],
+                                       len(names))
+    logger.info("classifier on held-out real images: %s", real_accuracy)
+
+    config = GeneratorConfig(
+        resolution=args.resolution, channels=3, num_classes=len(names),
+        block_out_channels=(32, 64, 64), attention_levels=(2,), batch_size=args.batch_size,
+        max_train_steps=args.train_steps, checkpoint_every=max(args.train_steps // 4, 1),
+        learning_rate=5e-4, lr_warmup_steps=50, ema_decay=0.995, seed=args.seed,
+    )
+    checkpoint_dir = args.checkpoint_dir or Path(tempfile.mkdtemp(prefix="gen-demo-"))
+    start = time.perf_counter()
+    result = train_generator(
+        demo.images[train], demo.masks[train], demo.labels[train], names, config,
+        checkpoint_dir, device="cpu",
+        progress=lambda done, total: done % 100 == 0 and logger.info("step %d/%d", done, total),
+    )
+    timings["generator_train_s"] = time.perf_counter() - start
+    assert result.checkpoint is not None
+
+    generator = load_generator(result.checkpoint.path, device="cpu")
+    train_labels = demo.labels[train]
+    sources, masks, class_ids = [], [], []
+    mask_rng = np.random.default_rng(args.seed + 7)
+    for class_id in range(len(names)):
+        picks = select_background_indices(train_labels, class_id, args.per_class,
+                                          policy="any_class", seed=args.seed + class_id)
+        for index in train[picks]:
+            sources.append(demo.images[index])
+            masks.append(jitter_mask(demo.masks[index], mask_rng, max_dilation=2))
+            class_ids.append(class_id)
+    seeds = np.arange(len(class_ids)) + 10_000 * args.seed
+    start = time.perf_counter()
+    generated = generator.inpaint(
+        np.stack(sources), np.stack(masks), np.array(class_ids), seeds, scheduler="ddim",
+        num_inference_steps=args.inference_steps, guidance_scale=args.guidance_scale,
+        batch_size=64,
+    )
+    timings["inpaint_s"] = time.perf_counter() - start
+
+    features = FeatureNetwork(
+        lambda x: torch.from_numpy(classifier.features((x * 255).round().byte()
+                                                       .permute(0, 2, 3, 1).numpy())),
+        classifier.feature_dim,
+    )
+    report = quality_report(demo.images[held_out], demo.labels[held_out], generated.images,
+                            generated.class_ids, names, feature_network=features,
+                            predict_proba=classifier.predict_proba)
+    # Reference point for the distances: real training images of the class vs held-out.
+    real_reference = quality_report(demo.images[held_out], demo.labels[held_out],
+                                    demo.images[train], demo.labels[train], names,
+                                    feature_network=features)
+    print(json.dumps({  # noqa: T201
+        "config": {k: v for k, v in vars(args).items() if k != "checkpoint_dir"},
+        "checkpoint_sha256": result.checkpoint.sha256,
+        "final_loss_mean_last_100": float(np.mean([v for _, v in result.loss_curve[-100:]])),
+        "timings_s": {k: round(v, 1) for k, v in timings.items()},
+        "chance_accuracy": 1.0 / len(names),
+        "per_class": [
+            {
+                "class": q.class_name,
+                "train_count": int((train_labels == c).sum()),
+                "generated": q.n_generated,
+                "classifier_accuracy_on_generated": q.classifier_accuracy,
+                "mean_class_probability": q.mean_class_probability,
+                "classifier_accuracy_on_real_held_out": real_accuracy[c],
+                "frechet_distance_generated_vs_held_out": q.frechet_distance,
+                "frechet_distance_real_train_vs_held_out": real_reference[c].frechet_distance,
+            }
+            for c, q in enumerate(report)
+        ],
+    }, indent=2))
+
+
+def per_class_accuracy(classifier: ImageClassifier, images: np.ndarray, labels: np.ndarray,
+                       num_classes: int) -> list[float | None]:
+    predicted = classifier.predict(images)
+    return [float((predicted[labels == c] == c).mean()) if (labels == c).any() else None
+            for c in range(num_classes)]
+
+
+if __name__ == "__main__":
+    main()
