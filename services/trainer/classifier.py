@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, cast
 
 import numpy as np
 import safetensors.torch
@@ -59,6 +59,19 @@ LossName = Literal["ce", "weighted_ce", "focal"]
 
 CHECKPOINT_FORMAT = "tailsynth.classifier/1"
 _METADATA_KEY = "tailsynth.classifier"
+
+
+class TimmClassifierModel(Protocol):
+    """The part of timm's classification-model interface this module relies on."""
+
+    num_classes: int
+    num_features: int
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor: ...
+
+    def get_classifier(self) -> nn.Module: ...
 
 
 class TrainingCanceled(Exception):
@@ -289,7 +302,8 @@ class ImageClassifier:
     @property
     def feature_dim(self) -> int:
         """D, the width of :meth:`features` (timm's ``num_features`` pre-logits width)."""
-        return int(getattr(self.model, "head_hidden_size", None) or self.model.num_features)
+        timm_model = cast(TimmClassifierModel, self.model)
+        return int(getattr(timm_model, "head_hidden_size", None) or timm_model.num_features)
 
     def logits(self, images: ImageSet) -> np.ndarray:
         """Raw class scores, float32, shape (N, K) in ``class_names`` order."""
@@ -400,9 +414,10 @@ class ImageClassifier:
         return (scaled - self._mean) / self._std
 
     def _features_and_logits(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        feature_map = self.model.forward_features(inputs)
-        features = self.model.forward_head(feature_map, pre_logits=True)
-        return features, self.model.get_classifier()(features)
+        timm_model = cast(TimmClassifierModel, self.model)
+        feature_map = timm_model.forward_features(inputs)
+        features = timm_model.forward_head(feature_map, pre_logits=True)
+        return features, timm_model.get_classifier()(features)
 
     def _autocast(self) -> torch.autocast:
         return _autocast(self.device, self.config.mixed_precision)

@@ -179,5 +179,5 @@ def build_train_sampler(
         raise ValueError("sample weights are all zero; nothing could be drawn")
     generator = torch.Generator().manual_seed(seed)
     return WeightedRandomSampler(
-        torch.from_numpy(weights), num_samples=len(labels), replacement=True, generator=generator
+        weights.tolist(), num_samples=len(labels), replacement=True, generator=generator
     )
