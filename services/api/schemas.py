@@ -96,7 +96,7 @@ class DemoDatasetCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field("demo", min_length=1, max_length=200)
-    total: int = Field(2400, ge=16, le=50_000, description="number of images")
+    total: int = Field(2400, ge=40, le=50_000, description="number of images (at least 5 per class)")
     image_size: int = Field(64, ge=16, le=512, description="side in pixels")
     seed: int = Field(0, ge=0)
     split_seed: int = Field(0, ge=0)

@@ -50,4 +50,28 @@ def assign_splits(
     rest = np.flatnonzero(~test)
     val = _hold_out_one_fold(y[rest], g[rest], VAL_FOLDS, seed + 1)
     splits[rest[val]] = "val"
+    _ensure_every_class_is_evaluated(y, g, splits, seed)
     return [str(s) for s in splits]
+
+
+def _ensure_every_class_is_evaluated(
+    labels: np.ndarray, groups: np.ndarray, splits: np.ndarray, seed: int
+) -> None:
+    """Move one training group of a class into val or test when the folds left it out.
+
+    Group k-fold can leave a rare class (5 patients, say) out of a split entirely; a
+    class with no validation images cannot be calibrated and one with no test images
+    cannot be reported. Only classes with at least 3 groups give one up, so training
+    always keeps some.
+    """
+    rng = np.random.default_rng(seed)
+    for split in ("test", "val"):
+        for label in np.unique(labels):
+            of_class = labels == label
+            if (splits[of_class] == split).any():
+                continue
+            train_groups = np.unique(groups[of_class & (splits == "train")])
+            if len(np.unique(groups[of_class])) < 3 or len(train_groups) < 2:
+                continue
+            chosen = rng.choice(np.sort(train_groups))
+            splits[groups == chosen] = split

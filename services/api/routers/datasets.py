@@ -79,12 +79,12 @@ def upload_dataset(
     state: StateDep,
     session: SessionDep,
     tenant_id: TenantDep,
-    idempotency_key: IdempotencyKeyDep,
     file: Annotated[UploadFile, File(description="zip or tar.gz archive")],
     name: Annotated[str, Form(min_length=1, max_length=200)],
     format: Annotated[str | None, Form(description="|".join(FORMATS) + "; detected if omitted")] = None,
     classes: Annotated[str | None, Form(description="comma-separated closed list of labels")] = None,
     split_seed: Annotated[int, Form(ge=0)] = 0,
+    idempotency_key: IdempotencyKeyDep = None,
 ) -> JSONResponse:
     """Upload a labelled dataset; it is checked now and ingested by a job."""
     if format is not None and format not in FORMATS:
@@ -145,8 +145,8 @@ def create_demo_dataset(
     state: StateDep,
     session: SessionDep,
     tenant_id: TenantDep,
-    idempotency_key: IdempotencyKeyDep,
     request: DemoDatasetCreate,
+    idempotency_key: IdempotencyKeyDep = None,
 ) -> JSONResponse:
     """Generate and ingest the built-in long-tailed dermoscopy-like demo dataset."""
     idempotency = Idempotency(
