@@ -6,11 +6,20 @@ fraction of those real scores at or below its own (mid-rank, in [0, 1]); the
 *combined score* is the mean percentile over detectors, which puts detectors with
 different units on one scale for ranking and AUROC.
 
-Thresholds: all detectors must pass (score >= threshold). Each detector's threshold is
-the same lower quantile ``a`` of its real validation scores, with ``a`` the largest value
-for which at least ``target_keep_rate`` of the real validation images pass *all*
-detectors at once. Calibrating jointly matters: six detectors each passing 95 % of real
-images independently would keep only ~74 % of them together.
+Thresholds: all detectors must pass (score >= threshold). Every detector's threshold
+sits at the same *level* of its real validation scores:
+
+* level ``a >= 0``: the lower ``a`` quantile of the scores;
+* level ``a < 0``: below the lowest real score by ``|a|`` times the distance from the
+  lowest score to the median (needed for tail classes, see below).
+
+The level is the highest one at which at least ``target_keep_rate`` of real images are
+expected to pass *all* detectors at once. Calibrating jointly matters: six detectors
+each passing 95 % of real images would keep far fewer together. The keep rate is
+estimated leave-one-out (each validation image against thresholds set from the others),
+because in-sample it is optimistic exactly where it matters: with 20 real images of a
+rare class, the threshold "lowest real score" passes 100 % of those 20 but only about
+20/21 of new real images per detector.
 """
 
 from __future__ import annotations
@@ -19,7 +28,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
-_QUANTILE_GRID_STEPS = 400  # resolution of the search for the common tail quantile
+_LEVEL_GRID_STEPS = 400  # resolution of the search for the common level
+_LOWEST_LEVEL = -3.0  # at most 3 min-to-median distances below the lowest real score
 
 
 def percentile_scores(reference: np.ndarray, scores: np.ndarray) -> np.ndarray:
@@ -42,41 +52,82 @@ def combined_score(percentiles: Mapping[str, np.ndarray]) -> np.ndarray:
     return np.mean(np.stack(list(percentiles.values())), axis=0)
 
 
+def threshold_at_level(sorted_scores: np.ndarray, level: float) -> float:
+    """The threshold at ``level`` (see module docstring) of ascending real scores (M,)."""
+    if level >= 0.0:
+        return float(sorted_scores[int(np.floor(level * (len(sorted_scores) - 1)))])
+    lowest = sorted_scores[0]
+    spread = float(np.median(sorted_scores) - lowest)
+    return float(lowest - abs(level) * spread)
+
+
+def _leave_one_out_thresholds(
+    sorted_scores: np.ndarray, ranks: np.ndarray, level: float
+) -> np.ndarray:
+    """Per image i, the threshold at ``level`` computed from the other M - 1 scores.
+
+    Args:
+        sorted_scores: (M,) ascending scores.
+        ranks: (M,) position of each image's score in ``sorted_scores``.
+        level: The common level.
+
+    Returns:
+        (M,) thresholds; removing image i shifts order statistics at or above its rank.
+    """
+    if level >= 0.0:
+        k = int(np.floor(level * (len(sorted_scores) - 2)))
+        return np.where(k < ranks, sorted_scores[k], sorted_scores[min(k + 1, len(ranks) - 1)])
+    lowest_other = np.where(ranks == 0, sorted_scores[1], sorted_scores[0])
+    # The median hardly moves when one image is left out; use the full one.
+    spread = float(np.median(sorted_scores)) - lowest_other
+    return lowest_other - abs(level) * spread
+
+
 def joint_thresholds(
     validation_scores: Mapping[str, np.ndarray], target_keep_rate: float
-) -> tuple[dict[str, float], float, float]:
+) -> tuple[dict[str, float], float, float, float]:
     """Per-detector thresholds so that ``target_keep_rate`` of real images pass them all.
 
     Args:
         validation_scores: Detector name -> (M,) scores of the class's real validation
-            images (same M and row order for every detector).
-        target_keep_rate: Fraction of real validation images that must pass, in (0, 1].
+            images (same M >= 2 and row order for every detector).
+        target_keep_rate: Fraction of new real images that must pass, in (0, 1].
 
     Returns:
-        (thresholds by detector, common tail quantile ``a`` in [0, 1), achieved keep rate).
+        (thresholds by detector, level, leave-one-out keep rate, in-sample keep rate of
+        the validation images).
     """
     if not 0.0 < target_keep_rate <= 1.0:
         raise ValueError(f"target_keep_rate must be in (0, 1], got {target_keep_rate}")
     names = list(validation_scores)
     matrix = np.stack([np.asarray(validation_scores[name], dtype=np.float64) for name in names])
+    if matrix.shape[1] < 2:
+        raise ValueError(f"calibration needs at least 2 validation images, got {matrix.shape[1]}")
+    order = np.argsort(matrix, axis=1, kind="stable")
+    sorted_matrix = np.take_along_axis(matrix, order, axis=1)
+    ranks = np.empty_like(order)
+    np.put_along_axis(ranks, order, np.arange(matrix.shape[1])[None, :], axis=1)
 
-    def at_quantile(level: float) -> tuple[np.ndarray, float]:
-        # "lower" keeps thresholds on observed scores, so level 0 passes every real image.
-        thresholds = np.quantile(matrix, level, axis=1, method="lower")
-        keep_rate = float(np.mean(np.all(matrix >= thresholds[:, None], axis=0)))
-        return thresholds, keep_rate
+    def leave_one_out_keep_rate(level: float) -> float:
+        passes = [
+            matrix[d] >= _leave_one_out_thresholds(sorted_matrix[d], ranks[d], level)
+            for d in range(len(names))
+        ]
+        return float(np.mean(np.all(passes, axis=0)))
 
-    best_level = 0.0
-    best_thresholds, best_rate = at_quantile(0.0)
-    # Keep rate falls monotonically as the common quantile rises: take the highest
-    # level on a fine grid that still meets the target.
-    for level in np.linspace(0.0, 1.0 - target_keep_rate, _QUANTILE_GRID_STEPS + 1)[1:]:
-        thresholds, keep_rate = at_quantile(float(level))
-        if keep_rate < target_keep_rate:
+    # Keep rate falls monotonically as the level rises: take the highest level on a
+    # fine grid that still meets the target (or the lowest level if none does).
+    grid = np.linspace(_LOWEST_LEVEL, 1.0 - target_keep_rate, _LEVEL_GRID_STEPS + 1)
+    best_level, best_rate = float(grid[0]), leave_one_out_keep_rate(float(grid[0]))
+    for level in grid[1:]:
+        rate = leave_one_out_keep_rate(float(level))
+        if rate < target_keep_rate:
             break
-        best_level, best_thresholds, best_rate = float(level), thresholds, keep_rate
-    return (
-        {name: float(value) for name, value in zip(names, best_thresholds, strict=True)},
-        best_level,
-        best_rate,
+        best_level, best_rate = float(level), rate
+    thresholds = {
+        name: threshold_at_level(sorted_matrix[d], best_level) for d, name in enumerate(names)
+    }
+    in_sample = float(
+        np.mean(np.all([matrix[d] >= thresholds[name] for d, name in enumerate(names)], axis=0))
     )
+    return thresholds, best_level, best_rate, in_sample

@@ -193,7 +193,8 @@ def evaluate_ood_filter(
             "n_heldout_real": len(real_images),
             "n_planted": {kind: len(images) for kind, images in planted.items()},
             "thresholds": calibration.thresholds,
-            "validation_keep_rate": calibration.validation_keep_rate,
+            "threshold_level": calibration.level,
+            "expected_keep_rate": calibration.expected_keep_rate,
             "auroc": auroc,
             "combined_auroc_by_kind": {
                 kind: _auroc(real.combined, bad[kind].combined) for kind in OOD_KINDS if kind in bad
@@ -240,6 +241,7 @@ def evaluate_ood_filter(
             "knn_k": config.knn_k,
             "target_keep_rate": config.target_keep_rate,
             "copy_similarity_percentile": config.copy_similarity_percentile,
+            "copy_similarity_margin": config.copy_similarity_margin,
             "max_phash_distance": config.max_phash_distance,
             "planted_per_kind": planted_per_kind,
             "seed": seed,

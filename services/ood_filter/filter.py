@@ -57,7 +57,8 @@ class OodFilterConfig:
         min_validation_per_class: Real validation images a class needs for calibration.
         copy_similarity_percentile: Percentile of train-to-nearest-other-train cosine
             similarities above which a candidate is a near copy.
-        copy_similarity_margin: Added to that percentile's similarity.
+        copy_similarity_margin: Fraction of the gap from that similarity to 1 (identical)
+            added to it, in [0, 1].
         max_phash_distance: Upper bound (bits) of the pHash near-copy threshold.
         seed: Seed for the subsample that calibrates the pHash threshold.
     """
@@ -68,7 +69,7 @@ class OodFilterConfig:
     min_train_per_class: int = 10
     min_validation_per_class: int = 10
     copy_similarity_percentile: float = 99.0
-    copy_similarity_margin: float = 0.0
+    copy_similarity_margin: float = 0.5
     max_phash_distance: int = 6
     seed: int = 0
 
@@ -79,8 +80,8 @@ class OodFilterConfig:
             raise ValueError(f"detectors repeat: {self.detectors}")
         if self.min_train_per_class < 2:
             raise ValueError("min_train_per_class must be >= 2 (the copy guard needs pairs)")
-        if self.min_validation_per_class < 1:
-            raise ValueError("min_validation_per_class must be >= 1")
+        if self.min_validation_per_class < 2:
+            raise ValueError("min_validation_per_class must be >= 2 (leave-one-out calibration)")
 
 
 @dataclass(frozen=True)
@@ -245,14 +246,15 @@ class OodFilter:
                 name: detector.score(members.features, members.logits, c)
                 for name, detector in detectors.items()
             }
-            thresholds, level, keep_rate = joint_thresholds(raw, config.target_keep_rate)
+            thresholds, level, expected, in_sample = joint_thresholds(raw, config.target_keep_rate)
             references[c] = _ClassReference(
                 calibration=ClassCalibration(
                     class_index=c,
                     thresholds=thresholds,
-                    tail_quantile=level,
+                    level=level,
                     target_keep_rate=config.target_keep_rate,
-                    validation_keep_rate=keep_rate,
+                    expected_keep_rate=expected,
+                    validation_keep_rate=in_sample,
                     n_train=train_counts[c],
                     n_validation=validation_counts[c],
                 ),

@@ -8,7 +8,10 @@ suffices to reject:
   of L2-normalised classifier features, over all classes, so a copy of another class's
   image is caught too) is closer than real training images of that image's class usually
   are to one another: at or above the ``percentile`` (default 99th) of their
-  nearest-*other*-training-image similarities, plus ``margin``.
+  nearest-*other*-training-image similarities, moved a ``margin`` fraction (default
+  0.5) of the way from there to 1 (identical). The margin is needed because a class
+  with tens of images estimates its 99th percentile from its few closest pairs, and a
+  new image has one more reference to be close to than a training image has.
 * **Perceptual hash.** The candidate's pHash is within ``phash_threshold`` bits of a
   training image's pHash in any of its 8 flips/rotations, which catches mirrored and
   rotated copies that a CNN's features need not recognise. The threshold is the smaller
@@ -69,12 +72,14 @@ class MemorisationGuard:
         self,
         *,
         percentile: float = 99.0,
-        margin: float = 0.0,
+        margin: float = 0.5,
         max_phash_distance: int = 6,
         seed: int = 0,
     ) -> None:
         if not 0.0 <= percentile <= 100.0:
             raise ValueError(f"percentile must be in [0, 100], got {percentile}")
+        if not 0.0 <= margin <= 1.0:
+            raise ValueError(f"margin must be in [0, 1], got {margin}")
         if max_phash_distance < 0:
             raise ValueError(f"max_phash_distance must be >= 0, got {max_phash_distance}")
         self.percentile = percentile
@@ -116,7 +121,7 @@ class MemorisationGuard:
         return self
 
     def _similarity_threshold(self, members: np.ndarray) -> float:
-        """Percentile (+ margin) of each image's similarity to its nearest other image."""
+        """Percentile of the similarities of images to their nearest other image, plus margin."""
         if len(members) < 2:
             raise ValueError(
                 "the memorisation guard needs at least 2 training images to learn how close "
@@ -125,7 +130,8 @@ class MemorisationGuard:
         # Neighbour 0 is the image itself; neighbour 1 is the nearest *other* image.
         distances, _ = NearestNeighbors(n_neighbors=2).fit(members).kneighbors(members)
         similarities = 1.0 - distances[:, 1] ** 2 / 2.0
-        return min(float(np.percentile(similarities, self.percentile)) + self.margin, 1.0)
+        typical = float(np.percentile(similarities, self.percentile))
+        return typical + self.margin * (1.0 - typical)
 
     def _calibrate_hash_threshold(self, phashes: np.ndarray) -> int:
         """One bit below the 1st percentile of distinct training images' hash distances."""

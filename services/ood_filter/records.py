@@ -76,19 +76,22 @@ class ClassCalibration:
     Attributes:
         class_index: The class.
         thresholds: Detector name -> threshold on the raw score.
-        tail_quantile: The common lower quantile of each detector's real-validation
-            scores used as its threshold, in [0, 1).
-        target_keep_rate: Fraction of real validation images asked to pass every
-            detector at once.
-        validation_keep_rate: Fraction that actually did (>= target up to ties).
+        level: The common level of each detector's real-validation scores used as its
+            threshold: a lower quantile when >= 0, an extension below the lowest real
+            score (in min-to-median distances) when < 0.
+        target_keep_rate: Fraction of new real images asked to pass every detector.
+        expected_keep_rate: Leave-one-out estimate of that fraction on the validation
+            images (>= target unless even the lowest level cannot reach it).
+        validation_keep_rate: In-sample fraction of validation images that pass.
         n_train: Real training images the detectors were fitted on.
         n_validation: Real validation images the thresholds were set from.
     """
 
     class_index: int
     thresholds: dict[str, float]
-    tail_quantile: float
+    level: float
     target_keep_rate: float
+    expected_keep_rate: float
     validation_keep_rate: float
     n_train: int
     n_validation: int
