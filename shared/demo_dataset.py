@@ -24,8 +24,11 @@ sample at 64 and 256 px shows the same lesion.
 from __future__ import annotations
 
 import csv
+import multiprocessing
 import os
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -329,7 +332,7 @@ def _patient_skin(rng: np.random.Generator) -> _PatientSkin:
     hair_colour = _jitter(rng, _DARK_BROWN if rng.random() < 0.6 else _BLACK, 0.15)
     return _PatientSkin(
         tone=tone,
-        redness=float(rng.uniform(-0.05, 0.08)),
+        redness=float(rng.uniform(0.0, 0.08)),
         hairs_mean=float(rng.uniform(2.0, 9.0) if hairy else rng.uniform(0.0, 1.5)),
         hair_colour=hair_colour * 0.8,
     )
@@ -346,7 +349,7 @@ def _skin(rng: np.random.Generator, skin: _PatientSkin, x: np.ndarray, y: np.nda
     tilt = rng.uniform(0.03, 0.14)
     gradient = 1.0 + tilt * (float(np.cos(angle)) * x + float(np.sin(angle)) * y)
     blotches = 0.05 * _value_noise(rng, 5, size)
-    redness = 0.04 * _value_noise(rng, 3, size)
+    erythema = 0.03 * _value_noise(rng, 3, size)  # blotchy redness, never a green cast
     # Grain and pores live on a lattice of 64 x 64 image cells, so that a sample looks
     # the same at any resolution and no per-pixel filtering is needed.
     grain = 0.03 * _value_noise(rng, 64, size)
@@ -354,7 +357,8 @@ def _skin(rng: np.random.Generator, skin: _PatientSkin, x: np.ndarray, y: np.nda
     pores = 0.12 * np.clip(_upsample(pore_lattice, size), 0.0, 1.0)
     shade = (gradient + blotches + grain - pores)[..., None]
     canvas = _rgb(base) * shade
-    canvas[..., 0] += redness
+    canvas[..., 0] += erythema
+    canvas[..., 1] -= 0.5 * erythema
     return canvas
 
 
@@ -876,7 +880,7 @@ def render_demo_image(
 
     # Camera: white balance, exposure, focus blur and sensor noise.
     canvas = (
-        canvas * (1.0 + 0.04 * rng.standard_normal(3)).astype(np.float32) * rng.uniform(0.88, 1.1)
+        canvas * (1.0 + 0.03 * rng.standard_normal(3)).astype(np.float32) * rng.uniform(0.88, 1.1)
     )
     blur = rng.uniform(0.0, 0.7) * image_size / 64
     if blur > 0.25:
@@ -912,22 +916,80 @@ def _add_class_strokes(
 
 
 def generate_demo_samples(
-    total: int = DEFAULT_TOTAL, image_size: int = DEFAULT_IMAGE_SIZE, seed: int = 0
+    total: int = DEFAULT_TOTAL,
+    image_size: int = DEFAULT_IMAGE_SIZE,
+    seed: int = 0,
+    *,
+    workers: int = 1,
 ) -> Iterator[DemoSample]:
-    """Yield the ``total`` demo samples in index order, drawing each lazily."""
+    """Yield the ``total`` demo samples in index order, drawing each lazily.
+
+    With ``workers > 1`` images are drawn in that many processes, a bounded window of
+    chunks ahead of the consumer; the samples are identical to ``workers=1``.
+    """
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
     plan = demo_plan(total, seed)
-    for index in range(total):
-        label = DEMO_CLASSES[int(plan.labels[index])]
+    if workers == 1:
+        pixels: Iterator[tuple[np.ndarray, np.ndarray]] = (
+            _render_planned(plan, index, image_size, seed) for index in range(total)
+        )
+    else:
+        pixels = _render_in_processes(total, image_size, seed, workers)
+    for index, (image, mask) in enumerate(pixels):
         patient = int(plan.patients[index])
-        image, mask = render_demo_image(label, patient, index, image_size, seed)
         yield DemoSample(
             index=index,
             image_id=demo_image_id(index, seed),
             image=image,
             mask=mask,
-            label=label,
+            label=DEMO_CLASSES[int(plan.labels[index])],
             group=demo_group_id(patient, seed),
         )
+
+
+def _render_planned(
+    plan: DemoPlan, index: int, image_size: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    label = DEMO_CLASSES[int(plan.labels[index])]
+    return render_demo_image(label, int(plan.patients[index]), index, image_size, seed)
+
+
+def _render_chunk(
+    total: int, image_size: int, seed: int, start: int, stop: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Worker-process entry point: images and masks for indices ``start..stop-1``."""
+    plan = demo_plan(total, seed)  # cheap, and avoids shipping the plan to every task
+    return [_render_planned(plan, index, image_size, seed) for index in range(start, stop)]
+
+
+_CHUNK = 32  # images per worker task: amortises inter-process overhead
+
+
+def _render_in_processes(
+    total: int, image_size: int, seed: int, workers: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Images and masks in index order, drawn by a process pool.
+
+    "spawn" rather than fork: callers may hold threads (torch, Celery) that a forked
+    child would inherit in a broken state. At most ``2 * workers`` chunks are in
+    flight, so memory stays bounded however slow the consumer is.
+    """
+    bounds = [(start, min(start + _CHUNK, total)) for start in range(0, total, _CHUNK)]
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+
+        def submit(chunk: int) -> Future[list[tuple[np.ndarray, np.ndarray]]]:
+            return pool.submit(_render_chunk, total, image_size, seed, *bounds[chunk])
+
+        pending = deque(submit(chunk) for chunk in range(min(2 * workers, len(bounds))))
+        next_chunk = len(pending)
+        while pending:
+            rendered = pending.popleft().result()
+            if next_chunk < len(bounds):
+                pending.append(submit(next_chunk))
+                next_chunk += 1
+            yield from rendered
 
 
 def load_demo_arrays(
@@ -937,13 +999,19 @@ def load_demo_arrays(
     *,
     progress: Callable[[int, int], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
+    workers: int = 1,
 ) -> DemoArrays:
-    """The whole demo set as arrays (see :class:`DemoArrays`); ~25 MB at the defaults."""
+    """The whole demo set as arrays (see :class:`DemoArrays`); ~30 MB at the defaults.
+
+    ``progress(done, total)`` is called after each image; ``should_cancel()`` is polled
+    before each and raises :class:`DemoDatasetCanceled` when it returns True;
+    ``workers`` draws images in that many processes (same result).
+    """
     images = np.empty((total, image_size, image_size, 3), dtype=np.uint8)
     masks = np.empty((total, image_size, image_size), dtype=np.uint8)
     labels = np.empty(total, dtype=np.int64)
     groups: list[str] = []
-    for sample in generate_demo_samples(total, image_size, seed):
+    for sample in generate_demo_samples(total, image_size, seed, workers=workers):
         if should_cancel is not None and should_cancel():
             raise DemoDatasetCanceled(f"canceled after {sample.index} of {total} images")
         images[sample.index] = sample.image
@@ -965,19 +1033,21 @@ def write_demo_dataset(
     *,
     progress: Callable[[int, int], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
+    workers: int = 1,
 ) -> Path:
     """Write the demo set as a tailsynth CSV-manifest dataset and return the manifest path.
 
     Layout: ``out_dir/images/<image_id>.png``, ``out_dir/masks/<image_id>.png`` and
     ``out_dir/manifest.csv`` with header ``path,label,mask,group`` (paths relative to
     ``out_dir``, POSIX separators). The manifest is written last and moved into place
-    atomically, so a directory with a manifest is always complete.
+    atomically, so a directory with a manifest is always complete. Callbacks and
+    ``workers`` as in :func:`load_demo_arrays`.
     """
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     (out_dir / "masks").mkdir(parents=True, exist_ok=True)
     rows: list[tuple[str, str, str, str]] = []
-    for sample in generate_demo_samples(total, image_size, seed):
+    for sample in generate_demo_samples(total, image_size, seed, workers=workers):
         if should_cancel is not None and should_cancel():
             raise DemoDatasetCanceled(f"canceled after {sample.index} of {total} images")
         image_rel = f"images/{sample.image_id}.png"

@@ -111,6 +111,16 @@ def test_each_image_can_be_drawn_alone_in_any_order(tiny_samples: list) -> None:
         assert np.array_equal(mask, tiny_samples[index].mask)
 
 
+def test_worker_processes_draw_the_same_samples(tiny_samples: list) -> None:
+    parallel = list(generate_demo_samples(TINY_TOTAL, TINY_SIZE, seed=3, workers=2))
+
+    assert [s.index for s in parallel] == list(range(TINY_TOTAL))
+    for first, second in zip(tiny_samples, parallel, strict=True):
+        assert np.array_equal(first.image, second.image)
+        assert np.array_equal(first.mask, second.mask)
+        assert (first.label, first.group) == (second.label, second.group)
+
+
 def test_samples_have_the_declared_shapes_types_and_ids(tiny_samples: list) -> None:
     assert [s.index for s in tiny_samples] == list(range(TINY_TOTAL))
     assert len({s.image_id for s in tiny_samples}) == TINY_TOTAL
