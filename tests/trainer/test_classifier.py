@@ -276,3 +276,19 @@ def test_bad_training_inputs_are_refused(train_set: Split) -> None:
         train_classifier(images, labels + 5, CLASS_NAMES, tiny_config())
     with pytest.raises(ValueError):
         train_classifier(images, labels, CLASS_NAMES, tiny_config(), val_images=images)
+
+
+def test_a_failed_save_leaves_the_previous_checkpoint_intact(
+    trained: ImageClassifier, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "classifier.safetensors"
+    first_digest = trained.save(path)
+
+    def interrupted_replace(source: str, target: Path) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr("services.trainer.classifier.os.replace", interrupted_replace)
+    with pytest.raises(OSError, match="disk full"):
+        trained.save(path)
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == first_digest
+    assert [p.name for p in tmp_path.iterdir()] == ["classifier.safetensors"]  # no temp left
