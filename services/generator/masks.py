@@ -56,7 +56,7 @@ def segment_lesion(image: np.ndarray, *, closing_radius: int | None = None) -> n
     foreground = darkness > filters.threshold_otsu(darkness)
     radius = closing_radius if closing_radius is not None else max(1, min(height, width) // 32)
     footprint = morphology.disk(radius)
-    foreground = morphology.binary_closing(morphology.binary_opening(foreground, footprint),
+    foreground = morphology.closing(morphology.opening(foreground, footprint),
                                            footprint)
     labels = measure.label(foreground, connectivity=2)
     min_area = _MIN_COMPONENT_FRACTION * height * width
@@ -100,7 +100,7 @@ def jitter_mask(
     height, width = binary.shape
     radius = int(rng.integers(0, max_dilation + 1))
     if radius:
-        binary = morphology.binary_dilation(binary, morphology.disk(radius))
+        binary = morphology.dilation(binary, morphology.disk(radius))
     angle = np.deg2rad(rng.uniform(-max_rotation_deg, max_rotation_deg))
     scale = rng.uniform(*scale_range)
     shift = rng.uniform(-max_shift_fraction, max_shift_fraction, size=2) * (width, height)

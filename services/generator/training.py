@@ -162,8 +162,10 @@ def train_generator(
     resumed_from = step
 
     def save() -> CheckpointInfo:
+        # Clone the raw weights: ema.copy_to below overwrites the live parameters in place.
+        raw_weights = {k: v.detach().clone() for k, v in unet.state_dict().items()}
         training_state = {
-            "config": config.to_dict(), "unet": unet.state_dict(), "ema": ema.state_dict(),
+            "config": config.to_dict(), "unet": raw_weights, "ema": ema.state_dict(),
             "optimizer": optimizer.state_dict(), "lr_scheduler": lr_schedule.state_dict(),
             "rng": rng.get_state(), "step": step, "loss_curve": loss_curve,
         }
