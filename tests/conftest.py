@@ -38,7 +38,7 @@ class ApiHarness:
     client: TestClient
     settings: Settings
     api_key: str
-    tenant_id: str
+    tenant_name: str
 
     def new_tenant_headers(self) -> dict[str, str]:
         key = issue_key(self.settings, tenant=f"other-{uuid.uuid4().hex[:8]}")

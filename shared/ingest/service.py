@@ -210,6 +210,9 @@ def run_ingest(
 ) -> dict[str, Any]:
     """The body of the ingest task for an uploaded archive or a demo dataset."""
     dataset_id = uuid.UUID(ctx.params["dataset_id"])
+    with factory() as session:
+        if session.get(Dataset, dataset_id) is None:
+            raise NotFound(f"dataset {dataset_id} vanished before its ingest ran")
     try:
         with tempfile.TemporaryDirectory(prefix="tailsynth-ingest-") as tmp:
             root = Path(tmp) / "files"

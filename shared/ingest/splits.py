@@ -23,10 +23,11 @@ def _hold_out_one_fold(
 ) -> np.ndarray:
     """Boolean mask of the first fold of a stratified group k-fold."""
     held = np.zeros(len(labels), dtype=bool)
-    n_groups = len(np.unique(groups))
-    if n_groups < 2:
+    largest_class = int(np.unique(labels, return_counts=True)[1].max()) if len(labels) else 0
+    n_splits = min(n_folds, len(np.unique(groups)), largest_class)
+    if n_splits < 2:
         return held
-    splitter = StratifiedGroupKFold(n_splits=min(n_folds, n_groups), shuffle=True, random_state=seed)
+    splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     with warnings.catch_warnings():
         # Rare classes have fewer members than folds; they still split as well as they can.
         warnings.simplefilter("ignore", UserWarning)
