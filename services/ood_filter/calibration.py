@@ -1,10 +1,14 @@
 """Thresholds and percentile scores set from real validation images, never the test split.
 
 For one class, every detector's scores on the class's held-out real validation images
-form its reference distribution. A candidate's *percentile* for a detector is the
-fraction of those real scores at or below its own (mid-rank, in [0, 1]); the
-*combined score* is the mean percentile over detectors, which puts detectors with
-different units on one scale for ranking and AUROC.
+form its reference distribution. A candidate's *percentile* for a detector is its
+mid-rank among those real scores, smoothed into (0, 1) like a conformal p-value; the
+*combined score* is the geometric mean of the percentiles over detectors (a monotone
+transform of Fisher's combination of p-values), which puts detectors with different
+units on one scale for ranking and AUROC. A geometric rather than arithmetic mean lets
+one detector that is sure a candidate is abnormal (percentile near 0) pull the combined
+score down even when the others see nothing: the failures a filter must catch (noise,
+blur, the wrong class) each show up in only some detectors.
 
 Thresholds: all detectors must pass (score >= threshold). Every detector's threshold
 sits at the same *level* of its real validation scores:
@@ -33,23 +37,25 @@ _LOWEST_LEVEL = -3.0  # at most 3 min-to-median distances below the lowest real 
 
 
 def percentile_scores(reference: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    """Mid-rank empirical CDF of ``scores`` within ``reference``.
+    """Smoothed mid-rank of ``scores`` among ``reference``: (rank + 0.5) / (M + 1).
 
     Args:
         reference: (M,) real validation scores of one detector and class, sorted ascending.
         scores: (N,) scores to place.
 
     Returns:
-        (N,) float64 in [0, 1]: 0 = below every real image, 1 = above every real image.
+        (N,) float64 in (0, 1): 0.5 / (M + 1) below every real image, about 0.5 at the
+        median, (M + 0.5) / (M + 1) above every real image. Never exactly 0, so the
+        geometric mean in :func:`combined_score` stays finite.
     """
     below = np.searchsorted(reference, scores, side="left")
     at_or_below = np.searchsorted(reference, scores, side="right")
-    return (below + at_or_below) / (2.0 * len(reference))
+    return ((below + at_or_below) / 2.0 + 0.5) / (len(reference) + 1.0)
 
 
 def combined_score(percentiles: Mapping[str, np.ndarray]) -> np.ndarray:
-    """Mean percentile over detectors, (N,) float64 in [0, 1]."""
-    return np.mean(np.stack(list(percentiles.values())), axis=0)
+    """Geometric mean of the percentiles over detectors, (N,) float64 in (0, 1)."""
+    return np.exp(np.mean(np.log(np.stack(list(percentiles.values()))), axis=0))
 
 
 def threshold_at_level(sorted_scores: np.ndarray, level: float) -> float:

@@ -92,8 +92,8 @@ class CandidateScores:
         class_index: The class the candidates were generated for.
         start_index: Stream position of the first candidate.
         scores: Detector name -> raw scores (higher = more in-distribution).
-        percentiles: Detector name -> percentile among real validation images, [0, 1].
-        combined: Mean percentile, [0, 1].
+        percentiles: Detector name -> percentile among real validation images, (0, 1).
+        combined: Geometric mean of the percentiles, (0, 1).
         copy_check: Memorisation-guard results.
     """
 

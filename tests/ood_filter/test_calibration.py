@@ -15,13 +15,15 @@ def test_percentile_scores_place_scores_in_the_real_distribution() -> None:
 
     placed = percentile_scores(reference, np.array([-1.0, 49.5, 1000.0]))
 
-    np.testing.assert_allclose(placed, [0.0, 0.5, 1.0])
+    np.testing.assert_allclose(placed, [0.5 / 101, 0.5, 100.5 / 101])
 
 
-def test_combined_score_is_the_mean_percentile() -> None:
-    combined = combined_score({"a": np.array([0.2, 1.0]), "b": np.array([0.4, 0.0])})
+def test_combined_score_is_the_geometric_mean_percentile() -> None:
+    combined = combined_score({"a": np.array([0.2, 0.9]), "b": np.array([0.8, 0.01])})
 
-    np.testing.assert_allclose(combined, [0.3, 0.5])
+    np.testing.assert_allclose(combined, [0.4, np.sqrt(0.009)])
+    # One detector that is sure (0.01) outweighs one that sees nothing unusual (0.9).
+    assert combined[1] < combined[0]
 
 
 def test_joint_thresholds_keep_the_target_share_of_validation_images() -> None:
