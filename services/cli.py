@@ -119,12 +119,13 @@ def _worker_command(queues: str, concurrency: int, name: str) -> list[str]:
 @main.command()
 @click.option("--queues", default=",".join(EMBEDDED_QUEUES), show_default=True)
 @click.option("--concurrency", type=int, default=1, show_default=True)
+@click.option("--name", default=None, help="node name before '@host' (default: the queues)")
 @click.option("--data-dir", default=None)
-def worker(queues: str, concurrency: int, data_dir: str | None) -> None:
+def worker(queues: str, concurrency: int, name: str | None, data_dir: str | None) -> None:
     """Run a Celery worker for some queues (e.g. ``--queues generate`` on a GPU host)."""
     _settings(data_dir)
-    name = queues.replace(",", "-")
-    os.execv(sys.executable, _worker_command(queues, concurrency, name))
+    node = name or queues.replace(",", "-")
+    os.execv(sys.executable, _worker_command(queues, concurrency, node))
 
 
 @main.command()
@@ -169,6 +170,19 @@ def serve(host: str, port: int, data_dir: str) -> None:
                 process.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 process.kill()
+
+
+@main.command()
+@click.option("--data-dir", default=".tailsynth-demo", show_default=True)
+@click.option("--total", type=int, default=2400, show_default=True, help="demo images")
+@click.option("--image-size", type=int, default=64, show_default=True)
+@click.option("--port", type=int, default=8765, show_default=True)
+def demo(data_dir: str, total: int, image_size: int, port: int) -> None:
+    """The main job on the embedded default, end to end over HTTP: start ``serve``,
+    build and ingest the long-tailed demo dataset, and print what came out."""
+    from services.demo import run_demo
+
+    run_demo(Path(data_dir), total=total, image_size=image_size, port=port)
 
 
 # --------------------------------------------------------------------------- client side

@@ -9,10 +9,11 @@ gone stale (its worker died) — safe because every task is idempotent.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from celery import Celery
@@ -115,7 +116,9 @@ class JobContext:
     factory: sessionmaker[Session]
     params: dict[str, Any] = field(default_factory=dict)
     attempts: int = 0
-    _last_cancel_check: datetime | None = None
+    cancel_poll_s: float = 0.5
+    _cancel_checked_at: float = field(default=-1e9, repr=False)
+    _cancel_requested: bool = field(default=False, repr=False)
 
     def progress(self, done: int, total: int | None = None, stage: str | None = None) -> None:
         values: dict[str, Any] = {"done": done, "heartbeat_at": utcnow()}
@@ -127,10 +130,15 @@ class JobContext:
             session.execute(update(Job).where(Job.id == self.job_id).values(**values))
 
     def should_cancel(self) -> bool:
-        with self.factory() as session:
-            return bool(
-                session.scalar(select(Job.cancel_requested).where(Job.id == self.job_id))
-            )
+        """Whether the user asked to cancel; reads the row at most every ``cancel_poll_s``."""
+        now = time.monotonic()
+        if not self._cancel_requested and now - self._cancel_checked_at >= self.cancel_poll_s:
+            self._cancel_checked_at = now
+            with self.factory() as session:
+                self._cancel_requested = bool(
+                    session.scalar(select(Job.cancel_requested).where(Job.id == self.job_id))
+                )
+        return self._cancel_requested
 
     def check_cancel(self) -> None:
         if self.should_cancel():

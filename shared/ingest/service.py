@@ -205,6 +205,24 @@ def ingest_directory(
     return {"dataset_id": str(dataset_id), "images": len(images)}
 
 
+def _write_demo(ctx: JobContext, root: Path) -> None:
+    from shared.demo_dataset import DemoDatasetCanceled, write_demo_dataset
+
+    total = int(ctx.params["total"])
+    ctx.progress(0, total, "generating")
+    try:
+        write_demo_dataset(
+            root,
+            total=total,
+            image_size=int(ctx.params["image_size"]),
+            seed=int(ctx.params["seed"]),
+            progress=lambda done, _total: ctx.progress(done) if done % 200 == 0 else None,
+            should_cancel=ctx.should_cancel,
+        )
+    except DemoDatasetCanceled as exc:
+        raise JobCanceled() from exc
+
+
 def run_ingest(
     ctx: JobContext, factory: sessionmaker[Session], store: ObjectStore, settings: Settings
 ) -> dict[str, Any]:
@@ -220,14 +238,7 @@ def run_ingest(
             ctx.progress(0, stage="extracting")
             listing: ArchiveListing
             if ctx.params.get("source") == "demo":
-                from shared.demo_dataset import write_demo_dataset
-
-                write_demo_dataset(
-                    root,
-                    total=int(ctx.params["total"]),
-                    image_size=int(ctx.params["image_size"]),
-                    seed=int(ctx.params["seed"]),
-                )
+                _write_demo(ctx, root)
                 listing = listing_from_directory(root)
             else:
                 archive = Path(tmp) / "upload"
