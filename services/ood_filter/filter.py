@@ -404,20 +404,57 @@ class OodFilter:
         """Keep/reject every scored candidate and record why.
 
         With the default calibrated rule each chunk can be decided on its own as it is
-        scored; ranked rules (keep fraction, target count) need all chunks of the class,
-        joined with :meth:`CandidateScores.concatenate`.
+        scored; ranked rules (keep fraction, target count) rank all candidates of the
+        class, so pass them all (joined with :meth:`CandidateScores.concatenate`), or use
+        :meth:`decide_chunks` to get the records one chunk at a time.
         """
         rule = rule or SelectionRule.calibrated()
-        calibration = self.references[scored.class_index].calibration
-        thresholds = calibration.thresholds
+        kept, reasons = self._decisions(scored, rule)
+        return self._outcome(scored, rule, kept, reasons)
+
+    def decide_chunks(
+        self, chunks: Sequence[CandidateScores], rule: SelectionRule | None = None
+    ) -> Iterator[FilterOutcome]:
+        """Decide all chunks of one class together, yielding one outcome per chunk.
+
+        The ranking behind a keep-fraction or target-count rule needs every candidate's
+        scores (a few floats each), but the records are built one chunk at a time, so
+        100,000 candidates never hold 100,000 record objects at once.
+        """
+        rule = rule or SelectionRule.calibrated()
+        kept, reasons = self._decisions(CandidateScores.concatenate(chunks), rule)
+        offset = 0
+        for chunk in chunks:
+            rows = slice(offset, offset + len(chunk))
+            yield self._outcome(chunk, rule, kept[rows], reasons[rows])
+            offset += len(chunk)
+
+    def _decisions(
+        self, scored: CandidateScores, rule: SelectionRule
+    ) -> tuple[np.ndarray, list[Reason]]:
+        thresholds = self.references[scored.class_index].calibration.thresholds
         failed = {name: scored.scores[name] < thresholds[name] for name in scored.scores}
         off_class = failed.get(OFF_CLASS_DETECTOR, np.zeros(len(scored), dtype=bool))
         other = [mask for name, mask in failed.items() if name != OFF_CLASS_DETECTOR]
         ood = np.any(np.stack(other), axis=0) if other else np.zeros(len(scored), dtype=bool)
-        check = scored.copy_check
-        kept, reasons = decide(
-            rule, combined=scored.combined, is_copy=check.is_copy, off_class=off_class, ood=ood
+        return decide(
+            rule,
+            combined=scored.combined,
+            is_copy=scored.copy_check.is_copy,
+            off_class=off_class,
+            ood=ood,
         )
+
+    def _outcome(
+        self,
+        scored: CandidateScores,
+        rule: SelectionRule,
+        kept: np.ndarray,
+        reasons: list[Reason],
+    ) -> FilterOutcome:
+        calibration = self.references[scored.class_index].calibration
+        thresholds = calibration.thresholds
+        check = scored.copy_check
         names = list(scored.scores)
         records = [
             CandidateRecord(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from services.ood_filter.filter import OodFilter
+from services.ood_filter.filter import CandidateScores, OodFilter
 from services.ood_filter.records import Reason
 from services.ood_filter.selection import SelectionRule, decide
 from tests.ood_filter.conftest import GaussianWorld, labels_for
@@ -135,3 +135,29 @@ def test_filter_records_every_candidate_with_scores_thresholds_and_reason(
     assert set(record.scores) == set(record.thresholds) == set(record.percentiles)
     assert 0.0 <= record.combined_score <= 1.0
     assert outcome.rule == "keep_fraction=0.5"
+
+
+def test_decide_chunks_ranks_across_chunks_but_yields_records_per_chunk(
+    world: GaussianWorld,
+) -> None:
+    rng = np.random.default_rng(23)
+    ood_filter = OodFilter.fit(
+        world.sample(rng, labels_for(40), n_hash_columns=8),
+        labels_for(40),
+        world.sample(rng, labels_for(40), n_hash_columns=1),
+        labels_for(40),
+    )
+    candidates = world.sample(rng, np.zeros(30, dtype=int), n_hash_columns=1)
+    chunks = [
+        ood_filter.score(candidates.subset(np.arange(start, start + 10)), 0, start_index=start)
+        for start in (0, 10, 20)
+    ]
+    rule = SelectionRule.best_fraction(0.3)
+
+    outcomes = list(ood_filter.decide_chunks(chunks, rule))
+    whole = ood_filter.decide(CandidateScores.concatenate(chunks), rule)
+
+    assert [len(outcome.records) for outcome in outcomes] == [10, 10, 10]
+    per_chunk = [index for outcome in outcomes for index in outcome.kept_indices]
+    assert per_chunk == whole.kept_indices
+    assert len(per_chunk) == 9
