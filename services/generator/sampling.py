@@ -310,15 +310,43 @@ def check_inputs(
     class_ids: np.ndarray,
     seeds: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Validate sampling inputs; raise ``ValueError`` naming the offending argument.
+    """Validate sampling inputs for a trained generator (square images at its resolution).
 
-    Returns normalised ``(images (N, H, W, C) uint8, masks (N, H, W) uint8, class_ids
-    (N,) int64, seeds (N,) int64)``; ``generate`` gets zero images and all-ones masks and
-    the non-inpaint modes all-ones masks.
+    See :func:`check_request`; returns its normalised arrays.
     """
-    if params.scheduler not in SCHEDULER_NAMES:
+    size = config.resolution
+    return check_request(params, images, masks, class_ids, seeds,
+                         num_classes=config.num_classes, channels=config.channels,
+                         image_size=(size, size), scheduler_names=SCHEDULER_NAMES)
+
+
+def check_request(
+    params: SamplingParameters,
+    images: np.ndarray | None,
+    masks: np.ndarray | None,
+    class_ids: np.ndarray,
+    seeds: np.ndarray,
+    *,
+    num_classes: int,
+    channels: int,
+    image_size: tuple[int, int] | None,
+    scheduler_names: tuple[str, ...] = SCHEDULER_NAMES,
+    size_multiple: int = 1,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Validate a sampling request; raise ``ValueError`` naming the offending argument.
+
+    Args:
+        image_size: required (H, W) of input images; ``None`` accepts any size that is a
+            multiple of ``size_multiple`` (and is required for ``generate``).
+
+    Returns:
+        Normalised ``(images (N, H, W, C) uint8, masks (N, H, W) uint8, class_ids (N,)
+        int64, seeds (N,) int64)``; ``generate`` gets zero images, and the modes other
+        than inpaint get all-ones masks.
+    """
+    if params.scheduler not in scheduler_names:
         raise ValueError(f"unknown scheduler {params.scheduler!r}; choose one of "
-                         f"{', '.join(SCHEDULER_NAMES)}")
+                         f"{', '.join(scheduler_names)}")
     if not 1 <= params.num_inference_steps <= MAX_INFERENCE_STEPS:
         raise ValueError(f"num_inference_steps must be in [1, {MAX_INFERENCE_STEPS}], got "
                          f"{params.num_inference_steps}")
@@ -340,23 +368,26 @@ def check_inputs(
                          f"{seeds.shape}")
     if n and (seeds.min() < 0):
         raise ValueError(f"seeds must be >= 0, got {int(seeds.min())}")
-    bad = class_ids[(class_ids < 0) | (class_ids >= config.num_classes)]
+    bad = class_ids[(class_ids < 0) | (class_ids >= num_classes)]
     if bad.size:
         raise ValueError(f"unknown class id {int(bad[0])}: the generator has "
-                         f"{config.num_classes} classes (0-{config.num_classes - 1})")
-    size, channels = config.resolution, config.channels
+                         f"{num_classes} classes (0-{num_classes - 1})")
     if params.mode == "generate":
-        images = np.zeros((n, size, size, channels), np.uint8)
+        if image_size is None:
+            raise ValueError("generate needs an image size")
+        images = np.zeros((n, *image_size, channels), np.uint8)
     else:
-        images = _check_images(images, n, size, channels)
+        images = _check_images(images, n, image_size, channels, size_multiple)
+    height, width = images.shape[1:3]
     if params.mode == "inpaint":
-        masks = _check_masks(masks, n, size)
+        masks = _check_masks(masks, n, height, width)
     else:
-        masks = np.full((n, size, size), 255, np.uint8)
+        masks = np.full((n, height, width), 255, np.uint8)
     return images, masks, class_ids.astype(np.int64), seeds.astype(np.int64)
 
 
-def _check_images(images: np.ndarray | None, n: int, size: int, channels: int) -> np.ndarray:
+def _check_images(images: np.ndarray | None, n: int, image_size: tuple[int, int] | None,
+                  channels: int, size_multiple: int) -> np.ndarray:
     if images is None:
         raise ValueError("images are required for this mode")
     images = np.asarray(images)
@@ -364,21 +395,25 @@ def _check_images(images: np.ndarray | None, n: int, size: int, channels: int) -
         images = images[..., None]
     if images.dtype != np.uint8 or images.ndim != 4:
         raise ValueError(f"images must be uint8 (N, H, W, C), got {images.dtype} {images.shape}")
-    if images.shape != (n, size, size, channels):
+    height, width = image_size if image_size is not None else images.shape[1:3]
+    if images.shape != (n, height, width, channels):
         raise ValueError(
-            f"images must have shape ({n}, {size}, {size}, {channels}) to match class_ids and "
-            f"the generator (resolution {size}, {channels} channels), got {images.shape}; "
-            f"resize with shared.imaging.resize_square"
+            f"images must have shape ({n}, {height}, {width}, {channels}) to match class_ids "
+            f"and the generator ({channels} channels), got {images.shape}; resize with "
+            f"shared.imaging.resize_square"
         )
+    if height % size_multiple or width % size_multiple:
+        raise ValueError(f"image height and width must be multiples of {size_multiple}, "
+                         f"got {height}x{width}")
     return images
 
 
-def _check_masks(masks: np.ndarray | None, n: int, size: int) -> np.ndarray:
+def _check_masks(masks: np.ndarray | None, n: int, height: int, width: int) -> np.ndarray:
     if masks is None:
         raise ValueError("inpaint needs masks")
     masks = np.asarray(masks)
-    if masks.shape != (n, size, size):
-        raise ValueError(f"masks must have shape ({n}, {size}, {size}) (one per image, same "
+    if masks.shape != (n, height, width):
+        raise ValueError(f"masks must have shape ({n}, {height}, {width}) (one per image, same "
                          f"height and width), got {masks.shape}")
     empty = np.flatnonzero(~masks.reshape(n, -1).any(axis=1))
     if empty.size:

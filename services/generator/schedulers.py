@@ -7,6 +7,7 @@ betas, and exposes ``alphas_cumprod`` (used by classifier guidance).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from diffusers import (
@@ -40,10 +41,15 @@ def make_scheduler(name: str, num_train_timesteps: int, beta_schedule: str) -> S
     Raises:
         ValueError: unknown name (the message lists the known ones).
     """
+    base = DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule)
+    return scheduler_from_config(name, {**base.config, "prediction_type": "epsilon"})
+
+
+def scheduler_from_config(name: str, base_config: Mapping[str, Any]) -> SchedulerMixin:
+    """Scheduler ``name`` sharing ``base_config`` (betas, prediction type...) of another one,
+    e.g. the scheduler a pretrained pipeline was saved with."""
     if name not in _SCHEDULERS:
         raise ValueError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULER_NAMES)}")
     cls, overrides = _SCHEDULERS[name]
-    base = DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule)
-    config = {**base.config, "prediction_type": "epsilon", **overrides}
-    scheduler: SchedulerMixin = cls.from_config(config)
+    scheduler: SchedulerMixin = cls.from_config({**base_config, **overrides})
     return scheduler

@@ -1,0 +1,141 @@
+"""Pretrained-weights path with a tiny Stable Diffusion built from configs (no hub)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from services.generator.pretrained import (
+    LoraTrainingConfig,
+    PretrainedGenerator,
+    PretrainedWeightsError,
+    finetune_lora,
+    load_pretrained,
+)
+from services.generator.prompts import PromptTemplates
+from tests.generator.conftest import disc_mask
+
+SIZE = 32
+CLASSES = ("MEL", "DF")
+
+
+def _tiny_tokenizer(directory: Path) -> CLIPTokenizer:
+    """A character-level CLIP BPE vocabulary: every letter alone and word-final."""
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)] + list(",.-'")
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for symbol in letters:
+        vocab.setdefault(symbol, len(vocab))
+        vocab.setdefault(symbol + "</w>", len(vocab))
+    (directory / "vocab.json").write_text(json.dumps(vocab))
+    (directory / "merges.txt").write_text("#version: 0.2\n")
+    return CLIPTokenizer(str(directory / "vocab.json"), str(directory / "merges.txt"),
+                         pad_token="<|endoftext|>", model_max_length=16)
+
+
+@pytest.fixture(scope="module")
+def pipeline_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("tiny-sd")
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        block_out_channels=(16, 32), layers_per_block=1, sample_size=SIZE // 2, in_channels=4,
+        out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=16,
+        attention_head_dim=4, norm_num_groups=8,
+    )
+    vae = AutoencoderKL(block_out_channels=(16, 32), in_channels=3, out_channels=3,
+                        down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4,
+                        norm_num_groups=8, sample_size=SIZE)
+    tokenizer_dir = root / "tokenizer-src"
+    tokenizer_dir.mkdir()
+    tokenizer = _tiny_tokenizer(tokenizer_dir)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=16, intermediate_size=32,
+        num_attention_heads=2, num_hidden_layers=2, vocab_size=len(tokenizer),
+        max_position_embeddings=16,
+    ))
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                              clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                                   unet=unet, scheduler=scheduler, safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(root / "pipeline")
+    return root / "pipeline"
+
+
+@pytest.fixture(scope="module")
+def pretrained(pipeline_dir: Path) -> PretrainedGenerator:
+    return load_pretrained(pipeline_dir, CLASSES, device="cpu")
+
+
+def _images() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    images = rng.integers(120, 220, (2, SIZE, SIZE, 3), dtype=np.uint8)
+    masks = np.stack([disc_mask(SIZE, 9), disc_mask(SIZE, 6)])
+    return images, masks
+
+
+def test_three_modes_share_components_and_return_images(pretrained: PretrainedGenerator) -> None:
+    assert pretrained.inpaint_pipeline.unet is pretrained.text2img.unet
+    assert pretrained.img2img_pipeline.vae is pretrained.text2img.vae
+    images, masks = _images()
+    ids, seeds = np.array([0, 1]), np.array([5, 6])
+    painted = pretrained.inpaint(images, masks, ids, seeds, num_inference_steps=2)
+    varied = pretrained.img2img(images, ids, 0.6, seeds, num_inference_steps=2)
+    fresh = pretrained.generate(ids, seeds, num_inference_steps=2, scheduler="euler")
+    for result in (painted, varied, fresh):
+        assert result.images.shape == (2, SIZE, SIZE, 3) and result.images.dtype == np.uint8
+        assert result.checkpoint_sha256 == pretrained.sha256
+    np.testing.assert_array_equal(painted.images[masks == 0], images[masks == 0])
+    assert not np.array_equal(painted.images[masks > 0], images[masks > 0])
+    again = pretrained.generate(ids[:1], seeds[:1], num_inference_steps=2, scheduler="euler")
+    assert np.abs(again.images[0].astype(int) - fresh.images[0]).max() <= 1
+
+
+def test_prompts_name_the_class_and_a_seeded_attribute() -> None:
+    templates = PromptTemplates(attributes={"DF": ["on the arm", "on the leg"]})
+    assert templates.prompt("MEL") == "a dermoscopic image of melanoma"
+    prompts = templates.prompts_for(["DF", "DF", "MEL"], [1, 1, 2])
+    assert prompts[0] == prompts[1] and prompts[0].startswith("a dermoscopic image of "
+                                                              "dermatofibroma, on the ")
+    xray = PromptTemplates.for_modality("chest_xray", class_descriptions={})
+    assert xray.prompt("pneumonia", "frontal view") == ("a chest x-ray of a child with "
+                                                        "pneumonia, frontal view")
+
+
+def test_unknown_sources_fail_clearly(tmp_path: Path) -> None:
+    with pytest.raises(PretrainedWeightsError, match="not a diffusers pipeline directory"):
+        load_pretrained(tmp_path, CLASSES, device="cpu")
+    with pytest.raises(PretrainedWeightsError, match="not .*in the local Hugging Face cache"
+                       "|neither a local directory"):
+        load_pretrained("tailsynth-test/not-a-cached-model", CLASSES, device="cpu")
+
+
+def test_invalid_requests_raise(pretrained: PretrainedGenerator) -> None:
+    images, masks = _images()
+    with pytest.raises(ValueError, match="unknown class id 2"):
+        pretrained.inpaint(images, masks, np.array([0, 2]), np.array([1, 2]))
+    with pytest.raises(ValueError, match="multiples of 2"):
+        pretrained.img2img(images[:, :31, :31], np.array([0, 1]), 0.5, np.array([1, 2]))
+
+
+def test_lora_finetune_is_saved_with_the_pipeline_and_changes_outputs(
+    pretrained: PretrainedGenerator, tmp_path: Path
+) -> None:
+    images, _ = _images()
+    curve = finetune_lora(pretrained, images, np.array([0, 1]), tmp_path / "tuned",
+                          config=LoraTrainingConfig(steps=3, rank=2, alpha=2,
+                                                    learning_rate=5e-2))
+    assert [step for step, _ in curve] == [1, 2, 3]
+    assert (tmp_path / "tuned/pytorch_lora_weights.safetensors").is_file()
+    tuned = load_pretrained(tmp_path / "tuned", CLASSES, device="cpu")
+    assert tuned.lora and tuned.sha256 != pretrained.sha256
+    base = pretrained.generate(np.array([0]), np.array([3]), num_inference_steps=2)
+    adapted = tuned.generate(np.array([0]), np.array([3]), num_inference_steps=2)
+    assert not np.array_equal(base.images, adapted.images)
