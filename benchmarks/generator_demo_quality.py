@@ -42,6 +42,10 @@ def main() -> None:
     parser.add_argument("--inference-steps", type=int, default=25)
     parser.add_argument("--guidance-scale", type=float, default=3.0)
     parser.add_argument("--classifier-epochs", type=int, default=12)
+    parser.add_argument("--classifier-image-size", type=int, default=32,
+                        help="side the classifier resamples images to (more = slower)")
+    parser.add_argument("--save-generated", type=Path, default=None,
+                        help="write generated images, masks and class ids to this .npz")
     parser.add_argument("--checkpoint-dir", type=Path, default=None)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -60,7 +64,7 @@ def main() -> None:
     start = time.perf_counter()
     classifier = train_classifier(
         demo.images[train], demo.labels[train], names,
-        ClassifierConfig(backbone="resnet10t", image_size=args.resolution,
+        ClassifierConfig(backbone="resnet10t", image_size=args.classifier_image_size,
                          epochs=args.classifier_epochs, batch_size=64, lr=2e-3, device="cpu",
                          balanced_sampling=True, seed=args.seed),
     )
@@ -104,6 +108,10 @@ def main() -> None:
         batch_size=64,
     )
     timings["inpaint_s"] = time.perf_counter() - start
+    if args.save_generated is not None:
+        np.savez_compressed(args.save_generated, images=generated.images,
+                            class_ids=generated.class_ids, sources=np.stack(sources),
+                            masks=np.stack(masks))
 
     features = FeatureNetwork(
         lambda x: torch.from_numpy(classifier.features((x * 255).round().byte()
@@ -118,7 +126,8 @@ def main() -> None:
                                     demo.images[train], demo.labels[train], names,
                                     feature_network=features)
     print(json.dumps({  # noqa: T201
-        "config": {k: v for k, v in vars(args).items() if k != "checkpoint_dir"},
+        "config": {k: v for k, v in vars(args).items()
+                   if k not in ("checkpoint_dir", "save_generated")},
         "checkpoint_sha256": result.checkpoint.sha256,
         "final_loss_mean_last_100": float(np.mean([v for _, v in result.loss_curve[-100:]])),
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
