@@ -70,9 +70,9 @@ _GROUP_SIZE_P = np.array([0.15, 0.25, 0.25, 0.2, 0.15])
 Rgb = tuple[float, float, float]
 
 # Colour anchors, linear-ish RGB in [0, 1], as they appear under a dermoscope's light.
-_LIGHT_BROWN: Rgb = (0.66, 0.46, 0.33)
-_BROWN: Rgb = (0.50, 0.32, 0.22)
-_DARK_BROWN: Rgb = (0.33, 0.20, 0.14)
+_LIGHT_BROWN: Rgb = (0.70, 0.47, 0.36)
+_BROWN: Rgb = (0.53, 0.32, 0.24)
+_DARK_BROWN: Rgb = (0.34, 0.20, 0.16)
 _BLACK: Rgb = (0.14, 0.11, 0.11)
 _BLUE_GREY: Rgb = (0.42, 0.46, 0.56)
 _PINK: Rgb = (0.90, 0.62, 0.62)
@@ -81,7 +81,7 @@ _DARK_RED: Rgb = (0.48, 0.12, 0.15)
 _PURPLE: Rgb = (0.45, 0.18, 0.36)
 _WHITE: Rgb = (0.95, 0.93, 0.90)
 _KERATIN: Rgb = (0.93, 0.88, 0.72)
-_TAN: Rgb = (0.72, 0.56, 0.40)
+_TAN: Rgb = (0.76, 0.58, 0.46)
 
 # Skin under dermoscopy, lightest to darkest tone.
 _SKIN_LIGHT: Rgb = (0.93, 0.76, 0.70)
@@ -349,7 +349,8 @@ def _skin(rng: np.random.Generator, skin: _PatientSkin, x: np.ndarray, y: np.nda
     tilt = rng.uniform(0.03, 0.14)
     gradient = 1.0 + tilt * (float(np.cos(angle)) * x + float(np.sin(angle)) * y)
     blotches = 0.05 * _value_noise(rng, 5, size)
-    erythema = 0.03 * _value_noise(rng, 3, size)  # blotchy redness, never a green cast
+    # Blotchy redness: only ever adds red, so the skin never takes a green cast.
+    erythema = 0.04 * np.maximum(_value_noise(rng, 3, size), 0.0)
     # Grain and pores live on a lattice of 64 x 64 image cells, so that a sample looks
     # the same at any resolution and no per-pixel filtering is needed.
     grain = 0.03 * _value_noise(rng, 64, size)
@@ -471,7 +472,7 @@ _LOOKS: dict[str, _ClassLook] = {
     "NV": _ClassLook(
         radius=(0.26, 0.48),
         aspect=(1.0, 1.3),
-        irregularity=(0.01, 0.06),
+        irregularity=(0.01, 0.09),
         jaggedness=(0.0, 0.015),
         softness=(0.03, 0.08),
         opacity=(0.75, 0.95),
@@ -490,7 +491,7 @@ _LOOKS: dict[str, _ClassLook] = {
         irregularity=(0.03, 0.12),
         jaggedness=(0.0, 0.02),
         softness=(0.08, 0.18),
-        opacity=(0.45, 0.75),
+        opacity=(0.55, 0.85),
     ),
     "BKL": _ClassLook(
         radius=(0.26, 0.5),
@@ -506,7 +507,7 @@ _LOOKS: dict[str, _ClassLook] = {
         irregularity=(0.05, 0.16),
         jaggedness=(0.01, 0.03),
         softness=(0.12, 0.25),
-        opacity=(0.4, 0.7),
+        opacity=(0.5, 0.8),
     ),
     "SCC": _ClassLook(
         radius=(0.22, 0.42),
@@ -525,7 +526,7 @@ _LOOKS: dict[str, _ClassLook] = {
         opacity=(0.8, 1.0),
     ),
     "DF": _ClassLook(
-        radius=(0.15, 0.3),
+        radius=(0.17, 0.32),
         aspect=(1.0, 1.3),
         irregularity=(0.02, 0.08),
         jaggedness=(0.0, 0.015),
@@ -574,7 +575,7 @@ def _lesion_traits(rng: np.random.Generator, look: _ClassLook) -> _LesionTraits:
         softness=draw(look.softness),
         opacity=draw(look.opacity),
         typicality=float(rng.beta(2.0, 1.6)),
-        tint=(1.0 + 0.08 * rng.standard_normal(3)).astype(np.float32),
+        tint=(1.0 + 0.05 * rng.standard_normal(3)).astype(np.float32),
         darkness=float(rng.random()),
     )
 
@@ -584,12 +585,11 @@ class _LesionFrame:
     """Per-pixel lesion coordinates, each (H, W) float32.
 
     ``t`` is the distance from the lesion centre relative to the border (0 centre, 1
-    border), ``theta`` the polar angle, ``lx``/``ly`` rotated coordinates in units of
-    the lesion radius, ``inside`` the soft border coverage in [0, 1].
+    border), ``lx``/``ly`` rotated coordinates in units of the lesion radius,
+    ``inside`` the soft border coverage in [0, 1].
     """
 
     t: np.ndarray
-    theta: np.ndarray
     lx: np.ndarray
     ly: np.ndarray
     inside: np.ndarray
@@ -634,13 +634,11 @@ def _lesion_frame(
         power = power * unit
         for k in np.flatnonzero(_HARMONIC_ORDERS == order):
             edge += traits.harmonics[k] * (power * phasors[k]).real
-    theta = np.angle(unit)
     t = (rho / edge).astype(np.float32)
     pixel = 2.0 / x.shape[0] / scale  # one pixel in lesion-radius units
     inside = _sigmoid((1.0 - t) / max(traits.softness, pixel))
     return _LesionFrame(
         t=t,
-        theta=theta,
         lx=lx,
         ly=ly,
         inside=inside,
@@ -715,9 +713,16 @@ def _vessel_strokes(rng: np.random.Generator, frame: _LesionFrame, count: int) -
 
 
 def _paint_nv(rng: np.random.Generator, f: _LesionFrame, tr: _LesionTraits) -> np.ndarray:
-    """Naevus: uniform brown, slightly darker centre, faint regular network."""
+    """Naevus: uniform brown, slightly darker centre, faint regular network.
+
+    Atypical (low-typicality) naevi get a second, darker brown in blotches, as
+    dysplastic naevi do, which is where they overlap with melanoma.
+    """
     base = (1 - tr.darkness) * np.asarray(_LIGHT_BROWN) + tr.darkness * np.asarray(_BROWN)
     colour = _rgb(_jitter(rng, tuple(base), 0.05)) * (1.0 - 0.12 * (1 - f.t))[..., None]
+    blotches = _sigmoid(3.0 * _value_noise(rng, 4, f.size))
+    dark = _rgb(_jitter(rng, _DARK_BROWN, 0.06))
+    colour = _blend(colour, dark, 0.6 * (1.0 - tr.typicality) * blotches)
     net = _network(rng, f, cells=rng.uniform(5, 8))
     return colour * (1.0 - 0.18 * tr.typicality * net)[..., None]
 
@@ -747,6 +752,10 @@ def _paint_bcc(rng: np.random.Generator, f: _LesionFrame, tr: _LesionTraits) -> 
     if rng.random() < 0.45 * tr.typicality + 0.1:
         nests = _dots(rng, f, int(rng.integers(1, 5)), rng.uniform(0.08, 0.16), 0.7)
         colour = _blend(colour, _rgb(_jitter(rng, _BLUE_GREY, 0.08)) * 0.8, 0.85 * nests)
+    if tr.darkness > 0.7:
+        # Pigmented BCC: brown-grey blotches, easily mistaken for melanoma or keratosis.
+        pigment = _sigmoid(3.0 * (_value_noise(rng, 4, f.size) - 0.2))
+        colour = _blend(colour, _rgb(_jitter(rng, _DARK_BROWN, 0.08)), 0.7 * pigment)
     return colour
 
 
@@ -758,7 +767,7 @@ def _paint_bkl(rng: np.random.Generator, f: _LesionFrame, tr: _LesionTraits) -> 
     colour = _mix(weights, shades)
     warp = 0.3 * _value_noise(rng, 4, f.size)
     ridges = 0.5 + 0.5 * np.cos(np.pi * rng.uniform(4, 7) * (f.lx + f.ly * 0.3 + warp))
-    colour = colour * (1.0 - 0.22 * tr.typicality * ridges)[..., None]
+    colour = colour * (1.0 - 0.3 * tr.typicality * ridges)[..., None]
     milia = _dots(rng, f, int(rng.integers(0, 8 * tr.typicality + 1)), 0.05, 0.85)
     comedo = _dots(rng, f, int(rng.integers(0, 6 * tr.typicality + 1)), 0.05, 0.85)
     colour = _blend(colour, _rgb(_WHITE), 0.8 * milia)
@@ -773,7 +782,7 @@ def _paint_ak(rng: np.random.Generator, f: _LesionFrame, tr: _LesionTraits) -> n
         * (1.0 + 0.06 * _value_noise(rng, 6, f.size))[..., None]
     )
     roughness = _value_noise(rng, 18, f.size) + 0.6 * _value_noise(rng, 7, f.size)
-    scale = np.clip(roughness - (1.3 - 0.7 * tr.typicality), 0, 1)
+    scale = np.clip(roughness - (1.1 - 0.7 * tr.typicality), 0, 1)
     colour = _blend(colour, _rgb(_KERATIN), 0.8 * scale)
     follicles = _dots(rng, f, int(rng.integers(0, 10 * tr.typicality + 1)), 0.04, 0.8)
     return _blend(colour, _rgb(_WHITE), 0.6 * follicles)
@@ -819,7 +828,7 @@ def _paint_df(rng: np.random.Generator, f: _LesionFrame, tr: _LesionTraits) -> n
     colour = colour * (1.0 - 0.15 * net)[..., None]
     patch = rng.uniform(0.3, 0.6)
     white = _sigmoid((patch - f.t + 0.2 * _value_noise(rng, 4, f.size)) / 0.08)
-    return _blend(colour, _rgb(_jitter(rng, _WHITE, 0.04)), 0.85 * tr.typicality * white)
+    return _blend(colour, _rgb(_jitter(rng, _WHITE, 0.04)), (0.35 + 0.6 * tr.typicality) * white)
 
 
 _PAINTERS: dict[str, Callable[[np.random.Generator, _LesionFrame, _LesionTraits], np.ndarray]] = {
@@ -864,7 +873,9 @@ def render_demo_image(
     lesion = (
         _PAINTERS[label](rng, frame, traits) * traits.tint * _rgb(_jitter(rng, (1, 1, 1), 0.04))
     )
-    # Keep the skin's grain visible through the lesion so it looks embedded, not pasted.
+    # Fine mottling, and the skin's grain showing through, so the lesion looks embedded
+    # in the skin rather than pasted on it.
+    lesion = lesion * (1.0 + 0.06 * _value_noise(rng, 20, image_size))[..., None]
     lesion = lesion * (0.6 + 0.4 * skin_texture)[..., None]
     canvas = _blend(canvas, np.clip(lesion, 0, 1), traits.opacity * frame.inside)
     canvas = _add_class_strokes(rng, label, frame, traits, canvas)
@@ -902,7 +913,7 @@ def _add_class_strokes(
     """Curvilinear class features drawn as strokes: arborising vessels of BCC."""
     if label != "BCC":
         return canvas
-    count = int(rng.binomial(4, 0.2 + 0.7 * traits.typicality))
+    count = int(rng.binomial(4, 0.1 + 0.6 * traits.typicality))
     if count == 0:
         return canvas
     strokes = _vessel_strokes(rng, frame, count)
