@@ -870,15 +870,16 @@ def render_demo_image(
     canvas = _skin(rng, skin_traits, x, y)
     skin_texture = canvas.mean(axis=-1) / max(float(canvas.mean()), 1e-6)
     frame = _lesion_frame(rng, traits, x, y)
-    lesion = (
-        _PAINTERS[label](rng, frame, traits) * traits.tint * _rgb(_jitter(rng, (1, 1, 1), 0.04))
-    )
+    lesion = _PAINTERS[label](rng, frame, traits)
+    tint = traits.tint * _jitter(rng, (1.0, 1.0, 1.0), 0.04)
     # Fine mottling, and the skin's grain showing through, so the lesion looks embedded
     # in the skin rather than pasted on it.
-    lesion = lesion * (1.0 + 0.06 * _value_noise(rng, 20, image_size))[..., None]
-    lesion = lesion * (0.6 + 0.4 * skin_texture)[..., None]
+    mottling = (1.0 + 0.06 * _value_noise(rng, 20, image_size)) * (0.6 + 0.4 * skin_texture)
+    lesion *= mottling[..., None]
+    lesion *= tint
     canvas = _blend(canvas, np.clip(lesion, 0, 1), traits.opacity * frame.inside)
-    canvas = _add_class_strokes(rng, label, frame, traits, canvas)
+    if label == "BCC":
+        canvas = _draw_arborising_vessels(rng, frame, traits, canvas)
     mask = np.where(frame.t < 1.0, 255, 0).astype(np.uint8)
 
     strokes = _hair_strokes(rng, skin_traits, image_size)
@@ -887,32 +888,25 @@ def render_demo_image(
     opacity, ink = _render_strokes(strokes, image_size)
     canvas = _blend(canvas, ink, opacity)
     canvas = _bubbles_and_glare(rng, canvas, x, y)
-    canvas = canvas * _dermoscope_field(rng, x, y)[..., None]
-
+    field = _dermoscope_field(rng, x, y)
     # Camera: white balance, exposure, focus blur and sensor noise.
-    canvas = (
-        canvas * (1.0 + 0.03 * rng.standard_normal(3)).astype(np.float32) * rng.uniform(0.88, 1.1)
-    )
-    blur = rng.uniform(0.0, 0.7) * image_size / 64
-    if blur > 0.25:
-        canvas = ndimage.gaussian_filter(canvas, sigma=(blur, blur, 0))
+    white_balance = (1.0 + 0.03 * rng.standard_normal(3)).astype(np.float32)
+    exposure = rng.uniform(0.88, 1.1)
+    canvas *= field[..., None] * (white_balance * exposure)
+    defocus = rng.uniform(0.0, 0.7)  # blur sigma in pixels at 64 px
+    if defocus > 0.25:
+        sigma = defocus * image_size / 64
+        canvas = ndimage.gaussian_filter(canvas, sigma=(sigma, sigma, 0))
     sensor_noise = rng.uniform(0.01, 0.03)
     canvas += sensor_noise * rng.standard_normal(canvas.shape, dtype=np.float32)
-    assert canvas.dtype == np.float32, canvas.dtype
     image = np.clip(np.round(canvas * 255.0), 0, 255).astype(np.uint8)
     return image, mask
 
 
-def _add_class_strokes(
-    rng: np.random.Generator,
-    label: str,
-    frame: _LesionFrame,
-    traits: _LesionTraits,
-    canvas: np.ndarray,
+def _draw_arborising_vessels(
+    rng: np.random.Generator, frame: _LesionFrame, traits: _LesionTraits, canvas: np.ndarray
 ) -> np.ndarray:
-    """Curvilinear class features drawn as strokes: arborising vessels of BCC."""
-    if label != "BCC":
-        return canvas
+    """BCC's branching red vessels over the lesion; more of them the more typical it is."""
     count = int(rng.binomial(4, 0.1 + 0.6 * traits.typicality))
     if count == 0:
         return canvas
