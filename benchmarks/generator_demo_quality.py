@@ -41,6 +41,8 @@ def main() -> None:
     parser.add_argument("--per-class", type=int, default=24, help="candidates per class")
     parser.add_argument("--inference-steps", type=int, default=25)
     parser.add_argument("--guidance-scale", type=float, default=3.0)
+    parser.add_argument("--class-balance", type=float, default=1.0,
+                        help="generator batch class balancing exponent (0 natural, 1 equal)")
     parser.add_argument("--classifier-epochs", type=int, default=12)
     parser.add_argument("--classifier-image-size", type=int, default=32,
                         help="side the classifier resamples images to (more = slower)")
@@ -78,6 +80,7 @@ def main() -> None:
         block_out_channels=(32, 64, 64), attention_levels=(2,), batch_size=args.batch_size,
         max_train_steps=args.train_steps, checkpoint_every=max(args.train_steps // 4, 1),
         learning_rate=5e-4, lr_warmup_steps=50, ema_decay=0.995, seed=args.seed,
+        class_balance=args.class_balance,
     )
     checkpoint_dir = args.checkpoint_dir or Path(tempfile.mkdtemp(prefix="gen-demo-"))
     start = time.perf_counter()

@@ -47,6 +47,11 @@ class GeneratorConfig:
         full_mask_probability: probability, 0-1, that a training example gets an
             all-ones mask (nothing known), so the model also serves unconditional
             "generate" and "img2img" modes.
+        class_balance: exponent b in [0, 1] of class-balanced batch sampling: an image
+            of a class with n images is drawn with weight n ** -b, so classes are seen in
+            proportion to n ** (1 - b) (0 = as in the data, 1 = every class equally
+            often). The tail classes are the ones the generator exists for, so the
+            default sits between (square-root balancing).
         mask_loss_weight: weight (>= 1) of the masked (painted) region in the per-pixel
             noise-prediction loss; unmasked pixels have weight 1. See ``training.py``.
         learning_rate, adam_weight_decay, lr_scheduler, lr_warmup_steps: optimiser.
@@ -74,6 +79,7 @@ class GeneratorConfig:
     beta_schedule: str = "squaredcos_cap_v2"
     class_dropout: float = 0.1
     full_mask_probability: float = 0.1
+    class_balance: float = 0.5
     mask_loss_weight: float = 4.0
     learning_rate: float = 2e-4
     adam_weight_decay: float = 1e-2
@@ -150,7 +156,7 @@ class GeneratorConfig:
                 f"attention_levels {self.attention_levels} out of range for "
                 f"{len(self.block_out_channels)} levels"
             )
-        for name in ("class_dropout", "full_mask_probability"):
+        for name in ("class_dropout", "full_mask_probability", "class_balance"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.mask_loss_weight < 1.0:

@@ -85,12 +85,14 @@ class TrainingData:
     """Training tensors on CPU: model-space samples and masks, labels.
 
     ``samples`` (N, c, h, w) float (pixels in [-1, 1] or scaled VAE latents); ``masks``
-    (N, 1, h, w) float in {0, 1} on the model grid; ``labels`` (N,) int64.
+    (N, 1, h, w) float in {0, 1} on the model grid; ``labels`` (N,) int64;
+    ``draw_weights`` (N,) float, relative probability of drawing each image.
     """
 
     samples: torch.Tensor
     masks: torch.Tensor
     labels: torch.Tensor
+    draw_weights: torch.Tensor | None = None
 
 
 def train_generator(
@@ -249,7 +251,14 @@ def prepare_training_data(
         for chunk in torch.split(pixels, encode_batch):
             samples.append(space.encode(chunk.to(device)).float().cpu())
     return TrainingData(torch.cat(samples), space.mask_to_model(mask_t),
-                        torch.from_numpy(labels.astype(np.int64)))
+                        torch.from_numpy(labels.astype(np.int64)),
+                        class_balanced_weights(labels, config.class_balance))
+
+
+def class_balanced_weights(labels: np.ndarray, balance: float) -> torch.Tensor:
+    """Per-image draw weights ``n_class ** -balance`` (float64, (N,)); see the config."""
+    counts = np.bincount(labels)
+    return torch.from_numpy(counts[labels].astype(np.float64) ** -balance)
 
 
 def training_step(
@@ -290,7 +299,9 @@ def drop_class_labels(labels: torch.Tensor, dropped: torch.Tensor, null_class_id
 
 def _draw_batch(data: TrainingData, config: GeneratorConfig, rng: torch.Generator
                 ) -> TrainingData:
-    index = torch.randint(0, data.samples.shape[0], (config.batch_size,), generator=rng)
+    assert data.draw_weights is not None
+    index = torch.multinomial(data.draw_weights, config.batch_size, replacement=True,
+                              generator=rng)
     samples, masks = data.samples[index], data.masks[index]
     if not config.latent:
         # Horizontal flips double the backgrounds cheaply; lesions have no handedness.

@@ -15,7 +15,11 @@ from services.generator.checkpoint import (
     verify_checkpoint,
 )
 from services.generator.sampling import load_generator
-from services.generator.training import drop_class_labels, train_generator
+from services.generator.training import (
+    class_balanced_weights,
+    drop_class_labels,
+    train_generator,
+)
 from tests.generator.conftest import CLASS_NAMES, SIZE, make_dataset, tiny_config
 
 
@@ -160,6 +164,18 @@ def test_images_of_another_size_are_resized_and_auto_masked(tmp_path: Path) -> N
     result = train_generator(bigger, None, labels, CLASS_NAMES, tiny_config(max_train_steps=1),
                              tmp_path, device="cpu")
     assert result.status == "completed" and np.isfinite(result.loss_curve[0][1])
+
+
+def test_class_balanced_weights_even_out_class_frequencies() -> None:
+    labels = np.array([0] * 90 + [1] * 10)
+    balanced = class_balanced_weights(labels, 1.0)
+    shares = [float(balanced[labels == c].sum() / balanced.sum()) for c in (0, 1)]
+    assert shares == pytest.approx([0.5, 0.5])
+    natural = class_balanced_weights(labels, 0.0)
+    assert float(natural[labels == 1].sum() / natural.sum()) == pytest.approx(0.1)
+    sqrt = class_balanced_weights(labels, 0.5)
+    assert float(sqrt[labels == 1].sum() / sqrt.sum()) == pytest.approx(
+        np.sqrt(10) / (np.sqrt(10) + np.sqrt(90)))
 
 
 def test_class_dropout_uses_the_null_class() -> None:
