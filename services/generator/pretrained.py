@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +54,10 @@ CancelCallback = Callable[[], bool]
 LORA_WEIGHTS_FILE = "pytorch_lora_weights.safetensors"
 _LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 _HASHED_SUFFIXES = (".json", ".txt", ".safetensors", ".bin", ".model")
+_CACHE_SIZE = 2
+
+
+_PIPELINE_CACHE: OrderedDict[tuple[object, ...], PretrainedGenerator] = OrderedDict()
 
 
 class PretrainedWeightsError(ValueError):
@@ -252,6 +257,10 @@ def load_pretrained(
         device: torch device; default CUDA when available.
         dtype: weights dtype; default float16 on CUDA, float32 on CPU.
 
+    Loaded pipelines are kept in a small per-process cache keyed by the directory's
+    file listing (paths, sizes, modification times), device, dtype, classes and prompts,
+    so a worker loads (and hashes) the weights once and reuses them across tasks.
+
     Raises:
         PretrainedWeightsError: not cached / not found offline, or not a diffusers
             Stable Diffusion pipeline.
@@ -259,6 +268,12 @@ def load_pretrained(
     directory = resolve_pipeline_directory(source)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = dtype or (torch.float16 if device.type == "cuda" else torch.float32)
+    prompts = prompts or PromptTemplates()
+    key = (_directory_fingerprint(directory), str(device), str(dtype),
+           tuple(str(c) for c in class_names), repr(prompts))
+    if key in _PIPELINE_CACHE:
+        _PIPELINE_CACHE.move_to_end(key)
+        return _PIPELINE_CACHE[key]
     index = json.loads((directory / "model_index.json").read_text())
     pipeline_cls = (StableDiffusionInpaintPipeline
                     if index.get("_class_name") == "StableDiffusionInpaintPipeline"
@@ -284,9 +299,26 @@ def load_pretrained(
     inpaint = StableDiffusionInpaintPipeline(**shared)
     for pipeline in (text2img, img2img, inpaint):
         pipeline.set_progress_bar_config(disable=True)
-    return PretrainedGenerator(text2img, img2img, inpaint, tuple(str(c) for c in class_names),
-                               prompts or PromptTemplates(), str(source),
-                               pipeline_sha256(directory), lora)
+    generator = PretrainedGenerator(text2img, img2img, inpaint,
+                                    tuple(str(c) for c in class_names), prompts, str(source),
+                                    pipeline_sha256(directory), lora)
+    _PIPELINE_CACHE[key] = generator
+    while len(_PIPELINE_CACHE) > _CACHE_SIZE:
+        _PIPELINE_CACHE.popitem(last=False)
+    return generator
+
+
+def clear_pipeline_cache() -> None:
+    """Forget loaded pipelines (e.g. after fine-tuning one in place)."""
+    _PIPELINE_CACHE.clear()
+
+
+def _directory_fingerprint(directory: Path) -> tuple[tuple[str, int, int], ...]:
+    """Cheap identity of a pipeline directory: (path, size, mtime_ns) of every file."""
+    return tuple(
+        (p.relative_to(directory).as_posix(), p.stat().st_size, p.stat().st_mtime_ns)
+        for p in sorted(directory.rglob("*")) if p.is_file()
+    )
 
 
 def resolve_pipeline_directory(source: str | Path) -> Path:

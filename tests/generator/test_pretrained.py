@@ -82,6 +82,7 @@ def _images() -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_three_modes_share_components_and_return_images(pretrained: PretrainedGenerator) -> None:
+    assert load_pretrained(pretrained.source, CLASSES, device="cpu") is pretrained  # cached
     assert pretrained.inpaint_pipeline.unet is pretrained.text2img.unet
     assert pretrained.img2img_pipeline.vae is pretrained.text2img.vae
     images, masks = _images()
