@@ -18,16 +18,15 @@ QUEUES = ("ingest", "generate", "filter", "train")
 TASK_QUEUES: dict[str, str] = {
     "tailsynth.ingest_dataset": "ingest",
     "tailsynth.train_generator": "generate",
+    "tailsynth.register_generator": "generate",
     "tailsynth.synthesize": "generate",
     "tailsynth.filter_candidates": "filter",
-    "tailsynth.run_experiment": "train",
 }
 
 TASK_MODULES = (
     "shared.ingest.tasks",
     "services.generator.tasks",
     "services.ood_filter.tasks",
-    "services.trainer.tasks",
 )
 
 

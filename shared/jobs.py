@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -29,6 +30,19 @@ log = logging.getLogger(__name__)
 
 class JobCanceled(Exception):
     """Raised inside a task when the user asked to cancel; finished work is kept."""
+
+
+@dataclass(frozen=True)
+class NextStage:
+    """Returned by a task's work to hand the same job to another queue's task.
+
+    A synthesis job generates on the ``generate`` queue (GPU), then filters on the
+    ``filter`` queue; the job keeps one id, one progress record and one state.
+    """
+
+    task_name: str
+    stage: str
+    result: dict[str, Any] = field(default_factory=dict)
 
 
 def create_job(
@@ -148,7 +162,9 @@ class JobContext:
 def run_job(
     factory: sessionmaker[Session],
     job_id: str,
-    work: Callable[[JobContext], dict[str, Any]],
+    work: Callable[[JobContext], dict[str, Any] | NextStage],
+    *,
+    celery: Celery | None = None,
 ) -> None:
     """Run ``work`` for a job, moving it through its states. Idempotent per job.
 
@@ -186,7 +202,28 @@ def run_job(
         _end(factory, jid, JobState.FAILED, "failed", error=f"internal error: {type(exc).__name__}")
         raise
     else:
-        _end(factory, jid, JobState.SUCCEEDED, "done", result=result)
+        if isinstance(result, NextStage):
+            _hand_over(factory, jid, result, celery)
+        else:
+            _end(factory, jid, JobState.SUCCEEDED, "done", result=result)
+
+
+def _hand_over(
+    factory: sessionmaker[Session], job_id: uuid.UUID, stage: NextStage, celery: Celery | None
+) -> None:
+    if celery is None:
+        raise RuntimeError("a task that hands over to another stage needs the Celery app")
+    with factory.begin() as session:
+        job = session.get(Job, job_id, with_for_update=True)
+        if job is None:
+            return
+        job.task_name = stage.task_name
+        job.queue = TASK_QUEUES[stage.task_name]
+        job.stage = stage.stage
+        job.result = {**job.result, **stage.result}
+        job.heartbeat_at = utcnow()
+        job.dispatched_at = None  # the reaper sends it if the send below is lost
+    dispatch(celery, factory, job_id)
 
 
 def _finish(job: Job, state: JobState, stage: str) -> None:
@@ -214,3 +251,18 @@ def _end(
             job.result = {**job.result, **result}
             if job.total and state == JobState.SUCCEEDED:
                 job.done = job.total
+
+
+@contextmanager
+def mark_on_failure(
+    factory: sessionmaker[Session], model: type[Any], row_id: uuid.UUID, *, failed: str = "failed"
+) -> Iterator[None]:
+    """Set ``model.state`` of ``row_id`` to ``failed`` (or "canceled") if the block raises,
+    so a generator or curated set never stays "training" / "pending" after its job ended."""
+    try:
+        yield
+    except BaseException as exc:
+        state = "canceled" if isinstance(exc, JobCanceled) else failed
+        with factory.begin() as session:
+            session.execute(update(model).where(model.id == row_id).values(state=state))
+        raise

@@ -110,3 +110,159 @@ class ComponentHealth(BaseModel):
 class Health(BaseModel):
     status: str
     components: dict[str, ComponentHealth]
+
+
+# ----------------------------------------------------------------- generators
+
+class GeneratorTraining(BaseModel):
+    """How to train a class-conditional inpainting diffusion model from scratch."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    resolution: int = Field(32, ge=16, le=256, description="square side in px")
+    block_out_channels: list[int] = Field([32, 64, 64], min_length=1, max_length=6)
+    layers_per_block: int = Field(1, ge=1, le=4)
+    attention_levels: list[int] = Field([2], max_length=6)
+    latent: bool = False
+    max_train_steps: int = Field(1000, ge=1, le=1_000_000)
+    batch_size: int = Field(32, ge=1, le=1024)
+    learning_rate: float = Field(2e-4, gt=0, le=1)
+    class_dropout: float = Field(0.1, ge=0, le=1)
+    mask_loss_weight: float = Field(4.0, ge=1, le=100)
+    ema_decay: float = Field(0.999, ge=0, lt=1)
+    checkpoint_every: int = Field(250, ge=1)
+    mixed_precision: str = Field("bf16", pattern="^(no|bf16)$")
+    seed: int = Field(0, ge=0)
+
+
+class QualityProbe(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    images_per_class: int = Field(16, ge=2, le=1000)
+    num_inference_steps: int = Field(25, ge=1, le=1000)
+    classifier_epochs: int = Field(8, ge=1, le=200)
+
+
+class GeneratorCreate(BaseModel):
+    """Train a generator on a dataset, or register pretrained diffusers weights."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: str = Field("trained", pattern="^(trained|pretrained)$")
+    dataset_id: uuid.UUID
+    training: GeneratorTraining = Field(default_factory=GeneratorTraining)
+    quality_probe: QualityProbe = Field(default_factory=QualityProbe)
+    source: str | None = Field(
+        None, max_length=1024, description="pretrained: local diffusers directory or model id"
+    )
+    modality: str = Field("dermoscopy", max_length=64, description="prompt templates (pretrained)")
+
+
+class GeneratorRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    kind: str
+    state: str
+    dataset_id: uuid.UUID | None
+    config: dict[str, Any]
+    source: str | None
+    checkpoint_sha256: str | None
+    loss_curve: list[Any]
+    quality: dict[str, Any]
+    job_id: uuid.UUID | None
+    created_at: datetime
+
+
+class GeneratorCreated(BaseModel):
+    generator_id: uuid.UUID
+    job_id: uuid.UUID
+    generator: GeneratorRead
+
+
+# ----------------------------------------------------------------- synthesis
+
+class Sampling(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    scheduler: str = Field("ddim", max_length=32)
+    num_inference_steps: int = Field(25, ge=1, le=1000)
+    guidance_scale: float = Field(2.0, ge=0, le=30)
+    strength: float = Field(0.6, gt=0, le=1, description="img2img only")
+    batch_size: int = Field(16, ge=1, le=512)
+
+
+class FilterSettings(BaseModel):
+    """OOD post-selection: thresholds calibrated on real validation images."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rule: str = Field("calibrated", pattern="^(calibrated|keep_fraction|target_count)$")
+    keep_fraction: float = Field(0.4, gt=0, le=1, description="gamma of the paper (keep_fraction rule)")
+    target_keep_rate: float = Field(0.95, gt=0, le=1, description="real val images that must pass")
+    classifier_backbone: str = Field("resnet18", max_length=64)
+    classifier_image_size: int = Field(64, ge=16, le=512)
+    classifier_epochs: int = Field(8, ge=1, le=200)
+
+
+class SynthesisCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    dataset_id: uuid.UUID
+    generator_id: uuid.UUID
+    counts: dict[str, int] | None = Field(None, description='e.g. {"DF": 500, "VASC": 300}')
+    target: str | None = Field(None, pattern="^fill_to_max$", description="fill every class to the head class")
+    mode: str = Field("inpaint", pattern="^(inpaint|img2img|generate)$")
+    sampling: Sampling = Field(default_factory=Sampling)
+    background_policy: str = Field("any_class", pattern="^(any_class|same_class|head_classes)$")
+    oversample: float = Field(1.5, ge=1, le=10, description="candidates generated per image asked")
+    filter: FilterSettings = Field(default_factory=FilterSettings)
+    seed: int = Field(0, ge=0, lt=2**62)
+
+
+class SynthesisCreated(BaseModel):
+    synthesis_id: uuid.UUID
+    job_id: uuid.UUID
+    curated_set_id: uuid.UUID
+    counts: dict[str, int]
+
+
+class CuratedSetRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    dataset_id: uuid.UUID
+    synthesis_id: uuid.UUID | None
+    state: str
+    thresholds: dict[str, Any]
+    summary: dict[str, Any]
+    created_at: datetime
+
+
+class SyntheticImageRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    synthesis_id: uuid.UUID
+    curated_set_id: uuid.UUID | None
+    dataset_id: uuid.UUID
+    generator_id: uuid.UUID
+    source_image_id: uuid.UUID | None
+    mask_key: str | None
+    object_key: str
+    sha256: str
+    label: str
+    mode: str
+    prompt: str | None
+    scheduler: str
+    steps: int
+    guidance_scale: float
+    strength: float | None
+    seed: int
+    checkpoint_sha256: str
+    job_id: uuid.UUID
+    decision: str | None
+    decision_reason: str | None
+    ood_scores: list[dict[str, Any]] = Field(default_factory=list)
+    created_at: datetime

@@ -1,0 +1,238 @@
+"""``/v1/synthesis``, ``/v1/curated-sets``, ``/v1/synthetic-images``: ask for synthetic
+images per class, follow what the filter kept, and download the curated set."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import uuid
+from collections import Counter
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from fastapi.responses import JSONResponse, StreamingResponse
+from sqlalchemy import func, select
+from zipstream import ZipStream
+
+from services.api.deps import IdempotencyKeyDep, SessionDep, StateDep, TenantDep
+from services.api.idempotency import Idempotency, body_hash
+from services.api.routers._submit import submit_job
+from services.api.routers.generators import get_generator
+from services.api.schemas import CuratedSetRead, SynthesisCreate, SynthesisCreated, SyntheticImageRead
+from shared.dataset_arrays import ready_dataset
+from shared.errors import Conflict, InvalidInput, NotFound
+from shared.jobs import create_job
+from shared.models import CuratedSet, OodScore, RealImage, Split, SynthesisRequest, SyntheticImage
+
+router = APIRouter(tags=["synthesis"])
+MANIFEST_FIELDS = (
+    "id", "file", "label", "synthetic", "mode", "source_image_id", "mask_key", "generator_id",
+    "checkpoint_sha256", "scheduler", "steps", "guidance_scale", "strength", "seed", "prompt",
+    "job_id", "decision", "decision_reason", "scores",
+)
+
+
+def _counts(session: SessionDep, request: SynthesisCreate, class_names: list[str]) -> dict[str, int]:
+    if (request.counts is None) == (request.target is None):
+        raise InvalidInput('give either counts (e.g. {"DF": 500}) or target: "fill_to_max"', field="counts")
+    if request.counts is not None:
+        for name, count in request.counts.items():
+            if name not in class_names:
+                raise InvalidInput(
+                    f"unknown class {name!r}; the dataset has {', '.join(class_names)}", field=f"counts.{name}"
+                )
+            if not 0 <= count <= 100_000:
+                raise InvalidInput(f"count must be in [0, 100000], got {count}", field=f"counts.{name}")
+        counts = {name: n for name, n in request.counts.items() if n > 0}
+    else:
+        # Fill every class towards the head class of the real training split.
+        train = Counter(dict(session.execute(
+            select(RealImage.label, func.count()).where(
+                RealImage.dataset_id == request.dataset_id, RealImage.split == Split.TRAIN
+            ).group_by(RealImage.label)
+        ).all()))
+        head = max(train.values())
+        counts = {name: head - train[name] for name in class_names if head - train[name] > 0}
+    if not counts:
+        raise InvalidInput("nothing to generate: every count is zero", field="counts")
+    return counts
+
+
+@router.post(
+    "/v1/synthesis",
+    status_code=202,
+    response_model=SynthesisCreated,
+    responses={404: {"description": "unknown dataset or generator"}, 409: {"description": "not ready"}},
+)
+def create_synthesis(
+    state: StateDep,
+    session: SessionDep,
+    tenant_id: TenantDep,
+    request: SynthesisCreate,
+    idempotency_key: IdempotencyKeyDep = None,
+) -> JSONResponse:
+    """Generate candidates per class, filter them, and fill a curated set."""
+    idempotency = Idempotency(
+        session, tenant_id, idempotency_key, "POST /v1/synthesis", body_hash(request.model_dump())
+    )
+
+    def create() -> tuple[uuid.UUID, SynthesisCreated]:
+        dataset = ready_dataset(session, request.dataset_id, tenant_id)
+        generator = get_generator(session, tenant_id, request.generator_id)
+        if generator.state != "ready":
+            raise Conflict(f"generator {generator.id} is {generator.state}, not ready", field="generator_id")
+        if generator.dataset_id != dataset.id and generator.kind == "trained":
+            raise InvalidInput(
+                f"generator {generator.id} was trained on another dataset; its candidates cannot be "
+                "filtered against this one",
+                field="generator_id",
+            )
+        counts = _counts(session, request, list(dataset.class_names))
+        synthesis = SynthesisRequest(
+            tenant_id=tenant_id,
+            dataset_id=dataset.id,
+            generator_id=generator.id,
+            mode=request.mode,
+            counts=counts,
+            params={
+                "sampling": request.sampling.model_dump(),
+                "background_policy": request.background_policy,
+                "oversample": request.oversample,
+            },
+            filter_params=request.filter.model_dump(),
+            seed=request.seed,
+        )
+        session.add(synthesis)
+        session.flush()
+        curated = CuratedSet(
+            tenant_id=tenant_id, dataset_id=dataset.id, synthesis_id=synthesis.id, thresholds={}, summary={}
+        )
+        session.add(curated)
+        session.flush()
+        job = create_job(
+            session,
+            tenant_id=tenant_id,
+            kind="synthesis",
+            task_name="tailsynth.synthesize",
+            params={"synthesis_id": str(synthesis.id), "curated_set_id": str(curated.id)},
+        )
+        synthesis.job_id = job.id
+        synthesis.curated_set_id = curated.id
+        session.flush()
+        return job.id, SynthesisCreated(
+            synthesis_id=synthesis.id, job_id=job.id, curated_set_id=curated.id, counts=counts
+        )
+
+    return submit_job(state, session, idempotency, create)
+
+
+def get_curated_set(session: SessionDep, tenant_id: uuid.UUID, curated_set_id: uuid.UUID) -> CuratedSet:
+    curated = session.get(CuratedSet, curated_set_id)
+    if curated is None or curated.tenant_id != tenant_id:
+        raise NotFound(f"curated set {curated_set_id} not found")
+    return curated
+
+
+@router.get("/v1/curated-sets/{curated_set_id}", response_model=CuratedSetRead)
+def read_curated_set(session: SessionDep, tenant_id: TenantDep, curated_set_id: uuid.UUID) -> CuratedSetRead:
+    """Per class: requested, generated, kept, rejected by reason; the thresholds used."""
+    return CuratedSetRead.model_validate(get_curated_set(session, tenant_id, curated_set_id))
+
+
+def _kept_rows(session: SessionDep, curated: CuratedSet) -> list[SyntheticImage]:
+    return list(session.scalars(
+        select(SyntheticImage)
+        .where(SyntheticImage.curated_set_id == curated.id)
+        .order_by(SyntheticImage.label, SyntheticImage.index_in_request)
+    ))
+
+
+def _scores_by_image(session: SessionDep, image_ids: list[uuid.UUID]) -> dict[uuid.UUID, dict[str, float]]:
+    scores: dict[uuid.UUID, dict[str, float]] = {}
+    for start in range(0, len(image_ids), 500):
+        for row in session.scalars(select(OodScore).where(OodScore.synthetic_image_id.in_(image_ids[start : start + 500]))):
+            scores.setdefault(row.synthetic_image_id, {})[row.detector] = round(row.score, 6)
+    return scores
+
+
+def _manifest_rows(session: SessionDep, rows: list[SyntheticImage]) -> list[dict[str, object]]:
+    scores = _scores_by_image(session, [r.id for r in rows])
+    return [
+        {
+            "id": str(r.id), "file": f"{r.label}/{r.id}.png", "label": r.label, "synthetic": True,
+            "mode": r.mode, "source_image_id": str(r.source_image_id) if r.source_image_id else "",
+            "mask_key": r.mask_key or "", "generator_id": str(r.generator_id),
+            "checkpoint_sha256": r.checkpoint_sha256, "scheduler": r.scheduler, "steps": r.steps,
+            "guidance_scale": r.guidance_scale, "strength": r.strength if r.strength is not None else "",
+            "seed": r.seed, "prompt": r.prompt or "", "job_id": str(r.job_id), "decision": r.decision,
+            "decision_reason": r.decision_reason or "", "scores": json.dumps(scores.get(r.id, {}), sort_keys=True),
+        }
+        for r in rows
+    ]
+
+
+def _manifest_csv(rows: list[dict[str, object]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=MANIFEST_FIELDS)
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def _ready(curated: CuratedSet) -> CuratedSet:
+    if curated.state != "ready":
+        raise Conflict(f"curated set {curated.id} is {curated.state}; wait for its synthesis job")
+    return curated
+
+
+@router.get("/v1/curated-sets/{curated_set_id}/manifest", responses={409: {"description": "not ready"}})
+def curated_set_manifest(
+    session: SessionDep,
+    tenant_id: TenantDep,
+    curated_set_id: uuid.UUID,
+    format: Annotated[str, Query(pattern="^(csv|jsonl)$")] = "csv",
+) -> StreamingResponse:
+    """The manifest alone: one row per kept image with its provenance and scores."""
+    curated = _ready(get_curated_set(session, tenant_id, curated_set_id))
+    rows = _manifest_rows(session, _kept_rows(session, curated))
+    if format == "jsonl":
+        body = "".join(json.dumps(row) + "\n" for row in rows)
+        return StreamingResponse(iter([body]), media_type="application/x-ndjson")
+    return StreamingResponse(iter([_manifest_csv(rows)]), media_type="text/csv")
+
+
+@router.get("/v1/curated-sets/{curated_set_id}/archive", responses={409: {"description": "not ready"}})
+def curated_set_archive(
+    state: StateDep, session: SessionDep, tenant_id: TenantDep, curated_set_id: uuid.UUID
+) -> StreamingResponse:
+    """Streamed zip: ImageFolder layout (``<class>/<id>.png``) plus ``manifest.csv``.
+
+    Built by zipstream-ng as it is sent: no temporary file, memory bounded by one image.
+    """
+    curated = _ready(get_curated_set(session, tenant_id, curated_set_id))
+    images = _kept_rows(session, curated)
+    rows = _manifest_rows(session, images)
+    archive = ZipStream(sized=False)
+    for image, row in zip(images, rows, strict=True):
+        archive.add(state.store.iter_chunks(image.object_key), str(row["file"]))
+    archive.add(_manifest_csv(rows).encode(), "manifest.csv")
+    return StreamingResponse(
+        iter(archive),
+        media_type="application/zip",
+        headers={"Content-Disposition": f'attachment; filename="curated-{curated.id}.zip"'},
+    )
+
+
+@router.get("/v1/synthetic-images/{image_id}", response_model=SyntheticImageRead)
+def read_synthetic_image(session: SessionDep, tenant_id: TenantDep, image_id: uuid.UUID) -> SyntheticImageRead:
+    """One image's full provenance: source image, mask, checkpoint, sampling, seed, job,
+    every OOD score with its threshold, and the keep/reject decision with its reason."""
+    image = session.get(SyntheticImage, image_id)
+    if image is None or image.tenant_id != tenant_id:
+        raise NotFound(f"synthetic image {image_id} not found")
+    scores = [
+        {"detector": s.detector, "score": s.score, "threshold": s.threshold, "passed": s.passed}
+        for s in session.scalars(select(OodScore).where(OodScore.synthetic_image_id == image_id).order_by(OodScore.detector))
+    ]
+    return SyntheticImageRead.model_validate(image).model_copy(update={"ood_scores": scores})

@@ -1,0 +1,412 @@
+"""The generator worker's jobs: train (or register) a generator, generate candidates.
+
+Thin glue between the job system, storage and Postgres on one side and the library
+(:mod:`services.generator.training`, :mod:`.sampling`, :mod:`.pretrained`) on the
+other. Everything is idempotent per job:
+
+- training checkpoints are mirrored to storage as they are written, and a redelivered
+  training task first pulls the newest one back, so a killed worker resumes;
+- each candidate has a fixed (request, index) with a fixed seed, source image and mask;
+  its PNG key and row are keyed by that index, so a redelivered generation task skips
+  what is recorded and redoes nothing twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from sqlalchemy import select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from services.generator.checkpoint import latest_checkpoint
+from services.generator.config import GeneratorConfig
+from services.generator.masks import auto_masks, jitter_mask, select_background_indices
+from services.generator.output import ImageOrigin, synthetic_image_record
+from services.generator.quality import FeatureNetwork, quality_report
+from services.generator.sampling import load_generator
+from services.generator.training import train_generator
+from services.trainer.classifier import ClassifierConfig
+from services.trainer.dataset_classifier import dataset_classifier
+from shared.dataset_arrays import SplitArrays, dataset_channels, load_split, ready_dataset
+from shared.errors import Conflict, InvalidInput, NotFound
+from shared.imaging import encode_png, sha256_bytes
+from shared.jobs import JobCanceled, JobContext, NextStage
+from shared.models import Generator, Split, SynthesisRequest, SyntheticImage
+from shared.runtime import Runtime
+
+log = logging.getLogger(__name__)
+LOSS_CURVE_POINTS = 500
+
+
+def checkpoint_prefix(generator_id: uuid.UUID) -> str:
+    return f"generators/{generator_id}/checkpoints"
+
+
+def _scratch(runtime: Runtime, *parts: str) -> Path:
+    path = (runtime.settings.data_dir / "scratch" / Path(*parts)).resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _upload_dir(runtime: Runtime, local: Path, prefix: str) -> None:
+    for file in sorted(local.rglob("*")):
+        if file.is_file():
+            with file.open("rb") as handle:
+                runtime.store.put_stream(f"{prefix}/{file.relative_to(local).as_posix()}", handle, file.stat().st_size)
+
+
+def _download_prefix(runtime: Runtime, prefix: str, local: Path) -> None:
+    for key in runtime.store.list_keys(prefix + "/"):
+        target = local / key[len(prefix) + 1 :]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        runtime.store.download_to(key, target)
+
+
+class _CheckpointMirror:
+    """Copies each new local checkpoint to storage (the manifest last, so a half-copied
+    checkpoint in storage has no manifest and is never taken for a complete one)."""
+
+    def __init__(self, runtime: Runtime, local_dir: Path, generator_id: uuid.UUID) -> None:
+        self.runtime = runtime
+        self.local_dir = local_dir
+        self.prefix = checkpoint_prefix(generator_id)
+        self.uploaded_step = -1
+
+    def restore(self) -> None:
+        """Pull the newest complete checkpoint in storage if the local dir has none newer."""
+        steps = sorted(
+            {int(k.split("/checkpoint-")[1].split("/")[0]) for k in self.runtime.store.list_keys(self.prefix + "/")
+             if "/checkpoint-" in k and k.endswith("manifest.json")}
+        )
+        local = latest_checkpoint(self.local_dir)
+        if steps and (local is None or local.step < steps[-1]):
+            name = f"checkpoint-{steps[-1]}"
+            _download_prefix(self.runtime, f"{self.prefix}/{name}", self.local_dir / name)
+            self.uploaded_step = steps[-1]
+
+    def sync(self) -> None:
+        newest = latest_checkpoint(self.local_dir)
+        if newest is None or newest.step <= self.uploaded_step:
+            return
+        name = newest.path.name
+        manifest = newest.path / "manifest.json"
+        for file in sorted(newest.path.rglob("*")):
+            if file.is_file() and file != manifest:
+                with file.open("rb") as handle:
+                    self.runtime.store.put_stream(
+                        f"{self.prefix}/{name}/{file.relative_to(newest.path).as_posix()}", handle, file.stat().st_size
+                    )
+        self.runtime.store.put_bytes(f"{self.prefix}/{name}/manifest.json", manifest.read_bytes())
+        self.uploaded_step = newest.step
+
+
+def _config_for(generator: Generator, class_names: list[str], channels: int) -> GeneratorConfig:
+    try:
+        return GeneratorConfig(
+            **{**generator.config.get("training", {}), "num_classes": len(class_names),
+               "class_names": tuple(class_names), "channels": channels}
+        )
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"training config: {exc}", field="training") from exc
+
+
+def _probe_classifier_config(generator: Generator, channels: int) -> ClassifierConfig:
+    probe = generator.config.get("quality_probe", {})
+    return ClassifierConfig(
+        backbone=probe.get("classifier_backbone", "resnet18"),
+        image_size=probe.get("classifier_image_size", 64),
+        in_chans=channels,
+        epochs=int(probe.get("classifier_epochs", 8)),
+        seed=0,
+    )
+
+
+def train_generator_job(ctx: JobContext, runtime: Runtime) -> dict[str, Any]:
+    generator_id = uuid.UUID(ctx.params["generator_id"])
+    with runtime.sessions() as session:
+        generator = session.get(Generator, generator_id)
+        if generator is None:
+            raise NotFound(f"generator {generator_id} vanished")
+        dataset = ready_dataset(session, generator.dataset_id)  # type: ignore[arg-type]
+        class_names = list(dataset.class_names)
+        channels = dataset_channels(session, dataset.id)
+        config = _config_for(generator, class_names, channels)
+    ctx.progress(0, config.max_train_steps, "loading data")
+    train = load_split(runtime.sessions, runtime.store, dataset.id, Split.TRAIN, config.resolution, channels=channels)
+    local_dir = _scratch(runtime, "generators", str(generator_id))
+    mirror = _CheckpointMirror(runtime, local_dir, generator_id)
+    mirror.restore()
+    ctx.progress(0, config.max_train_steps, "training")
+
+    def on_step(step: int, total: int) -> None:
+        if step % config.checkpoint_every == 0 or step == total:
+            mirror.sync()
+        if step % 10 == 0 or step == total:
+            ctx.progress(step, total)
+
+    result = train_generator(
+        train.images, train.masks, train.labels, class_names, config, local_dir,
+        progress=on_step, should_cancel=ctx.should_cancel,
+    )
+    mirror.sync()
+    if result.status == "canceled" or result.checkpoint is None:
+        raise JobCanceled()
+    curve = result.loss_curve
+    stride = max(1, math.ceil(len(curve) / LOSS_CURVE_POINTS))
+    with runtime.sessions.begin() as session:
+        record = session.get(Generator, generator_id)
+        assert record is not None
+        record.checkpoint_key = f"{checkpoint_prefix(generator_id)}/{result.checkpoint.path.name}"
+        record.checkpoint_sha256 = result.checkpoint.sha256
+        record.loss_curve = [[int(s), float(v)] for s, v in curve[::stride]]
+        record.state = "probing" if generator.config.get("quality_probe", {}).get("enabled", True) else "ready"
+    if generator.config.get("quality_probe", {}).get("enabled", True):
+        quality = _quality_probe(ctx, runtime, generator, result.checkpoint.path, channels)
+        with runtime.sessions.begin() as session:
+            record = session.get(Generator, generator_id)
+            assert record is not None
+            record.quality = quality
+            record.state = "ready"
+    return {
+        "generator_id": str(generator_id),
+        "checkpoint_sha256": result.checkpoint.sha256,
+        "steps": result.step,
+        "resumed_from_step": result.resumed_from_step,
+    }
+
+
+def _quality_probe(
+    ctx: JobContext, runtime: Runtime, generator: Generator, checkpoint: Path, channels: int
+) -> dict[str, Any]:
+    """Inpaint held-out real val images with every class; measure per-class Fréchet
+    distance to real val images and a real-data classifier's accuracy on them."""
+    probe = generator.config.get("quality_probe", {})
+    model = load_generator(checkpoint)
+    size = model.config.resolution
+    dataset_id = generator.dataset_id
+    assert dataset_id is not None
+    ctx.progress(0, stage="quality probe")
+    classifier_config = _probe_classifier_config(generator, channels)
+    classifier, _ = dataset_classifier(
+        runtime.sessions, runtime.store, runtime.settings, dataset_id, classifier_config,
+        should_cancel=ctx.should_cancel,
+    )
+    val = load_split(runtime.sessions, runtime.store, dataset_id, Split.VAL, size, channels=channels)
+    if len(val) == 0:
+        return {"skipped": "the dataset has no validation images"}
+    per_class = int(probe.get("images_per_class", 16))
+    rng = np.random.default_rng(0)
+    class_ids = np.repeat(np.arange(len(val.class_names)), per_class)
+    sources = rng.integers(0, len(val), len(class_ids))
+    masks = val.masks[sources] if val.masks is not None else auto_masks(val.images[sources])
+    result = model.inpaint(
+        val.images[sources], masks, class_ids, np.arange(len(class_ids)),
+        num_inference_steps=int(probe.get("num_inference_steps", 25)),
+        should_cancel=ctx.should_cancel,
+    )
+    if result.canceled:
+        raise JobCanceled()
+    features = FeatureNetwork(
+        lambda x: torch.from_numpy(
+            classifier.features((x * 255).round().byte().permute(0, 2, 3, 1).numpy())
+        ),
+        classifier.feature_dim,
+    )
+    per_class = quality_report(
+        val.images, val.labels, result.images, class_ids, val.class_names,
+        feature_network=features, predict_proba=classifier.predict_proba,
+    )
+    return {
+        "probe": "inpaint held-out real val images; Frechet distance in the dataset classifier's "
+        "feature space; that classifier's accuracy on the generated images",
+        "classifier": asdict(classifier_config),
+        "per_class": [asdict(q) for q in per_class],
+    }
+
+
+# ----------------------------------------------------------------- synthesis
+
+@dataclass(frozen=True)
+class CandidatePlan:
+    """What candidate ``index`` of a request is: its class, seed, source image and mask."""
+
+    index: int
+    class_id: int
+    seed: int
+    source_row: int | None
+
+
+def plan_candidates(
+    request: SynthesisRequest, train: SplitArrays, oversample: float
+) -> list[CandidatePlan]:
+    """The deterministic list of candidates of a request (same request → same list)."""
+    plans: list[CandidatePlan] = []
+    index = 0
+    names = train.class_names
+    for class_name in sorted(request.counts, key=names.index):
+        n = math.ceil(int(request.counts[class_name]) * oversample)
+        class_id = names.index(class_name)
+        sources: list[int | None] = [None] * n
+        if request.mode in ("inpaint", "img2img") and n:
+            sources = [int(i) for i in select_background_indices(
+                train.labels, class_id, n, policy=request.params.get("background_policy", "any_class"),
+                seed=request.seed + class_id,
+            )]
+        for k in range(n):
+            plans.append(CandidatePlan(index, class_id, request.seed * 1_000_003 + index, sources[k]))
+            index += 1
+    return plans
+
+
+def _insert_candidates(session: Session, rows: list[dict[str, Any]]) -> None:
+    dialect = postgresql if session.bind and session.bind.dialect.name == "postgresql" else sqlite
+    statement = dialect.insert(SyntheticImage).values(rows)
+    session.execute(statement.on_conflict_do_nothing(index_elements=["synthesis_id", "index_in_request"]))
+
+
+def _load_model(runtime: Runtime, generator: Generator, class_names: list[str]) -> Any:
+    if generator.kind == "pretrained":
+        from services.generator.pretrained import PromptTemplates, load_pretrained
+
+        return load_pretrained(
+            generator.source or "", class_names,
+            prompts=PromptTemplates.for_modality(generator.config.get("modality", "dermoscopy")),
+        )
+    local = _scratch(runtime, "generators", str(generator.id), "sampling")
+    checkpoint = local / Path(generator.checkpoint_key or "").name
+    if not (checkpoint / "manifest.json").is_file():
+        shutil.rmtree(checkpoint, ignore_errors=True)
+        _download_prefix(runtime, generator.checkpoint_key or "", checkpoint)
+    return load_generator(checkpoint)
+
+
+def generate_candidates_job(ctx: JobContext, runtime: Runtime) -> NextStage:
+    synthesis_id = uuid.UUID(ctx.params["synthesis_id"])
+    with runtime.sessions() as session:
+        request = session.get(SynthesisRequest, synthesis_id)
+        if request is None:
+            raise NotFound(f"synthesis {synthesis_id} vanished")
+        generator = session.get(Generator, request.generator_id)
+        if generator is None or generator.state != "ready":
+            raise Conflict(f"generator {request.generator_id} is not ready")
+        channels = dataset_channels(session, request.dataset_id)
+        recorded = set(session.scalars(
+            select(SyntheticImage.index_in_request).where(SyntheticImage.synthesis_id == synthesis_id)
+        ))
+    model = _load_model(runtime, generator, list(ready_dataset_names(runtime, request.dataset_id)))
+    size = model.config.resolution if generator.kind == "trained" else model.default_size
+    ctx.progress(len(recorded), stage="loading data")
+    train = load_split(runtime.sessions, runtime.store, request.dataset_id, Split.TRAIN, size, channels=channels)
+    plans = plan_candidates(request, train, float(request.params.get("oversample", 1.5)))
+    todo = [p for p in plans if p.index not in recorded]
+    sampling = request.params.get("sampling", {})
+    batch_size = int(sampling.get("batch_size", 16))
+    ctx.progress(len(plans) - len(todo), len(plans), "generating")
+    checkpoint_sha = generator.checkpoint_sha256 or ""
+    for start in range(0, len(todo), batch_size):
+        ctx.check_cancel()
+        chunk = todo[start : start + batch_size]
+        class_ids = np.array([p.class_id for p in chunk])
+        seeds = np.array([p.seed for p in chunk])
+        sources = [p.source_row for p in chunk]
+        masks = None
+        kwargs = {
+            "scheduler": sampling.get("scheduler", "ddim"),
+            "num_inference_steps": int(sampling.get("num_inference_steps", 25)),
+            "guidance_scale": float(sampling.get("guidance_scale", 2.0)),
+            "batch_size": batch_size,
+        }
+        if request.mode == "inpaint":
+            images = train.images[sources]
+            base = train.masks[sources] if train.masks is not None else auto_masks(images)
+            masks = np.stack([jitter_mask(m, np.random.default_rng(p.seed)) for m, p in zip(base, chunk, strict=True)])
+            result = model.inpaint(images, masks, class_ids, seeds, **kwargs)
+        elif request.mode == "img2img":
+            result = model.img2img(train.images[sources], class_ids, float(sampling.get("strength", 0.6)), seeds, **kwargs)
+        else:
+            result = model.generate(class_ids, seeds, **kwargs)
+        rows = []
+        for k, plan in enumerate(chunk):
+            mask_key = None
+            if masks is not None:
+                mask_key = f"synthesis/{synthesis_id}/masks/{plan.index:07d}.png"
+                runtime.store.put_bytes(mask_key, encode_png(masks[k]), "image/png")
+            source_id = train.image_ids[plan.source_row] if plan.source_row is not None else None
+            class_name = train.class_names[plan.class_id]
+            prompt = model.prompts.prompt(class_name) if generator.kind == "pretrained" else None
+            png, provenance = synthetic_image_record(
+                result.images[k],
+                ImageOrigin(
+                    class_id=plan.class_id, class_name=class_name, seed=plan.seed,
+                    checkpoint_sha256=result.checkpoint_sha256 or checkpoint_sha,
+                    source_image_id=str(source_id) if source_id else None, mask_id=mask_key,
+                    prompt=prompt, job_id=str(ctx.job_id),
+                ),
+                result.parameters,
+            )
+            key = f"synthesis/{synthesis_id}/candidates/{plan.index:07d}.png"
+            runtime.store.put_bytes(key, png, "image/png")
+            rows.append({
+                "id": uuid.uuid5(synthesis_id, str(plan.index)),
+                "tenant_id": request.tenant_id, "synthesis_id": synthesis_id,
+                "curated_set_id": None, "index_in_request": plan.index,
+                "dataset_id": request.dataset_id, "generator_id": generator.id,
+                "source_image_id": source_id, "mask_key": mask_key, "object_key": key,
+                "sha256": sha256_bytes(png), "label": class_name, "mode": request.mode,
+                "prompt": prompt, "scheduler": result.parameters.scheduler,
+                "steps": result.parameters.num_inference_steps,
+                "guidance_scale": result.parameters.guidance_scale,
+                "strength": result.parameters.strength if request.mode == "img2img" else None,
+                "seed": plan.seed, "checkpoint_sha256": provenance["checkpoint_sha256"],
+                "job_id": ctx.job_id,
+            })
+        with runtime.sessions.begin() as session:
+            _insert_candidates(session, rows)
+        ctx.progress(len(plans) - len(todo) + start + len(chunk))
+    return NextStage("tailsynth.filter_candidates", "filtering", {"candidates": len(plans)})
+
+
+def ready_dataset_names(runtime: Runtime, dataset_id: uuid.UUID) -> list[str]:
+    with runtime.sessions() as session:
+        return list(ready_dataset(session, dataset_id).class_names)
+
+
+
+def register_pretrained_job(ctx: JobContext, runtime: Runtime) -> dict[str, Any]:
+    """Load pretrained diffusers weights offline once, to check them and record their hash."""
+    from services.generator.pretrained import PretrainedWeightsError, PromptTemplates, load_pretrained
+
+    generator_id = uuid.UUID(ctx.params["generator_id"])
+    with runtime.sessions() as session:
+        generator = session.get(Generator, generator_id)
+        if generator is None:
+            raise NotFound(f"generator {generator_id} vanished")
+        class_names = list(ready_dataset(session, generator.dataset_id).class_names)  # type: ignore[arg-type]
+    ctx.progress(0, 1, "loading weights")
+    try:
+        model = load_pretrained(
+            generator.source or "", class_names,
+            prompts=PromptTemplates.for_modality(generator.config.get("modality", "dermoscopy")),
+        )
+    except (PretrainedWeightsError, ValueError, OSError) as exc:
+        with runtime.sessions.begin() as session:
+            record = session.get(Generator, generator_id)
+            assert record is not None
+            record.state = "failed"
+        raise InvalidInput(f"pretrained weights {generator.source!r}: {exc}", field="source") from exc
+    with runtime.sessions.begin() as session:
+        record = session.get(Generator, generator_id)
+        assert record is not None
+        record.checkpoint_sha256 = model.sha256
+        record.state = "ready"
+        record.config = {**record.config, "default_size": model.default_size, "lora": model.lora}
+    return {"generator_id": str(generator_id), "checkpoint_sha256": model.sha256}

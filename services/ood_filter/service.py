@@ -1,0 +1,312 @@
+"""The filter worker's job: score a synthesis request's candidates and curate them.
+
+Fits :class:`OodFilter` on the dataset's real **train** split and calibrates it on the
+real **val** split (never test), through the dataset's fine-tuned classifier. Reference
+embeddings are cached in storage per dataset and classifier. Candidates stream through
+in batches; each gets its scores per detector, thresholds, decision and reason in
+Postgres, written idempotently, and the curated set is the kept ones.
+"""
+
+from __future__ import annotations
+
+import io
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+from sqlalchemy import select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from services.ood_filter import (
+    ImageEmbeddings,
+    OodFilter,
+    OodFilterCanceled,
+    OodFilterConfig,
+    SelectionRule,
+    embed_images,
+    iter_image_batches,
+)
+from services.ood_filter.records import CandidateRecord
+from services.trainer.classifier import ClassifierConfig, ImageClassifier
+from services.trainer.dataset_classifier import dataset_classifier
+from shared.dataset_arrays import SplitArrays, dataset_channels, load_split
+from shared.errors import InvalidInput, NotFound
+from shared.imaging import decode_image, resize_square
+from shared.jobs import JobCanceled, JobContext
+from shared.models import CuratedSet, OodScore, Split, SynthesisRequest, SyntheticImage
+from shared.runtime import Runtime
+
+BATCH = 64
+
+
+def classifier_config(filter_params: dict[str, Any], channels: int) -> ClassifierConfig:
+    return ClassifierConfig(
+        backbone=filter_params.get("classifier_backbone", "resnet18"),
+        image_size=int(filter_params.get("classifier_image_size", 64)),
+        in_chans=channels,
+        epochs=int(filter_params.get("classifier_epochs", 8)),
+        seed=0,
+    )
+
+
+def _cached_embeddings(
+    runtime: Runtime,
+    classifier: ImageClassifier,
+    classifier_key: str,
+    split: SplitArrays,
+    name: str,
+) -> ImageEmbeddings:
+    """Reference embeddings of a real split, cached in storage beside the classifier."""
+    key = classifier_key.replace(".safetensors", f"-{name}-embeddings.npz")
+    if runtime.store.exists(key):
+        data = np.load(io.BytesIO(runtime.store.get_bytes(key)))
+        cached = ImageEmbeddings(
+            data["features"],
+            data["logits"],
+            data["phashes"],
+            tuple(int(v) for v in data["image_shape"]),  # type: ignore[arg-type]
+        )
+        if len(cached) == len(split):
+            return cached
+    embeddings = embed_images(
+        classifier, iter_image_batches(split.images, BATCH), all_orientations=name == "train"
+    )
+    buffer = io.BytesIO()
+    np.savez(
+        buffer,
+        features=embeddings.features,
+        logits=embeddings.logits,
+        phashes=embeddings.phashes,
+        image_shape=np.array(embeddings.image_shape),
+    )
+    runtime.store.put_bytes(key, buffer.getvalue())
+    return embeddings
+
+
+def selection_rule(filter_params: dict[str, Any], requested: int) -> SelectionRule:
+    rule = filter_params.get("rule", "calibrated")
+    if rule == "keep_fraction":
+        return SelectionRule.best_fraction(float(filter_params.get("keep_fraction", 0.4)))
+    if rule == "target_count":
+        return SelectionRule.best_count(requested)
+    return SelectionRule.calibrated()
+
+
+def _candidate_batches(
+    runtime: Runtime, rows: list[SyntheticImage], size: int, channels: int
+) -> Iterator[np.ndarray]:
+    for start in range(0, len(rows), BATCH):
+        batch = []
+        for row in rows[start : start + BATCH]:
+            pixels = resize_square(
+                decode_image(runtime.store.get_bytes(row.object_key)).pixels, size
+            )
+            if channels == 3 and pixels.ndim == 2:
+                pixels = np.repeat(pixels[:, :, None], 3, axis=2)
+            batch.append(pixels if channels == 3 else pixels.reshape(size, size, 1))
+        yield np.stack(batch)
+
+
+def _record(
+    session: Session,
+    rows: list[SyntheticImage],
+    records: list[CandidateRecord],
+    curated_set_id: uuid.UUID,
+) -> None:
+    scores = []
+    for row, record in zip(rows, records, strict=True):
+        session.execute(
+            update(SyntheticImage)
+            .where(SyntheticImage.id == row.id)
+            .values(
+                decision=record.reason.value,
+                decision_reason=_explain(record),
+                curated_set_id=curated_set_id if record.kept else None,
+            )
+        )
+        for detector, score in record.scores.items():
+            threshold = record.thresholds.get(detector)
+            scores.append(
+                {
+                    "id": uuid.uuid5(row.id, detector),
+                    "synthetic_image_id": row.id,
+                    "detector": detector,
+                    "score": float(score),
+                    "threshold": threshold,
+                    "passed": threshold is None or score >= threshold,
+                }
+            )
+        scores.append(
+            {
+                "id": uuid.uuid5(row.id, "copy_guard"),
+                "synthetic_image_id": row.id,
+                "detector": "nearest_train_cosine",
+                "score": record.nearest_train_similarity,
+                "threshold": record.copy_similarity_threshold,
+                "passed": record.nearest_train_similarity < record.copy_similarity_threshold,
+            }
+        )
+        scores.append(
+            {
+                "id": uuid.uuid5(row.id, "phash"),
+                "synthetic_image_id": row.id,
+                "detector": "phash_distance",
+                "score": float(record.phash_distance),
+                "threshold": float(record.phash_threshold),
+                "passed": record.phash_distance > record.phash_threshold,
+            }
+        )
+        scores.append(
+            {
+                "id": uuid.uuid5(row.id, "combined"),
+                "synthetic_image_id": row.id,
+                "detector": "combined",
+                "score": record.combined_score,
+                "threshold": None,
+                "passed": record.kept,
+            }
+        )
+    dialect = postgresql if session.bind and session.bind.dialect.name == "postgresql" else sqlite
+    session.execute(
+        dialect.insert(OodScore)
+        .values(scores)
+        .on_conflict_do_nothing(index_elements=["synthetic_image_id", "detector"])
+    )
+
+
+def _explain(record: CandidateRecord) -> str:
+    if record.reason.value == "near_copy":
+        return (
+            f"nearest real training image: cosine {record.nearest_train_similarity:.3f} "
+            f"(limit {record.copy_similarity_threshold:.3f}), pHash distance {record.phash_distance} "
+            f"(limit {record.phash_threshold})"
+        )
+    failed = [
+        name
+        for name, score in record.scores.items()
+        if score < record.thresholds.get(name, -np.inf)
+    ]
+    if record.reason.value == "kept":
+        return f"passed every detector (combined percentile {record.combined_score:.2f})"
+    return f"failed: {', '.join(failed) or 'ranked below the keep cut'}"
+
+
+def filter_candidates_job(ctx: JobContext, runtime: Runtime) -> dict[str, Any]:
+    synthesis_id = uuid.UUID(ctx.params["synthesis_id"])
+    with runtime.sessions() as session:
+        request = session.get(SynthesisRequest, synthesis_id)
+        if request is None:
+            raise NotFound(f"synthesis {synthesis_id} vanished")
+        channels = dataset_channels(session, request.dataset_id)
+        curated_set_id = request.curated_set_id
+        assert curated_set_id is not None
+    params = request.filter_params
+    config = classifier_config(params, channels)
+    ctx.progress(0, stage="fitting filter")
+    train = load_split(
+        runtime.sessions,
+        runtime.store,
+        request.dataset_id,
+        Split.TRAIN,
+        config.image_size,
+        channels=channels,
+    )
+    val = load_split(
+        runtime.sessions,
+        runtime.store,
+        request.dataset_id,
+        Split.VAL,
+        config.image_size,
+        channels=channels,
+    )
+    classifier, key = dataset_classifier(
+        runtime.sessions,
+        runtime.store,
+        runtime.settings,
+        request.dataset_id,
+        config,
+        train=train,
+        val=val,
+        should_cancel=ctx.should_cancel,
+    )
+    train_embeddings = _cached_embeddings(runtime, classifier, key, train, "train")
+    val_embeddings = _cached_embeddings(runtime, classifier, key, val, "val")
+    try:
+        ood = OodFilter.fit(
+            train_embeddings,
+            train.labels,
+            val_embeddings,
+            val.labels,
+            OodFilterConfig(
+                target_keep_rate=float(params.get("target_keep_rate", 0.95)),
+                min_train_per_class=int(params.get("min_train_per_class", 10)),
+                min_validation_per_class=int(params.get("min_validation_per_class", 5)),
+            ),
+            class_names=train.class_names,
+        )
+        for class_name in request.counts:
+            ood.calibration(class_name)  # refuse a class it cannot filter before any work
+    except ValueError as exc:
+        raise InvalidInput(f"OOD filter: {exc}") from exc
+
+    with runtime.sessions() as session:
+        candidates = list(
+            session.scalars(
+                select(SyntheticImage)
+                .where(SyntheticImage.synthesis_id == synthesis_id)
+                .order_by(SyntheticImage.index_in_request)
+            )
+        )
+    total = len(candidates)
+    ctx.progress(0, total, "filtering")
+    summary: dict[str, Any] = {}
+    thresholds: dict[str, Any] = {}
+    done = 0
+    for class_name in request.counts:
+        rows = [row for row in candidates if row.label == class_name]
+        if not rows:
+            continue
+        rule = selection_rule(params, int(request.counts[class_name]))
+        try:
+            chunks = list(
+                ood.score_batches(
+                    classifier,
+                    _candidate_batches(runtime, rows, config.image_size, channels),
+                    class_name,
+                    should_cancel=ctx.should_cancel,
+                )
+            )
+        except OodFilterCanceled as exc:
+            raise JobCanceled() from exc
+        reasons: Counter[str] = Counter()
+        offset = 0
+        for outcome in ood.decide_chunks(chunks, rule):
+            chunk_rows = rows[offset : offset + len(outcome.records)]
+            with runtime.sessions.begin() as session:
+                _record(session, chunk_rows, outcome.records, curated_set_id)
+            reasons.update(record.reason.value for record in outcome.records)
+            offset += len(outcome.records)
+            done += len(outcome.records)
+            ctx.progress(done)
+            calibration = outcome.calibration
+        thresholds[class_name] = {**asdict(calibration), "rule": rule.describe()}
+        summary[class_name] = {
+            "requested": int(request.counts[class_name]),
+            "generated": len(rows),
+            "kept": reasons.get("kept", 0),
+            "rejected": {
+                reason: reasons.get(reason, 0) for reason in ("ood", "off_class", "near_copy")
+            },
+        }
+    with runtime.sessions.begin() as session:
+        curated = session.get(CuratedSet, curated_set_id)
+        assert curated is not None
+        curated.summary = summary
+        curated.thresholds = {"classifier": key, "classes": thresholds}
+        curated.state = "ready"
+    kept = sum(entry["kept"] for entry in summary.values())
+    return {"curated_set_id": str(curated_set_id), "generated": total, "kept": kept}

@@ -1,0 +1,89 @@
+"""The classifier fine-tuned on a dataset's real training split, trained once and shared.
+
+The OOD filter takes its features and logits from it; the generator's quality probe
+asks it whether generated images look like their class. It is trained on the real
+**train** split only, model-selected on the real **val** split, and cached in storage
+under a key derived from its config, so every worker on every host reuses one copy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from services.trainer.classifier import ClassifierConfig, ImageClassifier, train_classifier
+from shared.dataset_arrays import SplitArrays, load_split
+from shared.models import Split
+from shared.settings import Settings
+from shared.storage import ObjectStore
+
+_CACHE: OrderedDict[str, ImageClassifier] = OrderedDict()
+_CACHE_SIZE = 2
+_LOCK = threading.Lock()
+
+
+def classifier_key(dataset_id: uuid.UUID, config: ClassifierConfig) -> str:
+    digest = hashlib.sha256(json.dumps(asdict(config), sort_keys=True, default=str).encode()).hexdigest()
+    return f"datasets/{dataset_id}/classifiers/{digest[:16]}.safetensors"
+
+
+def dataset_classifier(
+    factory: sessionmaker[Session],
+    store: ObjectStore,
+    settings: Settings,
+    dataset_id: uuid.UUID,
+    config: ClassifierConfig,
+    *,
+    train: SplitArrays | None = None,
+    val: SplitArrays | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+) -> tuple[ImageClassifier, str]:
+    """The dataset's classifier for ``config`` and its storage key: from this process's
+    cache, from storage, or trained now (then stored). ``train``/``val`` may be passed
+    when the caller already loaded them at ``config.image_size``."""
+    key = classifier_key(dataset_id, config)
+    with _LOCK:
+        if key in _CACHE:
+            _CACHE.move_to_end(key)
+            return _CACHE[key], key
+    local = local_path(settings, key)
+    if not local.is_file() and store.exists(key):
+        local.parent.mkdir(parents=True, exist_ok=True)
+        store.download_to(key, local)
+    if local.is_file():
+        classifier = ImageClassifier.load(local)
+    else:
+        train = train or load_split(factory, store, dataset_id, Split.TRAIN, config.image_size, channels=config.in_chans)
+        val = val or load_split(factory, store, dataset_id, Split.VAL, config.image_size, channels=config.in_chans)
+        classifier = train_classifier(
+            train.images,
+            train.labels,
+            train.class_names,
+            config,
+            val_images=val.images if len(val) else None,
+            val_labels=val.labels if len(val) else None,
+            progress=progress,
+            should_cancel=should_cancel,
+        )
+        local.parent.mkdir(parents=True, exist_ok=True)
+        classifier.save(local)
+        with local.open("rb") as handle:
+            store.put_stream(key, handle, local.stat().st_size)
+    with _LOCK:
+        _CACHE[key] = classifier
+        while len(_CACHE) > _CACHE_SIZE:
+            _CACHE.popitem(last=False)
+    return classifier, key
+
+
+def local_path(settings: Settings, key: str) -> Path:
+    return (settings.data_dir / "cache" / key).resolve()

@@ -1,0 +1,191 @@
+"""Service tier for the generator and filter workers: train a tiny generator over HTTP,
+synthesize per class, filter, download the curated set — real Postgres, Redis, S3 server
+and a real Celery worker process."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import zipfile
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from shared.imaging import SYNTHETIC_KEY, read_png_text
+from tests.conftest import ApiHarness, _harness
+from tests.fixtures.archives import manifest_files, samples, write_zip
+from tests.fixtures.services import ManagedProcess, wait_for
+
+pytestmark = pytest.mark.service
+
+TINY_TRAINING = {
+    "resolution": 32, "block_out_channels": [16, 32], "attention_levels": [],
+    "max_train_steps": 24, "batch_size": 8, "checkpoint_every": 8, "mixed_precision": "no",
+}
+TINY_PROBE = {"images_per_class": 2, "num_inference_steps": 2, "classifier_epochs": 1}
+TINY_FILTER = {"classifier_backbone": "test_resnet", "classifier_image_size": 32, "classifier_epochs": 1}
+
+
+def _wait(api: ApiHarness, job_id: str, timeout: float = 600) -> dict[str, Any]:
+    state: dict[str, Any] = {}
+
+    def final() -> bool:
+        state.update(api.client.get(f"/v1/jobs/{job_id}").json())
+        return state["state"] in ("succeeded", "failed", "canceled")
+
+    wait_for(final, timeout, f"job {job_id}", interval=0.3)
+    return state
+
+
+@pytest.fixture(scope="module")
+def api(service_settings, service_worker) -> Iterator[ApiHarness]:  # type: ignore[no-untyped-def]
+    """One tenant for the whole module: the dataset and generator are made once."""
+    yield from _harness(service_settings)
+
+
+@pytest.fixture(scope="module")
+def dataset_id(api: ApiHarness, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Three classes (60 NV, 48 MEL, 48 BCC; 32 px, with masks): enough to calibrate each."""
+    wanted = {"NV": 60, "MEL": 48, "BCC": 48}
+    picked: dict[str, list[Any]] = {name: [] for name in wanted}
+    for sample in samples(total=1200, image_size=32, seed=21):
+        if sample.label in picked and len(picked[sample.label]) < wanted[sample.label]:
+            picked[sample.label].append(sample)
+    demo = [s for group in picked.values() for s in group]
+    archive = write_zip(tmp_path_factory.mktemp("synth") / "three.zip", manifest_files(demo))
+    with archive.open("rb") as handle:
+        created = api.client.post(
+            "/v1/datasets", data={"name": "three"}, files={"file": ("three.zip", handle, "application/zip")}
+        ).json()
+    assert _wait(api, created["job_id"])["state"] == "succeeded"
+    return str(created["dataset_id"])
+
+
+@pytest.fixture(scope="module")
+def trained(api: ApiHarness, dataset_id: str) -> dict[str, Any]:
+    created = api.client.post(
+        "/v1/generators",
+        json={"dataset_id": dataset_id, "training": TINY_TRAINING, "quality_probe": {**TINY_PROBE, "enabled": True}},
+    )
+    assert created.status_code == 202, created.text
+    job = _wait(api, created.json()["job_id"])
+    assert job["state"] == "succeeded", job
+    return {"job": job, **created.json()}
+
+
+def test_trained_generator_records_checkpoint_loss_and_quality(api: ApiHarness, trained: dict[str, Any]) -> None:
+    generator = api.client.get(f"/v1/generators/{trained['generator_id']}").json()
+    assert generator["state"] == "ready" and generator["kind"] == "trained"
+    assert len(generator["checkpoint_sha256"]) == 64
+    assert [step for step, _ in generator["loss_curve"]] == list(range(1, 25))
+    per_class = generator["quality"]["per_class"]
+    assert [q["class_name"] for q in per_class] == ["BCC", "MEL", "NV"]
+    assert all(q["n_generated"] == 2 for q in per_class)
+    assert all(q["classifier_accuracy"] is not None for q in per_class)
+
+
+def test_synthesis_generates_filters_and_streams_the_curated_set(api: ApiHarness, trained: dict[str, Any]) -> None:
+    created = api.client.post(
+        "/v1/synthesis",
+        json={
+            "dataset_id": trained["generator"]["dataset_id"], "generator_id": trained["generator_id"],
+            "counts": {"MEL": 4, "BCC": 4}, "sampling": {"num_inference_steps": 2, "batch_size": 4},
+            "filter": TINY_FILTER, "seed": 7,
+        },
+    )
+    assert created.status_code == 202, created.text
+    body = created.json()
+    job = _wait(api, body["job_id"])
+    assert job["state"] == "succeeded", job
+    assert job["result"]["generated"] == 12  # 4 per class x oversample 1.5
+
+    curated = api.client.get(f"/v1/curated-sets/{body['curated_set_id']}").json()
+    assert curated["state"] == "ready"
+    for name in ("MEL", "BCC"):
+        entry = curated["summary"][name]
+        assert entry["generated"] == 6 and entry["kept"] + sum(entry["rejected"].values()) == 6
+        assert curated["thresholds"]["classes"][name]["thresholds"]
+    kept = sum(e["kept"] for e in curated["summary"].values())
+
+    manifest = api.client.get(f"/v1/curated-sets/{body['curated_set_id']}/manifest", params={"format": "jsonl"})
+    rows = [json.loads(line) for line in manifest.text.splitlines()]
+    assert len(rows) == kept and all(r["synthetic"] and r["decision"] == "kept" for r in rows)
+
+    archive = api.client.get(f"/v1/curated-sets/{body['curated_set_id']}/archive")
+    assert archive.status_code == 200 and archive.headers["content-type"] == "application/zip"
+    with zipfile.ZipFile(io.BytesIO(archive.content)) as zipped:
+        names = zipped.namelist()
+        assert "manifest.csv" in names and len(names) == kept + 1
+        for name in names[:-1]:
+            assert name.split("/")[0] in ("MEL", "BCC")
+            assert read_png_text(zipped.read(name))[SYNTHETIC_KEY] == "true"
+
+    # Every candidate, kept or not, has its full provenance and scores.
+    from sqlalchemy import select
+
+    from shared.db import make_engine, make_session_factory
+    from shared.models import SyntheticImage
+
+    engine = make_engine(api.settings)
+    with make_session_factory(engine)() as session:
+        ids = [str(i) for i in session.scalars(select(SyntheticImage.id).where(SyntheticImage.synthesis_id == body["synthesis_id"]))]
+    engine.dispose()
+    assert len(ids) == 12
+    for image_id in ids:
+        image = api.client.get(f"/v1/synthetic-images/{image_id}").json()
+        assert image["source_image_id"] and image["mask_key"] and image["checkpoint_sha256"] == trained["job"]["result"]["checkpoint_sha256"]
+        assert image["decision"] in ("kept", "ood", "off_class", "near_copy") and image["decision_reason"]
+        detectors = {s["detector"] for s in image["ood_scores"]}
+        assert {"mahalanobis", "knn", "class_probability", "nearest_train_cosine", "phash_distance"} <= detectors
+
+
+def test_fill_to_max_and_bad_requests(api: ApiHarness, trained: dict[str, Any]) -> None:
+    base = {"dataset_id": trained["generator"]["dataset_id"], "generator_id": trained["generator_id"]}
+    unknown = api.client.post("/v1/synthesis", json={**base, "counts": {"XYZ": 3}})
+    assert unknown.status_code == 422 and unknown.json()["field"] == "counts.XYZ"
+    both = api.client.post("/v1/synthesis", json={**base, "counts": {"MEL": 1}, "target": "fill_to_max"})
+    assert both.status_code == 422
+    bad_mode = api.client.post("/v1/synthesis", json={**base, "counts": {"MEL": 1}, "mode": "paint"})
+    assert bad_mode.status_code == 422 and bad_mode.json()["errors"][0]["field"] == "mode"
+    other = api.client.post("/v1/synthesis", json={**base, "counts": {"MEL": 1}}, headers=api.new_tenant_headers())
+    assert other.status_code == 404
+    bad_resolution = api.client.post(
+        "/v1/generators",
+        json={"dataset_id": base["dataset_id"], "training": {**TINY_TRAINING, "resolution": 33}},
+    )
+    assert bad_resolution.status_code == 422 and "divisible" in bad_resolution.json()["detail"]
+    fill = api.client.post(
+        "/v1/synthesis",
+        json={**base, "target": "fill_to_max", "sampling": {"num_inference_steps": 1}, "filter": TINY_FILTER},
+        headers={"Idempotency-Key": "fill-1"},
+    )
+    assert fill.status_code == 202, fill.text
+    counts = fill.json()["counts"]  # filled towards NV, the head class of the train split
+    assert set(counts) == {"MEL", "BCC"} and all(v > 0 for v in counts.values())
+    assert api.client.post(f"/v1/jobs/{fill.json()['job_id']}/cancel").status_code in (202, 409)
+
+
+def test_generator_training_resumes_after_its_worker_is_killed(
+    api: ApiHarness, service_worker: ManagedProcess, dataset_id: str
+) -> None:
+    created = api.client.post(
+        "/v1/generators",
+        json={"dataset_id": dataset_id, "training": {**TINY_TRAINING, "max_train_steps": 48, "checkpoint_every": 8},
+              "quality_probe": {"enabled": False}},
+    ).json()
+    job_id = created["job_id"]
+    wait_for(
+        lambda: api.client.get(f"/v1/jobs/{job_id}").json()["progress"]["done"] >= 20, 300, "training to pass step 20",
+        interval=0.1,
+    )
+    for pid in service_worker.children():
+        os.kill(pid, signal.SIGKILL)
+    job = _wait(api, job_id)
+    assert job["state"] == "succeeded", job
+    assert job["attempts"] >= 2 and job["result"]["resumed_from_step"] >= 16
+    generator = api.client.get(f"/v1/generators/{created['generator_id']}").json()
+    assert [s for s, _ in generator["loss_curve"]] == list(range(1, 49))
+
