@@ -3,12 +3,15 @@
 For one class, every detector's scores on the class's held-out real validation images
 form its reference distribution. A candidate's *percentile* for a detector is its
 mid-rank among those real scores, smoothed into (0, 1) like a conformal p-value; the
-*combined score* is the geometric mean of the percentiles over detectors (a monotone
-transform of Fisher's combination of p-values), which puts detectors with different
-units on one scale for ranking and AUROC. A geometric rather than arithmetic mean lets
-one detector that is sure a candidate is abnormal (percentile near 0) pull the combined
-score down even when the others see nothing: the failures a filter must catch (noise,
-blur, the wrong class) each show up in only some detectors.
+*combined score* is the lowest percentile over detectors, which puts detectors with
+different units on one scale for ranking and AUROC. The minimum is the ranking form of
+the all-must-pass rule below (every detector's threshold sits at the same level, so a
+candidate passes them all about when its lowest percentile clears that level), and it
+lets the one detector that sees a failure decide: the failures a filter must catch
+(noise, blur, the wrong class) each show up in only some detectors, while the others
+may even rate a blurred image as more typical than a real one. On the demo set an
+arithmetic or geometric mean of percentiles ranked planted failures worse (pooled AUROC
+0.91 against 0.94 for the minimum).
 
 Thresholds: all detectors must pass (score >= threshold). Every detector's threshold
 sits at the same *level* of its real validation scores:
@@ -37,25 +40,35 @@ _LOWEST_LEVEL = -3.0  # at most 3 min-to-median distances below the lowest real 
 
 
 def percentile_scores(reference: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    """Smoothed mid-rank of ``scores`` among ``reference``: (rank + 0.5) / (M + 1).
+    """Smoothed mid-rank of ``scores`` among ``reference``, with a tail below the lowest.
+
+    Within the real range the percentile is (rank + 0.5) / (M + 1). Below the lowest
+    real score it keeps falling, as ``0.5 / (M + 1) * exp(-d)`` with ``d`` the distance
+    below the lowest score in units of the lowest-to-median distance, so candidates
+    that all score below every real image (most planted failures) are still ranked
+    against each other and against the rare real image down there, instead of tying.
 
     Args:
         reference: (M,) real validation scores of one detector and class, sorted ascending.
         scores: (N,) scores to place.
 
     Returns:
-        (N,) float64 in (0, 1): 0.5 / (M + 1) below every real image, about 0.5 at the
-        median, (M + 0.5) / (M + 1) above every real image. Never exactly 0, so the
-        geometric mean in :func:`combined_score` stays finite.
+        (N,) float64 in (0, 1): about 0.5 at the median, (M + 0.5) / (M + 1) above every
+        real image, under 0.5 / (M + 1) below every real image.
     """
     below = np.searchsorted(reference, scores, side="left")
     at_or_below = np.searchsorted(reference, scores, side="right")
-    return ((below + at_or_below) / 2.0 + 0.5) / (len(reference) + 1.0)
+    bottom = 0.5 / (len(reference) + 1.0)
+    percentiles = ((below + at_or_below) / 2.0 + 0.5) / (len(reference) + 1.0)
+    lowest = float(reference[0])
+    spread = max(float(np.median(reference)) - lowest, 1e-12)
+    distance_below = np.maximum(lowest - np.asarray(scores, dtype=np.float64), 0.0) / spread
+    return np.where(scores < lowest, bottom * np.exp(-distance_below), percentiles)
 
 
 def combined_score(percentiles: Mapping[str, np.ndarray]) -> np.ndarray:
-    """Geometric mean of the percentiles over detectors, (N,) float64 in (0, 1)."""
-    return np.exp(np.mean(np.log(np.stack(list(percentiles.values()))), axis=0))
+    """Lowest percentile over detectors, (N,) float64 in (0, 1)."""
+    return np.min(np.stack(list(percentiles.values())), axis=0)
 
 
 def threshold_at_level(sorted_scores: np.ndarray, level: float) -> float:

@@ -10,6 +10,8 @@ a real image *of the requested class*", and tail classes have fewer images than 
 dimensions, so the covariance needs shrinkage (scikit-learn ``LedoitWolf``) and the
 neighbour search must be per class (scikit-learn ``NearestNeighbors``). The logit-based
 scores (energy, maximum softmax) are class-agnostic and come from pytorch-ood as is.
+Sharpness (log Laplacian energy of the pixels) covers blur and noise, which classifier
+features are trained to be invariant to.
 """
 
 from __future__ import annotations
@@ -20,8 +22,11 @@ from typing import ClassVar, Self
 import numpy as np
 import torch
 from pytorch_ood.detector import EnergyBased, MaxSoftmax
+from scipy.stats import median_abs_deviation
 from sklearn.covariance import LedoitWolf
 from sklearn.neighbors import NearestNeighbors
+
+from services.ood_filter.features import ImageEmbeddings
 
 
 def l2_normalise(features: np.ndarray) -> np.ndarray:
@@ -40,18 +45,18 @@ def _squared_mahalanobis(
 
 
 class Detector(ABC):
-    """A detector fitted on labelled real training features/logits, scoring one class."""
+    """A detector fitted on labelled real training images' embeddings, scoring one class."""
 
     name: ClassVar[str]
     #: True when the score does not depend on the requested class (logit-based scores).
     class_agnostic: ClassVar[bool] = False
 
     @abstractmethod
-    def fit(self, features: np.ndarray, logits: np.ndarray, labels: np.ndarray) -> Self:
-        """Fit on real training data: features (N, D), logits (N, C), labels (N,) int."""
+    def fit(self, train: ImageEmbeddings, labels: np.ndarray) -> Self:
+        """Fit on real training images: their embeddings and (N,) int labels."""
 
     @abstractmethod
-    def score(self, features: np.ndarray, logits: np.ndarray, class_index: int) -> np.ndarray:
+    def score(self, candidates: ImageEmbeddings, class_index: int) -> np.ndarray:
         """Scores (N,) float64 of candidates for ``class_index``; higher = more in-distribution."""
 
 
@@ -69,8 +74,8 @@ class MahalanobisDetector(Detector):
         self.class_means: dict[int, np.ndarray] = {}
         self.precision: np.ndarray | None = None
 
-    def fit(self, features: np.ndarray, logits: np.ndarray, labels: np.ndarray) -> Self:
-        features = np.asarray(features, dtype=np.float64)
+    def fit(self, train: ImageEmbeddings, labels: np.ndarray) -> Self:
+        features = np.asarray(train.features, dtype=np.float64)
         self.class_means = {int(c): features[labels == c].mean(axis=0) for c in np.unique(labels)}
         means = np.stack([self.class_means[int(c)] for c in labels])
         shrunk = LedoitWolf(assume_centered=True).fit(features - means)
@@ -83,8 +88,8 @@ class MahalanobisDetector(Detector):
             raise RuntimeError("MahalanobisDetector.fit was not called")
         return _squared_mahalanobis(features, self.class_means[class_index], self.precision)
 
-    def score(self, features: np.ndarray, logits: np.ndarray, class_index: int) -> np.ndarray:
-        return -self.class_distance(features, class_index)
+    def score(self, candidates: ImageEmbeddings, class_index: int) -> np.ndarray:
+        return -self.class_distance(candidates.features, class_index)
 
 
 class RelativeMahalanobisDetector(MahalanobisDetector):
@@ -102,15 +107,16 @@ class RelativeMahalanobisDetector(MahalanobisDetector):
         self.background_mean: np.ndarray | None = None
         self.background_precision: np.ndarray | None = None
 
-    def fit(self, features: np.ndarray, logits: np.ndarray, labels: np.ndarray) -> Self:
-        super().fit(features, logits, labels)
-        features = np.asarray(features, dtype=np.float64)
+    def fit(self, train: ImageEmbeddings, labels: np.ndarray) -> Self:
+        super().fit(train, labels)
+        features = np.asarray(train.features, dtype=np.float64)
         self.background_mean = features.mean(axis=0)
         background = LedoitWolf(assume_centered=True).fit(features - self.background_mean)
         self.background_precision = background.precision_
         return self
 
-    def score(self, features: np.ndarray, logits: np.ndarray, class_index: int) -> np.ndarray:
+    def score(self, candidates: ImageEmbeddings, class_index: int) -> np.ndarray:
+        features = candidates.features
         if self.background_mean is None or self.background_precision is None:
             raise RuntimeError("RelativeMahalanobisDetector.fit was not called")
         background = _squared_mahalanobis(features, self.background_mean, self.background_precision)
@@ -132,8 +138,8 @@ class KnnDetector(Detector):
         self.k = k
         self.indexes: dict[int, NearestNeighbors] = {}
 
-    def fit(self, features: np.ndarray, logits: np.ndarray, labels: np.ndarray) -> Self:
-        normalised = l2_normalise(features)
+    def fit(self, train: ImageEmbeddings, labels: np.ndarray) -> Self:
+        normalised = l2_normalise(train.features)
         self.indexes = {}
         for c in np.unique(labels):
             members = normalised[labels == c]
@@ -142,9 +148,9 @@ class KnnDetector(Detector):
             )
         return self
 
-    def score(self, features: np.ndarray, logits: np.ndarray, class_index: int) -> np.ndarray:
+    def score(self, candidates: ImageEmbeddings, class_index: int) -> np.ndarray:
         index = self.indexes[class_index]
-        distances, _ = index.kneighbors(l2_normalise(features))
+        distances, _ = index.kneighbors(l2_normalise(candidates.features))
         return -distances[:, -1]
 
 
@@ -154,11 +160,12 @@ class EnergyDetector(Detector):
     name = "energy"
     class_agnostic = True
 
-    def fit(self, features: np.ndarray, logits: np.ndarray, labels: np.ndarray) -> Self:
+    def fit(self, train: ImageEmbeddings, labels: np.ndarray) -> Self:
         return self
 
-    def score(self, features: np.ndarray, logits: np.ndarray, class_index: int) -> np.ndarray:
-        energy = EnergyBased.score(torch.from_numpy(np.asarray(logits, dtype=np.float32)))
+    def score(self, candidates: ImageEmbeddings, class_index: int) -> np.ndarray:
+        logits = torch.from_numpy(np.asarray(candidates.logits, dtype=np.float32))
+        energy = EnergyBased.score(logits)
         return -energy.double().numpy()
 
 
@@ -168,11 +175,12 @@ class MaxSoftmaxDetector(Detector):
     name = "max_softmax"
     class_agnostic = True
 
-    def fit(self, features: np.ndarray, logits: np.ndarray, labels: np.ndarray) -> Self:
+    def fit(self, train: ImageEmbeddings, labels: np.ndarray) -> Self:
         return self
 
-    def score(self, features: np.ndarray, logits: np.ndarray, class_index: int) -> np.ndarray:
-        negated = MaxSoftmax.score(torch.from_numpy(np.asarray(logits, dtype=np.float32)))
+    def score(self, candidates: ImageEmbeddings, class_index: int) -> np.ndarray:
+        logits = torch.from_numpy(np.asarray(candidates.logits, dtype=np.float32))
+        negated = MaxSoftmax.score(logits)
         return -negated.double().numpy()
 
 
@@ -185,12 +193,50 @@ class ClassProbabilityDetector(Detector):
 
     name = "class_probability"
 
-    def fit(self, features: np.ndarray, logits: np.ndarray, labels: np.ndarray) -> Self:
+    def fit(self, train: ImageEmbeddings, labels: np.ndarray) -> Self:
         return self
 
-    def score(self, features: np.ndarray, logits: np.ndarray, class_index: int) -> np.ndarray:
-        probabilities = torch.from_numpy(np.asarray(logits, dtype=np.float64)).softmax(dim=1)
+    def score(self, candidates: ImageEmbeddings, class_index: int) -> np.ndarray:
+        logits = torch.from_numpy(np.asarray(candidates.logits, dtype=np.float64))
+        probabilities = logits.softmax(dim=1)
         return probabilities[:, class_index].numpy()
+
+
+def _sharpness_of(embeddings: ImageEmbeddings) -> np.ndarray:
+    if embeddings.sharpness is None:
+        raise ValueError(
+            "these embeddings carry no sharpness values (cached before the sharpness "
+            "detector existed); embed the images again with embed_images"
+        )
+    return np.asarray(embeddings.sharpness, dtype=np.float64)
+
+
+class SharpnessDetector(Detector):
+    """Negative robust z-score of the image's sharpness within the class's training images.
+
+    ``-|s - median_c| / MAD_c`` with ``s`` the log Laplacian energy
+    (:mod:`.sharpness`): two-sided, so both blurred (too smooth) and noisy (too sharp)
+    candidates score low. Catches what classifier features are trained to ignore.
+    """
+
+    name = "sharpness"
+
+    def __init__(self) -> None:
+        self.medians: dict[int, float] = {}
+        self.spreads: dict[int, float] = {}
+
+    def fit(self, train: ImageEmbeddings, labels: np.ndarray) -> Self:
+        sharpness = _sharpness_of(train)
+        for c in np.unique(labels):
+            members = sharpness[labels == c]
+            self.medians[int(c)] = float(np.median(members))
+            # A floor keeps a class of near-identical images from dividing by ~0.
+            self.spreads[int(c)] = max(float(median_abs_deviation(members)), 1e-3)
+        return self
+
+    def score(self, candidates: ImageEmbeddings, class_index: int) -> np.ndarray:
+        deviation = _sharpness_of(candidates) - self.medians[class_index]
+        return -np.abs(deviation) / self.spreads[class_index]
 
 
 DETECTOR_TYPES: dict[str, type[Detector]] = {
@@ -202,6 +248,7 @@ DETECTOR_TYPES: dict[str, type[Detector]] = {
         EnergyDetector,
         MaxSoftmaxDetector,
         ClassProbabilityDetector,
+        SharpnessDetector,
     )
 }
 OFF_CLASS_DETECTOR = ClassProbabilityDetector.name

@@ -1,4 +1,4 @@
-"""Feature extraction for the OOD filter: features, logits and hashes, streamed.
+"""Feature extraction for the OOD filter: features, logits, hashes and sharpness, streamed.
 
 The filter does not own a classifier. It needs, for a batch of uint8 images, penultimate
 features and class logits from a model fine-tuned on the dataset's real training split;
@@ -17,6 +17,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from services.ood_filter.hashing import perceptual_hashes
+from services.ood_filter.sharpness import log_laplacian_energy
 
 ProgressCallback = Callable[[int, int], None]
 CancelCallback = Callable[[], bool]
@@ -48,12 +49,15 @@ class ImageEmbeddings:
         phashes: (N, V) uint64 perceptual hashes; V = 8 orientations for reference
             (training) images, 1 for candidates; column 0 is the image as given.
         image_shape: (H, W, C) of every image (C = 1 for grayscale).
+        sharpness: (N,) float32 log Laplacian energy (see :mod:`.sharpness`); None only
+            for embeddings cached before it existed (the sharpness detector refuses them).
     """
 
     features: np.ndarray
     logits: np.ndarray
     phashes: np.ndarray
     image_shape: tuple[int, int, int]
+    sharpness: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.features.shape[0])
@@ -61,7 +65,11 @@ class ImageEmbeddings:
     def subset(self, rows: np.ndarray) -> ImageEmbeddings:
         """The embeddings of ``rows`` (an index or boolean array)."""
         return ImageEmbeddings(
-            self.features[rows], self.logits[rows], self.phashes[rows], self.image_shape
+            self.features[rows],
+            self.logits[rows],
+            self.phashes[rows],
+            self.image_shape,
+            None if self.sharpness is None else self.sharpness[rows],
         )
 
 
@@ -114,6 +122,7 @@ def embed_batch(
         logits=_as_float32(logits, "logits", len(images)),
         phashes=perceptual_hashes(images, all_orientations=all_orientations),
         image_shape=shape,
+        sharpness=log_laplacian_energy(images),
     )
 
 
@@ -129,6 +138,9 @@ def concatenate(parts: list[ImageEmbeddings]) -> ImageEmbeddings:
         logits=np.concatenate([part.logits for part in parts]),
         phashes=np.concatenate([part.phashes for part in parts]),
         image_shape=parts[0].image_shape,
+        sharpness=None
+        if any(part.sharpness is None for part in parts)
+        else np.concatenate([part.sharpness for part in parts]),
     )
 
 

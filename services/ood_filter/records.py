@@ -40,8 +40,8 @@ class CandidateRecord:
         thresholds: Detector name -> the threshold the raw score was compared with.
         percentiles: Detector name -> the score's smoothed percentile among the class's
             real validation images, in (0, 1) (0.5 = scores like a median real image).
-        combined_score: Geometric mean of ``percentiles`` over detectors, in (0, 1);
-            used for ranking and AUROC.
+        combined_score: Lowest of ``percentiles`` over detectors, in (0, 1); used for
+            ranking and AUROC (the ranking form of the all-must-pass rule).
         nearest_train_similarity: Cosine similarity of the candidate's features to the
             nearest real training image, in [-1, 1].
         nearest_train_index: Row of that training image in the fitted training set.

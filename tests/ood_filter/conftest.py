@@ -38,7 +38,26 @@ class GaussianWorld:
             logits=(features @ self.head).astype(np.float32),
             phashes=hashes,
             image_shape=(IMAGE_SIZE, IMAGE_SIZE, 3),
+            sharpness=rng.normal(6.0, 0.5, len(labels)).astype(np.float32),
         )
+
+    def embed(self, features: np.ndarray) -> ImageEmbeddings:
+        """Embeddings of given features, with this world's logits and typical sharpness."""
+        return as_embeddings(features, features @ self.head)
+
+
+def as_embeddings(
+    features: np.ndarray, logits: np.ndarray, sharpness: np.ndarray | None = None
+) -> ImageEmbeddings:
+    """Wrap raw arrays (N, D) / (N, C) as embeddings (hashes zero, sharpness 6 unless given)."""
+    n = len(features)
+    return ImageEmbeddings(
+        features=np.asarray(features, dtype=np.float32),
+        logits=np.asarray(logits, dtype=np.float32),
+        phashes=np.zeros((n, 1), dtype=np.uint64),
+        image_shape=(IMAGE_SIZE, IMAGE_SIZE, 3),
+        sharpness=np.full(n, 6.0, dtype=np.float32) if sharpness is None else sharpness,
+    )
 
 
 @pytest.fixture

@@ -13,15 +13,20 @@ from tests.ood_filter.conftest import GaussianWorld, labels_for
 def test_percentile_scores_place_scores_in_the_real_distribution() -> None:
     reference = np.sort(np.arange(100, dtype=float))
 
-    placed = percentile_scores(reference, np.array([-1.0, 49.5, 1000.0]))
+    placed = percentile_scores(reference, np.array([0.0, 49.5, 1000.0, -49.5, -99.0]))
 
-    np.testing.assert_allclose(placed, [0.5 / 101, 0.5, 100.5 / 101])
+    bottom = 0.5 / 101
+    # Below the lowest real score the percentile decays with the distance in units of
+    # the lowest-to-median distance (49.5 here): one unit -> bottom / e.
+    np.testing.assert_allclose(
+        placed, [1.0 / 101, 0.5, 100.5 / 101, bottom / np.e, bottom / np.e**2]
+    )
 
 
-def test_combined_score_is_the_geometric_mean_percentile() -> None:
+def test_combined_score_is_the_lowest_percentile() -> None:
     combined = combined_score({"a": np.array([0.2, 0.9]), "b": np.array([0.8, 0.01])})
 
-    np.testing.assert_allclose(combined, [0.4, np.sqrt(0.009)])
+    np.testing.assert_allclose(combined, [0.2, 0.01])
     # One detector that is sure (0.01) outweighs one that sees nothing unusual (0.9).
     assert combined[1] < combined[0]
 

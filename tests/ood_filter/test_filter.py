@@ -173,7 +173,9 @@ def test_labels_outside_the_classifier_outputs_are_refused(world: GaussianWorld)
 def test_validation_images_of_another_shape_are_refused(world: GaussianWorld) -> None:
     rng = np.random.default_rng(19)
     train = world.sample(rng, labels_for(20), n_hash_columns=8)
-    other = ImageEmbeddings(train.features, train.logits, train.phashes, (32, 32, 3))
+    other = ImageEmbeddings(
+        train.features, train.logits, train.phashes, (32, 32, 3), train.sharpness
+    )
     with pytest.raises(ValueError, match="same size and channels"):
         OodFilter.fit(train, labels_for(20), other, labels_for(20))
 

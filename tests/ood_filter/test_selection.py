@@ -120,6 +120,7 @@ def test_filter_records_every_candidate_with_scores_thresholds_and_reason(
         np.concatenate([good.logits, wrong_class.logits]),
         np.concatenate([good.phashes, wrong_class.phashes]),
         good.image_shape,
+        np.concatenate([good.sharpness, wrong_class.sharpness]),
     )
 
     outcome = ood_filter.decide(ood_filter.score(candidates, 0), SelectionRule.best_fraction(0.5))
