@@ -77,7 +77,8 @@ def write_checkpoint(
             vae.save_pretrained(staging / "vae")
         torch.save(training_state, staging / TRAINING_STATE_FILE)
         files = {rel: _sha256_file(staging / rel) for rel in _relative_files(staging)}
-        manifest = {"step": step, "files": files, "sha256": _inference_sha256(files)}
+        manifest: dict[str, Any] = {"step": step, "files": files,
+                                    "sha256": _inference_sha256(files)}
         _fsync_write(staging / MANIFEST_FILE, json.dumps(manifest, indent=2, sort_keys=True))
         if final.exists():
             # Rename the old one aside first: os.replace cannot overwrite a non-empty dir.
