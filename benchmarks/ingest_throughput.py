@@ -35,7 +35,9 @@ def build_zip(path: Path, images: int, size: int) -> None:
         for sample in generate_demo_samples(total=images, image_size=size, seed=0):
             archive.writestr(f"images/{sample.image_id}.png", encode_png(sample.image))
             archive.writestr(f"masks/{sample.image_id}.png", encode_png(sample.mask))
-            rows.append(f"images/{sample.image_id}.png,{sample.label},masks/{sample.image_id}.png,{sample.group}")
+            rows.append(
+                f"images/{sample.image_id}.png,{sample.label},masks/{sample.image_id}.png,{sample.group}"
+            )
         archive.writestr("manifest.csv", "\n".join(rows) + "\n")
 
 
@@ -64,24 +66,33 @@ def main() -> None:
             session.add(tenant)
             session.flush()
             session.add(Dataset(id=dataset_id, tenant_id=tenant.id, name="bench", format="csv"))
-            job = create_job(session, tenant_id=tenant.id, kind="ingest", task_name="tailsynth.ingest_dataset",
-                             params={"dataset_id": str(dataset_id), "source_key": "uploads/bench.zip"})
+            job = create_job(
+                session,
+                tenant_id=tenant.id,
+                kind="ingest",
+                task_name="tailsynth.ingest_dataset",
+                params={"dataset_id": str(dataset_id), "source_key": "uploads/bench.zip"},
+            )
             ctx = JobContext(job_id=job.id, factory=factory, params=dict(job.params))
         rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         started = time.perf_counter()
         result = run_ingest(ctx, factory, store, settings)
         ingest_s = time.perf_counter() - started
         peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        print(json.dumps({  # noqa: T201
-            "images": result["images"],
-            "image_px": args.size,
-            "archive_mb": round(archive.stat().st_size / 2**20, 1),
-            "ingest_seconds": round(ingest_s, 1),
-            "images_per_s": round(result["images"] / ingest_s, 1),
-            "peak_rss_mb": round(peak_rss_mb, 1),
-            "rss_before_ingest_mb": round(rss_before / 1024, 1),
-            "archive_build_seconds": round(build_s, 1),
-        }))
+        print(  # noqa: T201
+            json.dumps(
+                {
+                    "images": result["images"],
+                    "image_px": args.size,
+                    "archive_mb": round(archive.stat().st_size / 2**20, 1),
+                    "ingest_seconds": round(ingest_s, 1),
+                    "images_per_s": round(result["images"] / ingest_s, 1),
+                    "peak_rss_mb": round(peak_rss_mb, 1),
+                    "rss_before_ingest_mb": round(rss_before / 1024, 1),
+                    "archive_build_seconds": round(build_s, 1),
+                }
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -49,6 +49,7 @@ def main(verbose: bool) -> None:
 
 # --------------------------------------------------------------------------- server side
 
+
 @main.group()
 def db() -> None:
     """Database schema."""
@@ -187,6 +188,7 @@ def demo(data_dir: str, total: int, image_size: int, port: int) -> None:
 
 # --------------------------------------------------------------------------- client side
 
+
 def _client(ctx: click.Context) -> Any:
     from services.client import TailsynthClient
 
@@ -204,7 +206,10 @@ def _wait_and_report(client: Any, job_id: str, timeout: float) -> dict[str, Any]
 
     def show(job: dict[str, Any]) -> None:
         p = job["progress"]
-        click.echo(f"  {job['state']:<9} {job['stage']:<12} {p['done']}/{p['total']} ({p['percent']}%)", err=True)
+        click.echo(
+            f"  {job['state']:<9} {job['stage']:<12} {p['done']}/{p['total']} ({p['percent']}%)",
+            err=True,
+        )
 
     try:
         return client.wait(job_id, timeout=timeout, on_progress=show)  # type: ignore[no-any-return]
@@ -248,7 +253,13 @@ def datasets(ctx: click.Context, url: str, api_key: str | None) -> None:
 @click.pass_context
 @_api_call
 def datasets_upload(
-    ctx: click.Context, archive: Path, name: str, fmt: str | None, classes: str | None, wait: bool, timeout: float
+    ctx: click.Context,
+    archive: Path,
+    name: str,
+    fmt: str | None,
+    classes: str | None,
+    wait: bool,
+    timeout: float,
 ) -> None:
     """Upload a zip or tar.gz dataset and (by default) wait for its ingest."""
     with _client(ctx) as client:
@@ -268,10 +279,14 @@ def datasets_upload(
 @click.option("--timeout", type=float, default=3600)
 @click.pass_context
 @_api_call
-def datasets_demo(ctx: click.Context, name: str, total: int, image_size: int, seed: int, timeout: float) -> None:
+def datasets_demo(
+    ctx: click.Context, name: str, total: int, image_size: int, seed: int, timeout: float
+) -> None:
     """Ask the server to build and ingest the built-in demo dataset; wait for it."""
     with _client(ctx) as client:
-        created = client.create_demo_dataset(name=name, total=total, image_size=image_size, seed=seed)
+        created = client.create_demo_dataset(
+            name=name, total=total, image_size=image_size, seed=seed
+        )
         _wait_and_report(client, created["job_id"], timeout)
         _echo_json(client.dataset(created["dataset_id"]))
 

@@ -55,7 +55,9 @@ class TailsynthClient:
             raise ApiError(response.status_code, str(detail), body)
         return response.json()
 
-    def request(self, method: str, path: str, *, idempotency_key: str | None = None, **kwargs: Any) -> Any:
+    def request(
+        self, method: str, path: str, *, idempotency_key: str | None = None, **kwargs: Any
+    ) -> Any:
         headers = kwargs.pop("headers", {})
         if method == "POST":
             headers["Idempotency-Key"] = idempotency_key or str(uuid.uuid4())

@@ -28,11 +28,15 @@ def embedded_server(data_dir: Path, port: int) -> Iterator[tuple[str, str]]:
     cli = [sys.executable, "-m", "services.cli"]
     key = subprocess.run(
         [*cli, "keys", "create", "--name", "demo", "--data-dir", str(data_dir)],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.strip()
     log = (data_dir / "serve.log").open("ab")
     server = subprocess.Popen(
-        [*cli, "serve", "--port", str(port), "--data-dir", str(data_dir)], stdout=log, stderr=subprocess.STDOUT
+        [*cli, "serve", "--port", str(port), "--data-dir", str(data_dir)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -59,7 +63,12 @@ def embedded_server(data_dir: Path, port: int) -> Iterator[tuple[str, str]]:
 
 def _progress(job: dict[str, Any]) -> None:
     p = job["progress"]
-    click.echo(f"\r  {job['kind']:<10} {job['stage']:<12} {p['done']:>6}/{p['total']:<6} {p['percent']:5.1f}%", nl=False, err=True)
+    click.echo(
+        f"\r  {job['kind']:<10} {job['stage']:<14} {p['done']:>6}/{p['total']:<6} "
+        f"{p['percent']:5.1f}%",
+        nl=False,
+        err=True,
+    )
 
 
 def _table(title: str, rows: dict[str, Any]) -> None:
@@ -74,7 +83,9 @@ def run_demo(data_dir: Path, *, total: int, image_size: int, port: int) -> None:
     with embedded_server(data_dir, port) as (url, key), TailsynthClient(url, key) as client:
         click.echo(f"tailsynth demo: embedded server at {url}, data in {data_dir.resolve()}")
         click.echo(f"1. building and ingesting the demo dataset ({total} images, {image_size} px)")
-        created = client.create_demo_dataset(name="demo", total=total, image_size=image_size, seed=0)
+        created = client.create_demo_dataset(
+            name="demo", total=total, image_size=image_size, seed=0
+        )
         client.wait(created["job_id"], on_progress=_progress)
         dataset = client.dataset(created["dataset_id"])
         _table("class counts (long-tailed, ISIC 2019 proportions):", dataset["class_counts"])
@@ -83,4 +94,6 @@ def run_demo(data_dir: Path, *, total: int, image_size: int, port: int) -> None:
             "split sizes (grouped by patient, seed-fixed):",
             {split: sum(c.values()) for split, c in dataset["split_counts"].items()},
         )
-        click.echo(f"\ndataset {dataset['id']} is ready; the API stays documented at {url}/docs while serving")
+        click.echo(
+            f"\ndataset {dataset['id']} is ready; the API is documented at {url}/docs while serving"
+        )

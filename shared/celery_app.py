@@ -90,7 +90,8 @@ def create_celery_app(settings: Settings, *, include_tasks: bool = False) -> Cel
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
         task_annotations={
-            name: {"time_limit": _time_limit(settings, queue)} for name, queue in TASK_QUEUES.items()
+            name: {"time_limit": _time_limit(settings, queue)}
+            for name, queue in TASK_QUEUES.items()
         },
     )
     return app

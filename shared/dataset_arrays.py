@@ -40,7 +40,9 @@ class SplitArrays:
         return len(self.labels)
 
 
-def ready_dataset(session: Session, dataset_id: uuid.UUID, tenant_id: uuid.UUID | None = None) -> Dataset:
+def ready_dataset(
+    session: Session, dataset_id: uuid.UUID, tenant_id: uuid.UUID | None = None
+) -> Dataset:
     dataset = session.get(Dataset, dataset_id)
     if dataset is None or (tenant_id is not None and dataset.tenant_id != tenant_id):
         raise NotFound(f"dataset {dataset_id} not found", field="dataset_id")
@@ -54,7 +56,9 @@ def ready_dataset(session: Session, dataset_id: uuid.UUID, tenant_id: uuid.UUID 
 def dataset_channels(session: Session, dataset_id: uuid.UUID) -> int:
     """3 if any image is colour, else 1 (a grayscale modality stays one channel)."""
     colour = session.scalar(
-        select(RealImage.id).where(RealImage.dataset_id == dataset_id, RealImage.channels == 3).limit(1)
+        select(RealImage.id)
+        .where(RealImage.dataset_id == dataset_id, RealImage.channels == 3)
+        .limit(1)
     )
     return 3 if colour is not None else 1
 
@@ -62,9 +66,7 @@ def dataset_channels(session: Session, dataset_id: uuid.UUID) -> int:
 def _to_channels(pixels: np.ndarray, channels: int) -> np.ndarray:
     if channels == 1:
         if pixels.ndim == 3:
-            pixels = np.asarray(
-                np.round(pixels @ np.array([0.299, 0.587, 0.114])), dtype=np.uint8
-            )
+            pixels = np.asarray(np.round(pixels @ np.array([0.299, 0.587, 0.114])), dtype=np.uint8)
         return pixels[:, :, None]
     if pixels.ndim == 2:
         return np.repeat(pixels[:, :, None], 3, axis=2)

@@ -93,7 +93,9 @@ def request_cancel(session: Session, job: Job) -> Job:
     return job
 
 
-def reap(celery: Celery, factory: sessionmaker[Session], *, lease_s: int, grace_s: float = 5.0) -> int:
+def reap(
+    celery: Celery, factory: sessionmaker[Session], *, lease_s: int, grace_s: float = 5.0
+) -> int:
     """Send jobs a crash left unsent, and re-send running jobs whose worker went silent.
 
     Returns how many tasks were sent. Safe to run from several processes at once:
@@ -190,7 +192,9 @@ def run_job(
         job.heartbeat_at = utcnow()
         if job.stage == "queued":
             job.stage = "starting"
-        ctx = JobContext(job_id=jid, factory=factory, params=dict(job.params), attempts=job.attempts)
+        ctx = JobContext(
+            job_id=jid, factory=factory, params=dict(job.params), attempts=job.attempts
+        )
     try:
         result = work(ctx)
     except JobCanceled:

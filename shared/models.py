@@ -63,7 +63,9 @@ def _uuid_pk() -> Mapped[uuid.UUID]:
 
 def _enum(enum_cls: type[enum.Enum]) -> Enum:
     # Stored as plain strings: adding a state later needs no ALTER TYPE.
-    return Enum(enum_cls, native_enum=False, length=32, values_callable=lambda e: [m.value for m in e])
+    return Enum(
+        enum_cls, native_enum=False, length=32, values_callable=lambda e: [m.value for m in e]
+    )
 
 
 class JobState(enum.StrEnum):
@@ -158,9 +160,7 @@ class Dataset(TimestampMixin, Base):
     tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
     name: Mapped[str] = mapped_column(String(200))
     format: Mapped[str] = mapped_column(String(32))
-    state: Mapped[DatasetState] = mapped_column(
-        _enum(DatasetState), default=DatasetState.INGESTING
-    )
+    state: Mapped[DatasetState] = mapped_column(_enum(DatasetState), default=DatasetState.INGESTING)
     source_key: Mapped[str | None] = mapped_column(String(512))
     source_sha256: Mapped[str | None] = mapped_column(String(64))
     class_names: Mapped[list[Any]] = mapped_column(JSON, default=list)

@@ -70,7 +70,9 @@ class Settings(BaseSettings):
             and self.storage_backend == "s3"
             and self.s3_secret_key == DEFAULT_S3_SECRET
         ):
-            raise ValueError("TAILSYNTH_S3_SECRET_KEY must be changed from its default in production")
+            raise ValueError(
+                "TAILSYNTH_S3_SECRET_KEY must be changed from its default in production"
+            )
         return self
 
     @property
@@ -112,4 +114,3 @@ class Settings(BaseSettings):
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     return Settings()
-

@@ -64,6 +64,7 @@ def _harness(settings: Settings) -> Iterator[ApiHarness]:
 
 # ----------------------------------------------------------------- embedded (no servers)
 
+
 @pytest.fixture
 def local_settings(tmp_path: Path) -> Settings:
     """Embedded settings in a temporary directory: SQLite, filesystem broker, local store."""
@@ -81,6 +82,7 @@ def local_api(local_settings: Settings) -> Iterator[ApiHarness]:
 
 
 # ----------------------------------------------------------------- real services
+
 
 @pytest.fixture(scope="session")
 def pg_schema_url() -> Iterator[str]:
@@ -122,7 +124,10 @@ def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def service_settings(
-    pg_schema_url: str, redis_prefix: str, s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory
+    pg_schema_url: str,
+    redis_prefix: str,
+    s3_endpoint: str,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Settings:
     settings = Settings(
         environment="test",

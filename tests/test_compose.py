@@ -31,7 +31,12 @@ def test_state_lives_in_named_volumes_and_redis_keeps_an_aof() -> None:
         mounts = compose["services"][name]["volumes"]
         assert any(m.split(":")[0] in declared for m in mounts), name
     assert "--appendonly" in compose["services"]["redis"]["command"]
-    assert compose["services"]["redis"]["command"][compose["services"]["redis"]["command"].index("--appendonly") + 1] == "yes"
+    assert (
+        compose["services"]["redis"]["command"][
+            compose["services"]["redis"]["command"].index("--appendonly") + 1
+        ]
+        == "yes"
+    )
 
 
 def test_generator_reserves_a_gpu() -> None:
@@ -45,7 +50,9 @@ def test_environment_names_match_the_settings() -> None:
         env = _compose()["services"][name]["environment"]
         unknown = {k for k in env if k.startswith("TAILSYNTH_")} - known
         assert not unknown, f"{name} sets variables no setting reads: {unknown}"
-        assert env["TAILSYNTH_STORAGE_BACKEND"] == "s3" and env["TAILSYNTH_BROKER_URL"].startswith("redis://")
+        assert env["TAILSYNTH_STORAGE_BACKEND"] == "s3" and env["TAILSYNTH_BROKER_URL"].startswith(
+            "redis://"
+        )
 
 
 def test_each_tailsynth_service_builds_from_its_own_dockerfile() -> None:

@@ -29,7 +29,9 @@ log = logging.getLogger(__name__)
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
-ASGIApp = Callable[[Scope, Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]], Awaitable[None]]
+ASGIApp = Callable[
+    [Scope, Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]], Awaitable[None]
+]
 
 
 class BodySizeLimit:
@@ -46,7 +48,9 @@ class BodySizeLimit:
         declared = dict(scope.get("headers", [])).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             response = problem(
-                413, "Payload too large", f"body of {int(declared):,} bytes is over the limit of {self.max_bytes:,}"
+                413,
+                "Payload too large",
+                f"body of {int(declared):,} bytes is over the limit of {self.max_bytes:,}",
             )
             await response(scope, receive, send)
             return
@@ -75,7 +79,9 @@ class Reaper:
     def _loop(self) -> None:
         while not self.stop.wait(self.state.settings.reaper_interval_s):
             try:
-                reap(self.state.celery, self.state.sessions, lease_s=self.state.settings.job_lease_s)
+                reap(
+                    self.state.celery, self.state.sessions, lease_s=self.state.settings.job_lease_s
+                )
             except Exception:  # keep reaping after a passing DB or broker outage
                 log.exception("job reaper pass failed")
 

@@ -40,7 +40,9 @@ def create_api_key(session: Session, *, name: str, tenant_name: str = "default")
     record = ApiKey(tenant_id=tenant.id, name=name, prefix=prefix, key_hash=hash_key(key))
     session.add(record)
     session.flush()
-    return IssuedKey(key=key, key_id=str(record.id), tenant_id=str(tenant.id), tenant_name=tenant.name)
+    return IssuedKey(
+        key=key, key_id=str(record.id), tenant_id=str(tenant.id), tenant_name=tenant.name
+    )
 
 
 def tenant_for_key(session: Session, key: str) -> Tenant | None:

@@ -44,13 +44,17 @@ class JobRead(BaseModel):
 
     @classmethod
     def of(cls, job: Job) -> JobRead:
-        percent = 100.0 * job.done / job.total if job.total else (100.0 if job.state.is_final else 0.0)
+        percent = (
+            100.0 * job.done / job.total if job.total else (100.0 if job.state.is_final else 0.0)
+        )
         return cls(
             id=job.id,
             kind=job.kind,
             state=job.state.value,
             stage=job.stage,
-            progress=Progress(done=job.done, total=job.total, percent=round(min(percent, 100.0), 1)),
+            progress=Progress(
+                done=job.done, total=job.total, percent=round(min(percent, 100.0), 1)
+            ),
             error=job.error,
             result=job.result or {},
             params={k: v for k, v in (job.params or {}).items() if k != "source_key"},
@@ -96,7 +100,9 @@ class DemoDatasetCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field("demo", min_length=1, max_length=200)
-    total: int = Field(2400, ge=40, le=50_000, description="number of images (at least 5 per class)")
+    total: int = Field(
+        2400, ge=40, le=50_000, description="number of images (at least 5 per class)"
+    )
     image_size: int = Field(64, ge=16, le=512, description="side in pixels")
     seed: int = Field(0, ge=0)
     split_seed: int = Field(0, ge=0)
@@ -113,6 +119,7 @@ class Health(BaseModel):
 
 
 # ----------------------------------------------------------------- generators
+
 
 class GeneratorTraining(BaseModel):
     """How to train a class-conditional inpainting diffusion model from scratch."""
@@ -183,6 +190,7 @@ class GeneratorCreated(BaseModel):
 
 # ----------------------------------------------------------------- synthesis
 
+
 class Sampling(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -199,7 +207,9 @@ class FilterSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     rule: str = Field("calibrated", pattern="^(calibrated|keep_fraction|target_count)$")
-    keep_fraction: float = Field(0.4, gt=0, le=1, description="gamma of the paper (keep_fraction rule)")
+    keep_fraction: float = Field(
+        0.4, gt=0, le=1, description="gamma of the paper (keep_fraction rule)"
+    )
     target_keep_rate: float = Field(0.95, gt=0, le=1, description="real val images that must pass")
     classifier_backbone: str = Field("resnet18", max_length=64)
     classifier_image_size: int = Field(64, ge=16, le=512)
@@ -212,7 +222,9 @@ class SynthesisCreate(BaseModel):
     dataset_id: uuid.UUID
     generator_id: uuid.UUID
     counts: dict[str, int] | None = Field(None, description='e.g. {"DF": 500, "VASC": 300}')
-    target: str | None = Field(None, pattern="^fill_to_max$", description="fill every class to the head class")
+    target: str | None = Field(
+        None, pattern="^fill_to_max$", description="fill every class to the head class"
+    )
     mode: str = Field("inpaint", pattern="^(inpaint|img2img|generate)$")
     sampling: Sampling = Field(default_factory=Sampling)
     background_policy: str = Field("any_class", pattern="^(any_class|same_class|head_classes)$")

@@ -61,7 +61,9 @@ def _upload_dir(runtime: Runtime, local: Path, prefix: str) -> None:
     for file in sorted(local.rglob("*")):
         if file.is_file():
             with file.open("rb") as handle:
-                runtime.store.put_stream(f"{prefix}/{file.relative_to(local).as_posix()}", handle, file.stat().st_size)
+                runtime.store.put_stream(
+                    f"{prefix}/{file.relative_to(local).as_posix()}", handle, file.stat().st_size
+                )
 
 
 def _download_prefix(runtime: Runtime, prefix: str, local: Path) -> None:
@@ -84,8 +86,11 @@ class _CheckpointMirror:
     def restore(self) -> None:
         """Pull the newest complete checkpoint in storage if the local dir has none newer."""
         steps = sorted(
-            {int(k.split("/checkpoint-")[1].split("/")[0]) for k in self.runtime.store.list_keys(self.prefix + "/")
-             if "/checkpoint-" in k and k.endswith("manifest.json")}
+            {
+                int(k.split("/checkpoint-")[1].split("/")[0])
+                for k in self.runtime.store.list_keys(self.prefix + "/")
+                if "/checkpoint-" in k and k.endswith("manifest.json")
+            }
         )
         local = latest_checkpoint(self.local_dir)
         if steps and (local is None or local.step < steps[-1]):
@@ -103,7 +108,9 @@ class _CheckpointMirror:
             if file.is_file() and file != manifest:
                 with file.open("rb") as handle:
                     self.runtime.store.put_stream(
-                        f"{self.prefix}/{name}/{file.relative_to(newest.path).as_posix()}", handle, file.stat().st_size
+                        f"{self.prefix}/{name}/{file.relative_to(newest.path).as_posix()}",
+                        handle,
+                        file.stat().st_size,
                     )
         self.runtime.store.put_bytes(f"{self.prefix}/{name}/manifest.json", manifest.read_bytes())
         self.uploaded_step = newest.step
@@ -112,8 +119,12 @@ class _CheckpointMirror:
 def _config_for(generator: Generator, class_names: list[str], channels: int) -> GeneratorConfig:
     try:
         return GeneratorConfig(
-            **{**generator.config.get("training", {}), "num_classes": len(class_names),
-               "class_names": tuple(class_names), "channels": channels}
+            **{
+                **generator.config.get("training", {}),
+                "num_classes": len(class_names),
+                "class_names": tuple(class_names),
+                "channels": channels,
+            }
         )
     except (TypeError, ValueError) as exc:
         raise InvalidInput(f"training config: {exc}", field="training") from exc
@@ -141,7 +152,14 @@ def train_generator_job(ctx: JobContext, runtime: Runtime) -> dict[str, Any]:
         channels = dataset_channels(session, dataset.id)
         config = _config_for(generator, class_names, channels)
     ctx.progress(0, config.max_train_steps, "loading data")
-    train = load_split(runtime.sessions, runtime.store, dataset.id, Split.TRAIN, config.resolution, channels=channels)
+    train = load_split(
+        runtime.sessions,
+        runtime.store,
+        dataset.id,
+        Split.TRAIN,
+        config.resolution,
+        channels=channels,
+    )
     local_dir = _scratch(runtime, "generators", str(generator_id))
     mirror = _CheckpointMirror(runtime, local_dir, generator_id)
     mirror.restore()
@@ -154,8 +172,14 @@ def train_generator_job(ctx: JobContext, runtime: Runtime) -> dict[str, Any]:
             ctx.progress(step, total)
 
     result = train_generator(
-        train.images, train.masks, train.labels, class_names, config, local_dir,
-        progress=on_step, should_cancel=ctx.should_cancel,
+        train.images,
+        train.masks,
+        train.labels,
+        class_names,
+        config,
+        local_dir,
+        progress=on_step,
+        should_cancel=ctx.should_cancel,
     )
     mirror.sync()
     if result.status == "canceled" or result.checkpoint is None:
@@ -168,7 +192,9 @@ def train_generator_job(ctx: JobContext, runtime: Runtime) -> dict[str, Any]:
         record.checkpoint_key = f"{checkpoint_prefix(generator_id)}/{result.checkpoint.path.name}"
         record.checkpoint_sha256 = result.checkpoint.sha256
         record.loss_curve = [[int(s), float(v)] for s, v in curve[::stride]]
-        record.state = "probing" if generator.config.get("quality_probe", {}).get("enabled", True) else "ready"
+        record.state = (
+            "probing" if generator.config.get("quality_probe", {}).get("enabled", True) else "ready"
+        )
     if generator.config.get("quality_probe", {}).get("enabled", True):
         quality = _quality_probe(ctx, runtime, generator, result.checkpoint.path, channels)
         with runtime.sessions.begin() as session:
@@ -197,10 +223,16 @@ def _quality_probe(
     ctx.progress(0, stage="quality probe")
     classifier_config = _probe_classifier_config(generator, channels)
     classifier, _ = dataset_classifier(
-        runtime.sessions, runtime.store, runtime.settings, dataset_id, classifier_config,
+        runtime.sessions,
+        runtime.store,
+        runtime.settings,
+        dataset_id,
+        classifier_config,
         should_cancel=ctx.should_cancel,
     )
-    val = load_split(runtime.sessions, runtime.store, dataset_id, Split.VAL, size, channels=channels)
+    val = load_split(
+        runtime.sessions, runtime.store, dataset_id, Split.VAL, size, channels=channels
+    )
     if len(val) == 0:
         return {"skipped": "the dataset has no validation images"}
     per_class = int(probe.get("images_per_class", 16))
@@ -209,7 +241,10 @@ def _quality_probe(
     sources = rng.integers(0, len(val), len(class_ids))
     masks = val.masks[sources] if val.masks is not None else auto_masks(val.images[sources])
     result = model.inpaint(
-        val.images[sources], masks, class_ids, np.arange(len(class_ids)),
+        val.images[sources],
+        masks,
+        class_ids,
+        np.arange(len(class_ids)),
         num_inference_steps=int(probe.get("num_inference_steps", 25)),
         should_cancel=ctx.should_cancel,
     )
@@ -222,8 +257,13 @@ def _quality_probe(
         classifier.feature_dim,
     )
     per_class = quality_report(
-        val.images, val.labels, result.images, class_ids, val.class_names,
-        feature_network=features, predict_proba=classifier.predict_proba,
+        val.images,
+        val.labels,
+        result.images,
+        class_ids,
+        val.class_names,
+        feature_network=features,
+        predict_proba=classifier.predict_proba,
     )
     return {
         "probe": "inpaint held-out real val images; Frechet distance in the dataset classifier's "
@@ -234,6 +274,7 @@ def _quality_probe(
 
 
 # ----------------------------------------------------------------- synthesis
+
 
 @dataclass(frozen=True)
 class CandidatePlan:
@@ -257,12 +298,20 @@ def plan_candidates(
         class_id = names.index(class_name)
         sources: list[int | None] = [None] * n
         if request.mode in ("inpaint", "img2img") and n:
-            sources = [int(i) for i in select_background_indices(
-                train.labels, class_id, n, policy=request.params.get("background_policy", "any_class"),
-                seed=request.seed + class_id,
-            )]
+            sources = [
+                int(i)
+                for i in select_background_indices(
+                    train.labels,
+                    class_id,
+                    n,
+                    policy=request.params.get("background_policy", "any_class"),
+                    seed=request.seed + class_id,
+                )
+            ]
         for k in range(n):
-            plans.append(CandidatePlan(index, class_id, request.seed * 1_000_003 + index, sources[k]))
+            plans.append(
+                CandidatePlan(index, class_id, request.seed * 1_000_003 + index, sources[k])
+            )
             index += 1
     return plans
 
@@ -270,7 +319,9 @@ def plan_candidates(
 def _insert_candidates(session: Session, rows: list[dict[str, Any]]) -> None:
     dialect = postgresql if session.bind and session.bind.dialect.name == "postgresql" else sqlite
     statement = dialect.insert(SyntheticImage).values(rows)
-    session.execute(statement.on_conflict_do_nothing(index_elements=["synthesis_id", "index_in_request"]))
+    session.execute(
+        statement.on_conflict_do_nothing(index_elements=["synthesis_id", "index_in_request"])
+    )
 
 
 def _load_model(runtime: Runtime, generator: Generator, class_names: list[str]) -> Any:
@@ -278,7 +329,8 @@ def _load_model(runtime: Runtime, generator: Generator, class_names: list[str]) 
         from services.generator.pretrained import PromptTemplates, load_pretrained
 
         return load_pretrained(
-            generator.source or "", class_names,
+            generator.source or "",
+            class_names,
             prompts=PromptTemplates.for_modality(generator.config.get("modality", "dermoscopy")),
         )
     local = _scratch(runtime, "generators", str(generator.id), "sampling")
@@ -299,13 +351,19 @@ def generate_candidates_job(ctx: JobContext, runtime: Runtime) -> NextStage:
         if generator is None or generator.state != "ready":
             raise Conflict(f"generator {request.generator_id} is not ready")
         channels = dataset_channels(session, request.dataset_id)
-        recorded = set(session.scalars(
-            select(SyntheticImage.index_in_request).where(SyntheticImage.synthesis_id == synthesis_id)
-        ))
+        recorded = set(
+            session.scalars(
+                select(SyntheticImage.index_in_request).where(
+                    SyntheticImage.synthesis_id == synthesis_id
+                )
+            )
+        )
     model = _load_model(runtime, generator, list(ready_dataset_names(runtime, request.dataset_id)))
     size = model.config.resolution if generator.kind == "trained" else model.default_size
     ctx.progress(len(recorded), stage="loading data")
-    train = load_split(runtime.sessions, runtime.store, request.dataset_id, Split.TRAIN, size, channels=channels)
+    train = load_split(
+        runtime.sessions, runtime.store, request.dataset_id, Split.TRAIN, size, channels=channels
+    )
     plans = plan_candidates(request, train, float(request.params.get("oversample", 1.5)))
     todo = [p for p in plans if p.index not in recorded]
     sampling = request.params.get("sampling", {})
@@ -328,10 +386,21 @@ def generate_candidates_job(ctx: JobContext, runtime: Runtime) -> NextStage:
         if request.mode == "inpaint":
             images = train.images[sources]
             base = train.masks[sources] if train.masks is not None else auto_masks(images)
-            masks = np.stack([jitter_mask(m, np.random.default_rng(p.seed)) for m, p in zip(base, chunk, strict=True)])
+            masks = np.stack(
+                [
+                    jitter_mask(m, np.random.default_rng(p.seed))
+                    for m, p in zip(base, chunk, strict=True)
+                ]
+            )
             result = model.inpaint(images, masks, class_ids, seeds, **kwargs)
         elif request.mode == "img2img":
-            result = model.img2img(train.images[sources], class_ids, float(sampling.get("strength", 0.6)), seeds, **kwargs)
+            result = model.img2img(
+                train.images[sources],
+                class_ids,
+                float(sampling.get("strength", 0.6)),
+                seeds,
+                **kwargs,
+            )
         else:
             result = model.generate(class_ids, seeds, **kwargs)
         rows = []
@@ -346,29 +415,44 @@ def generate_candidates_job(ctx: JobContext, runtime: Runtime) -> NextStage:
             png, provenance = synthetic_image_record(
                 result.images[k],
                 ImageOrigin(
-                    class_id=plan.class_id, class_name=class_name, seed=plan.seed,
+                    class_id=plan.class_id,
+                    class_name=class_name,
+                    seed=plan.seed,
                     checkpoint_sha256=result.checkpoint_sha256 or checkpoint_sha,
-                    source_image_id=str(source_id) if source_id else None, mask_id=mask_key,
-                    prompt=prompt, job_id=str(ctx.job_id),
+                    source_image_id=str(source_id) if source_id else None,
+                    mask_id=mask_key,
+                    prompt=prompt,
+                    job_id=str(ctx.job_id),
                 ),
                 result.parameters,
             )
             key = f"synthesis/{synthesis_id}/candidates/{plan.index:07d}.png"
             runtime.store.put_bytes(key, png, "image/png")
-            rows.append({
-                "id": uuid.uuid5(synthesis_id, str(plan.index)),
-                "tenant_id": request.tenant_id, "synthesis_id": synthesis_id,
-                "curated_set_id": None, "index_in_request": plan.index,
-                "dataset_id": request.dataset_id, "generator_id": generator.id,
-                "source_image_id": source_id, "mask_key": mask_key, "object_key": key,
-                "sha256": sha256_bytes(png), "label": class_name, "mode": request.mode,
-                "prompt": prompt, "scheduler": result.parameters.scheduler,
-                "steps": result.parameters.num_inference_steps,
-                "guidance_scale": result.parameters.guidance_scale,
-                "strength": result.parameters.strength if request.mode == "img2img" else None,
-                "seed": plan.seed, "checkpoint_sha256": provenance["checkpoint_sha256"],
-                "job_id": ctx.job_id,
-            })
+            rows.append(
+                {
+                    "id": uuid.uuid5(synthesis_id, str(plan.index)),
+                    "tenant_id": request.tenant_id,
+                    "synthesis_id": synthesis_id,
+                    "curated_set_id": None,
+                    "index_in_request": plan.index,
+                    "dataset_id": request.dataset_id,
+                    "generator_id": generator.id,
+                    "source_image_id": source_id,
+                    "mask_key": mask_key,
+                    "object_key": key,
+                    "sha256": sha256_bytes(png),
+                    "label": class_name,
+                    "mode": request.mode,
+                    "prompt": prompt,
+                    "scheduler": result.parameters.scheduler,
+                    "steps": result.parameters.num_inference_steps,
+                    "guidance_scale": result.parameters.guidance_scale,
+                    "strength": result.parameters.strength if request.mode == "img2img" else None,
+                    "seed": plan.seed,
+                    "checkpoint_sha256": provenance["checkpoint_sha256"],
+                    "job_id": ctx.job_id,
+                }
+            )
         with runtime.sessions.begin() as session:
             _insert_candidates(session, rows)
         ctx.progress(len(plans) - len(todo) + start + len(chunk))
@@ -380,10 +464,13 @@ def ready_dataset_names(runtime: Runtime, dataset_id: uuid.UUID) -> list[str]:
         return list(ready_dataset(session, dataset_id).class_names)
 
 
-
 def register_pretrained_job(ctx: JobContext, runtime: Runtime) -> dict[str, Any]:
     """Load pretrained diffusers weights offline once, to check them and record their hash."""
-    from services.generator.pretrained import PretrainedWeightsError, PromptTemplates, load_pretrained
+    from services.generator.pretrained import (
+        PretrainedWeightsError,
+        PromptTemplates,
+        load_pretrained,
+    )
 
     generator_id = uuid.UUID(ctx.params["generator_id"])
     with runtime.sessions() as session:
@@ -394,7 +481,8 @@ def register_pretrained_job(ctx: JobContext, runtime: Runtime) -> dict[str, Any]
     ctx.progress(0, 1, "loading weights")
     try:
         model = load_pretrained(
-            generator.source or "", class_names,
+            generator.source or "",
+            class_names,
             prompts=PromptTemplates.for_modality(generator.config.get("modality", "dermoscopy")),
         )
     except (PretrainedWeightsError, ValueError, OSError) as exc:
@@ -402,7 +490,9 @@ def register_pretrained_job(ctx: JobContext, runtime: Runtime) -> dict[str, Any]
             record = session.get(Generator, generator_id)
             assert record is not None
             record.state = "failed"
-        raise InvalidInput(f"pretrained weights {generator.source!r}: {exc}", field="source") from exc
+        raise InvalidInput(
+            f"pretrained weights {generator.source!r}: {exc}", field="source"
+        ) from exc
     with runtime.sessions.begin() as session:
         record = session.get(Generator, generator_id)
         assert record is not None

@@ -6,7 +6,11 @@ import uuid
 
 from celery import shared_task
 
-from services.generator.service import generate_candidates_job, register_pretrained_job, train_generator_job
+from services.generator.service import (
+    generate_candidates_job,
+    register_pretrained_job,
+    train_generator_job,
+)
 from shared.jobs import JobContext, mark_on_failure, run_job
 from shared.models import CuratedSet, Generator
 from shared.runtime import Runtime, get_runtime

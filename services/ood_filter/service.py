@@ -182,8 +182,8 @@ def _explain(record: CandidateRecord) -> str:
     if record.reason.value == "near_copy":
         return (
             f"nearest real training image: cosine {record.nearest_train_similarity:.3f} "
-            f"(limit {record.copy_similarity_threshold:.3f}), pHash distance {record.phash_distance} "
-            f"(limit {record.phash_threshold})"
+            f"(limit {record.copy_similarity_threshold:.3f}), "
+            f"pHash distance {record.phash_distance} (limit {record.phash_threshold})"
         )
     failed = [
         name

@@ -31,7 +31,9 @@ _LOCK = threading.Lock()
 
 
 def classifier_key(dataset_id: uuid.UUID, config: ClassifierConfig) -> str:
-    digest = hashlib.sha256(json.dumps(asdict(config), sort_keys=True, default=str).encode()).hexdigest()
+    digest = hashlib.sha256(
+        json.dumps(asdict(config), sort_keys=True, default=str).encode()
+    ).hexdigest()
     return f"datasets/{dataset_id}/classifiers/{digest[:16]}.safetensors"
 
 
@@ -62,8 +64,12 @@ def dataset_classifier(
     if local.is_file():
         classifier = ImageClassifier.load(local)
     else:
-        train = train or load_split(factory, store, dataset_id, Split.TRAIN, config.image_size, channels=config.in_chans)
-        val = val or load_split(factory, store, dataset_id, Split.VAL, config.image_size, channels=config.in_chans)
+        train = train or load_split(
+            factory, store, dataset_id, Split.TRAIN, config.image_size, channels=config.in_chans
+        )
+        val = val or load_split(
+            factory, store, dataset_id, Split.VAL, config.image_size, channels=config.in_chans
+        )
         classifier = train_classifier(
             train.images,
             train.labels,

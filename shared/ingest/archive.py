@@ -63,16 +63,12 @@ def detect_kind(path: Path) -> str:
         with tarfile.open(path, "r:*"):
             return "tar"
     except (tarfile.TarError, OSError, EOFError) as exc:
-        raise InvalidInput(
-            "upload is neither a zip nor a tar(.gz) archive", field="file"
-        ) from exc
+        raise InvalidInput("upload is neither a zip nor a tar(.gz) archive", field="file") from exc
 
 
 def _check_totals(count: int, total: int, archive_bytes: int, limits: ArchiveLimits) -> None:
     if count > limits.max_entries:
-        raise PayloadTooLarge(
-            f"archive has more than {limits.max_entries:,} entries", field="file"
-        )
+        raise PayloadTooLarge(f"archive has more than {limits.max_entries:,} entries", field="file")
     if total > limits.max_total_bytes:
         raise PayloadTooLarge(
             f"archive expands to {total:,} bytes, over the limit of {limits.max_total_bytes:,}",
@@ -182,4 +178,3 @@ def listing_from_directory(root: Path) -> ArchiveListing:
             if name.lower().endswith(TEXT_SUFFIXES):
                 listing.texts[name] = file.read_bytes()
     return listing
-

@@ -132,8 +132,9 @@ def _check_classes(rows: list[PlanRow], allowed: list[str] | None, label_file: s
     if allowed is None:
         return
     bad = [
-        f"line {row.line}: unknown class {row.label!r}" if row.line else
-        f"{row.path}: unknown class {row.label!r}"
+        f"line {row.line}: unknown class {row.label!r}"
+        if row.line
+        else f"{row.path}: unknown class {row.label!r}"
         for row in rows
         if row.label not in allowed
     ]
@@ -143,7 +144,9 @@ def _check_classes(rows: list[PlanRow], allowed: list[str] | None, label_file: s
 def plan_isic2019(listing: ArchiveListing) -> IngestPlan:
     label_file = _csv_with(listing, {"image", "MEL", "NV"})
     if label_file is None:
-        raise InvalidInput("no ISIC 2019 ground-truth CSV (image, MEL, NV, ...) found", field="format")
+        raise InvalidInput(
+            "no ISIC 2019 ground-truth CSV (image, MEL, NV, ...) found", field="format"
+        )
     header, records = _read_csv(label_file, listing.texts[label_file])
     classes = [h for h in header if h != "image"]
     groups: dict[str, str] = {}
@@ -184,11 +187,17 @@ def plan_ham10000(listing: ArchiveListing) -> IngestPlan:
     for line, rec in records:
         image_id, dx = rec.get("image_id", ""), rec.get("dx", "").lower()
         if dx not in HAM10000_CLASSES:
-            errors.append(f"line {line}: unknown class {dx!r} (HAM10000 has {', '.join(HAM10000_CLASSES)})")
+            errors.append(
+                f"line {line}: unknown class {dx!r} (HAM10000 has {', '.join(HAM10000_CLASSES)})"
+            )
         elif image_id not in images:
             errors.append(f"line {line}: image {image_id!r} is not in the archive")
         else:
-            rows.append(PlanRow(line, images[image_id], dx, masks.get(image_id), rec.get("lesion_id") or None))
+            rows.append(
+                PlanRow(
+                    line, images[image_id], dx, masks.get(image_id), rec.get("lesion_id") or None
+                )
+            )
     _raise_row_errors(label_file, errors)
     present = sorted({r.label for r in rows})
     return IngestPlan("ham10000", rows, present, label_file)
@@ -248,7 +257,9 @@ def plan_manifest(listing: ArchiveListing) -> IngestPlan:
         elif has_split and split not in SPLIT_NAMES:
             errors.append(f"line {line}: split {rec.get('split')!r} is not train, val or test")
         else:
-            rows.append(PlanRow(line, path, rec["label"], mask_path, rec.get("group") or None, split))
+            rows.append(
+                PlanRow(line, path, rec["label"], mask_path, rec.get("group") or None, split)
+            )
     _raise_row_errors(label_file, errors)
     classes = sorted({r.label for r in rows})
     return IngestPlan("csv", rows, classes, label_file, has_given_splits=has_split)

@@ -21,7 +21,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.errors import InvalidInput, NotFound
-from shared.imaging import ImageDecodeError, decode_image, sha256_bytes
+from shared.imaging import ImageDecodeError, decode_image
 from shared.ingest.archive import (
     ArchiveLimits,
     ArchiveListing,
@@ -75,7 +75,9 @@ class _Report:
     def reject(self, row: PlanRow, reason: str, detail: str) -> None:
         self.reasons[reason] += 1
         if len(self.rejected) < MAX_LISTED_REJECTIONS:
-            self.rejected.append({"file": row.path, "line": row.line, "reason": reason, "detail": detail})
+            self.rejected.append(
+                {"file": row.path, "line": row.line, "reason": reason, "detail": detail}
+            )
 
 
 def _ingest_row(
@@ -96,7 +98,9 @@ def _ingest_row(
     stored_mask = None
     if row.mask_path:
         try:
-            mask = decode_image((root / row.mask_path).read_bytes(), max_pixels=settings.max_image_pixels)
+            mask = decode_image(
+                (root / row.mask_path).read_bytes(), max_pixels=settings.max_image_pixels
+            )
         except ImageDecodeError as exc:
             report.reject(row, "bad_mask", f"mask {row.mask_path}: {exc}")
             return None
@@ -180,7 +184,9 @@ def ingest_directory(
             ids = [img.id for img, s in zip(images, splits, strict=True) if s == split_name]
             for i in range(0, len(ids), 500):
                 session.execute(
-                    update(RealImage).where(RealImage.id.in_(ids[i : i + 500])).values(split=Split(split_name))
+                    update(RealImage)
+                    .where(RealImage.id.in_(ids[i : i + 500]))
+                    .values(split=Split(split_name))
                 )
         counts = Counter(img.label for img in images)
         class_names = [c for c in plan.class_names if counts[c]]
@@ -188,7 +194,12 @@ def ingest_directory(
         dataset.class_counts = {c: counts[c] for c in class_names}
         dataset.imbalance_ratio = max(counts.values()) / min(counts.values())
         dataset.split_counts = {
-            s: {c: sum(1 for img, sp in zip(images, splits, strict=True) if sp == s and img.label == c) for c in class_names}
+            s: {
+                c: sum(
+                    1 for img, sp in zip(images, splits, strict=True) if sp == s and img.label == c
+                )
+                for c in class_names
+            }
             for s in ("train", "val", "test")
         }
         dataset.ingest_report = {
@@ -249,8 +260,10 @@ def run_ingest(
             plan = build_plan(listing, ctx.params.get("format"), ctx.params.get("classes"))
             return ingest_directory(ctx, factory, store, settings, dataset_id, root, plan)
     except Exception as exc:
-        reason = "ingest canceled" if isinstance(exc, JobCanceled) else getattr(
-            exc, "detail", f"internal error: {type(exc).__name__}"
+        reason = (
+            "ingest canceled"
+            if isinstance(exc, JobCanceled)
+            else getattr(exc, "detail", f"internal error: {type(exc).__name__}")
         )
         with factory.begin() as session:
             session.execute(

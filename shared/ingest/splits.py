@@ -36,9 +36,7 @@ def _hold_out_one_fold(
     return held
 
 
-def assign_splits(
-    labels: Sequence[str], groups: Sequence[str | None], seed: int
-) -> list[str]:
+def assign_splits(labels: Sequence[str], groups: Sequence[str | None], seed: int) -> list[str]:
     """A split name ("train", "val", "test") per image, fixed by ``seed``.
 
     Images without a group are their own group.

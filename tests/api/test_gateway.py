@@ -51,7 +51,9 @@ def test_health_needs_no_auth_and_reports_components(local_api: ApiHarness) -> N
     response = TestClient(local_api.client.app).get("/v1/health")
     assert response.status_code == 200
     assert {k: v["status"] for k, v in response.json()["components"].items()} == {
-        "db": "up", "broker": "up", "storage": "up",
+        "db": "up",
+        "broker": "up",
+        "storage": "up",
     }
 
 
@@ -76,7 +78,9 @@ def test_upload_is_accepted_and_queued(local_api: ApiHarness, demo, tmp_path: Pa
     assert dataset["state"] == "ingesting" and dataset["format"] == "csv"
 
 
-def test_idempotency_key_replays_the_same_answer_and_one_job(local_api: ApiHarness, demo, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_idempotency_key_replays_the_same_answer_and_one_job(
+    local_api: ApiHarness, demo, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
     archive = build("imagefolder", tmp_path, demo).path
     first = _upload(local_api, archive, key="k-1")
     second = _upload(local_api, archive, key="k-1")
@@ -99,10 +103,15 @@ def test_demo_request_is_idempotent_too(local_api: ApiHarness) -> None:
     assert bad.json()["errors"][0]["field"] == "total"
 
 
-def test_bad_archives_are_refused_and_nothing_is_stored(local_api: ApiHarness, tmp_path: Path) -> None:
+def test_bad_archives_are_refused_and_nothing_is_stored(
+    local_api: ApiHarness, tmp_path: Path
+) -> None:
     cases = {
         "escape": ({"../../etc/x.png": b"x", "manifest.csv": b"path,label\n"}, "climbs out"),
-        "missing": ({"manifest.csv": b"path,label\nnope.png,NV\na.png,DF\n", "a.png": b"x"}, "line 2"),
+        "missing": (
+            {"manifest.csv": b"path,label\nnope.png,NV\na.png,DF\n", "a.png": b"x"},
+            "line 2",
+        ),
         "flat": ({"a.png": b"x"}, "could not detect"),
     }
     for name, (files, message) in cases.items():
@@ -113,12 +122,22 @@ def test_bad_archives_are_refused_and_nothing_is_stored(local_api: ApiHarness, t
     not_archive = tmp_path / "x.zip"
     not_archive.write_bytes(b"plain text")
     assert _upload(local_api, not_archive).status_code == 422
-    assert _upload(local_api, write_zip(tmp_path / "f.zip", {"a/a.png": b"x", "b/b.png": b"y"}), format="dicom").json()["detail"].startswith("unknown format")
+    assert (
+        _upload(
+            local_api,
+            write_zip(tmp_path / "f.zip", {"a/a.png": b"x", "b/b.png": b"y"}),
+            format="dicom",
+        )
+        .json()["detail"]
+        .startswith("unknown format")
+    )
     assert _count(local_api, Job) == 0 and _count(local_api, Dataset) == 0
     assert _uploaded_objects(local_api) == []
 
 
-def test_unknown_class_is_refused_with_its_line(local_api: ApiHarness, demo, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_unknown_class_is_refused_with_its_line(
+    local_api: ApiHarness, demo, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
     archive = build("csv", tmp_path, demo).path
     response = _upload(local_api, archive, classes="NV,MEL")
     assert response.status_code == 422
@@ -146,7 +165,10 @@ def test_other_tenants_ids_answer_404(local_api: ApiHarness, demo, tmp_path: Pat
         assert local_api.client.get(path).status_code == 200
         response = local_api.client.get(path, headers=other)
         assert response.status_code == 404 and response.headers["content-type"] == PROBLEM
-    assert local_api.client.post(f"/v1/jobs/{created['job_id']}/cancel", headers=other).status_code == 404
+    assert (
+        local_api.client.post(f"/v1/jobs/{created['job_id']}/cancel", headers=other).status_code
+        == 404
+    )
     assert local_api.client.get("/v1/jobs", headers=other).json()["total"] == 0
     assert local_api.client.get("/v1/jobs/not-a-uuid").status_code == 422
     assert local_api.client.get("/v1/jobs/00000000-0000-0000-0000-000000000000").status_code == 404
@@ -174,5 +196,11 @@ def test_jobs_list_filters_paginates_and_cancels(local_api: ApiHarness) -> None:
 
 def test_openapi_documents_the_v1_surface(local_api: ApiHarness) -> None:
     paths = local_api.client.get("/openapi.json").json()["paths"]
-    for path in ("/v1/health", "/v1/datasets", "/v1/datasets/{dataset_id}", "/v1/jobs", "/v1/jobs/{job_id}/cancel"):
+    for path in (
+        "/v1/health",
+        "/v1/datasets",
+        "/v1/datasets/{dataset_id}",
+        "/v1/jobs",
+        "/v1/jobs/{job_id}/cancel",
+    ):
         assert path in paths

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
+from shared.celery_app import create_celery_app
 from shared.db import make_engine, make_session_factory
 from shared.jobs import create_job, reap
-from shared.celery_app import create_celery_app
 from shared.models import Job, JobState, RealImage, Tenant
 from shared.storage import make_store
 from tests.conftest import ApiHarness
@@ -51,7 +51,9 @@ def _upload(api: ApiHarness, archive: Path, **form: str) -> dict[str, Any]:
 def _rows(api: ApiHarness, dataset_id: str) -> list[RealImage]:
     engine = make_engine(api.settings)
     with make_session_factory(engine)() as session:
-        rows = list(session.scalars(select(RealImage).where(RealImage.dataset_id == uuid.UUID(dataset_id))))
+        rows = list(
+            session.scalars(select(RealImage).where(RealImage.dataset_id == uuid.UUID(dataset_id)))
+        )
     engine.dispose()
     return rows
 
@@ -62,10 +64,15 @@ def demo():  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.parametrize(
-    ("kind", "tar"), [("csv", False), ("isic2019", True), ("ham10000", False), ("imagefolder", True)]
+    ("kind", "tar"),
+    [("csv", False), ("isic2019", True), ("ham10000", False), ("imagefolder", True)],
 )
 def test_each_format_ends_ready_with_counts_and_splits(
-    service_api: ApiHarness, demo, tmp_path: Path, kind: str, tar: bool  # type: ignore[no-untyped-def]
+    service_api: ApiHarness,
+    demo,
+    tmp_path: Path,
+    kind: str,
+    tar: bool,  # type: ignore[no-untyped-def]
 ) -> None:
     built = build(kind, tmp_path, demo, tar=tar)
     created = _upload(service_api, built.path)
@@ -90,12 +97,16 @@ def test_each_format_ends_ready_with_counts_and_splits(
             by_group.setdefault(str(row.group_id), set()).add(row.split.value)
         assert all(len(s) == 1 for s in by_group.values())
     store = make_store(service_api.settings)
-    assert sorted(r.object_key for r in rows) == store.list_keys(f"datasets/{created['dataset_id']}/images/")
+    assert sorted(r.object_key for r in rows) == store.list_keys(
+        f"datasets/{created['dataset_id']}/images/"
+    )
     if kind in ("csv", "isic2019"):
         assert all(r.mask_key and store.exists(r.mask_key) for r in rows)
 
 
-def test_corrupt_images_are_reported_and_the_rest_ingested(service_api: ApiHarness, demo, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_corrupt_images_are_reported_and_the_rest_ingested(
+    service_api: ApiHarness, demo, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
     files = manifest_files(demo[:40])
     images = sorted(k for k in files if k.startswith("data/images/"))
     files[images[0]] = corrupt_png()
@@ -141,13 +152,17 @@ def test_killed_worker_mid_ingest_loses_and_duplicates_nothing(
     assert len(store.list_keys(f"datasets/{created['dataset_id']}/masks/")) == 400
 
 
-def test_cancel_stops_a_running_ingest_and_keeps_its_rows(service_api: ApiHarness, tmp_path: Path) -> None:
+def test_cancel_stops_a_running_ingest_and_keeps_its_rows(
+    service_api: ApiHarness, tmp_path: Path
+) -> None:
     demo = samples(total=600, image_size=48, seed=8)
     created = _upload(service_api, build("imagefolder", tmp_path, demo).path)
     job_id = created["job_id"]
     wait_for(
         lambda: service_api.client.get(f"/v1/jobs/{job_id}").json()["progress"]["done"] >= 20,
-        120, "ingest progress", interval=0.05,
+        120,
+        "ingest progress",
+        interval=0.05,
     )
     assert service_api.client.post(f"/v1/jobs/{job_id}/cancel").status_code == 202
     job = _wait(service_api, job_id)
@@ -167,8 +182,17 @@ def test_reaper_sends_a_job_whose_dispatch_was_lost(service_api: ApiHarness) -> 
         tenant = session.scalar(select(Tenant).where(Tenant.name == service_api.tenant_name))
         assert tenant is not None
         job = create_job(
-            session, tenant_id=tenant.id, kind="ingest", task_name="tailsynth.ingest_dataset",
-            params={"dataset_id": str(uuid.uuid4()), "source": "demo", "total": 40, "image_size": 16, "seed": 0},
+            session,
+            tenant_id=tenant.id,
+            kind="ingest",
+            task_name="tailsynth.ingest_dataset",
+            params={
+                "dataset_id": str(uuid.uuid4()),
+                "source": "demo",
+                "total": 40,
+                "image_size": 16,
+                "seed": 0,
+            },
         )
         job_id = job.id
     time.sleep(0.2)
@@ -180,5 +204,12 @@ def test_reaper_sends_a_job_whose_dispatch_was_lost(service_api: ApiHarness) -> 
     final = _wait(service_api, str(job_id))
     assert final["state"] == "failed" and "vanished" in final["error"]
     with factory() as session:
-        assert session.scalar(select(func.count()).select_from(Job).where(Job.state == JobState.QUEUED, Job.id == job_id)) == 0
+        assert (
+            session.scalar(
+                select(func.count())
+                .select_from(Job)
+                .where(Job.state == JobState.QUEUED, Job.id == job_id)
+            )
+            == 0
+        )
     engine.dispose()

@@ -22,11 +22,20 @@ from tests.fixtures.services import ManagedProcess, wait_for
 pytestmark = pytest.mark.service
 
 TINY_TRAINING = {
-    "resolution": 32, "block_out_channels": [16, 32], "attention_levels": [],
-    "max_train_steps": 24, "batch_size": 8, "checkpoint_every": 8, "mixed_precision": "no",
+    "resolution": 32,
+    "block_out_channels": [16, 32],
+    "attention_levels": [],
+    "max_train_steps": 24,
+    "batch_size": 8,
+    "checkpoint_every": 8,
+    "mixed_precision": "no",
 }
 TINY_PROBE = {"images_per_class": 2, "num_inference_steps": 2, "classifier_epochs": 1}
-TINY_FILTER = {"classifier_backbone": "test_resnet", "classifier_image_size": 32, "classifier_epochs": 1}
+TINY_FILTER = {
+    "classifier_backbone": "test_resnet",
+    "classifier_image_size": 32,
+    "classifier_epochs": 1,
+}
 
 
 def _wait(api: ApiHarness, job_id: str, timeout: float = 600) -> dict[str, Any]:
@@ -58,7 +67,9 @@ def dataset_id(api: ApiHarness, tmp_path_factory: pytest.TempPathFactory) -> str
     archive = write_zip(tmp_path_factory.mktemp("synth") / "three.zip", manifest_files(demo))
     with archive.open("rb") as handle:
         created = api.client.post(
-            "/v1/datasets", data={"name": "three"}, files={"file": ("three.zip", handle, "application/zip")}
+            "/v1/datasets",
+            data={"name": "three"},
+            files={"file": ("three.zip", handle, "application/zip")},
         ).json()
     assert _wait(api, created["job_id"])["state"] == "succeeded"
     return str(created["dataset_id"])
@@ -68,7 +79,11 @@ def dataset_id(api: ApiHarness, tmp_path_factory: pytest.TempPathFactory) -> str
 def trained(api: ApiHarness, dataset_id: str) -> dict[str, Any]:
     created = api.client.post(
         "/v1/generators",
-        json={"dataset_id": dataset_id, "training": TINY_TRAINING, "quality_probe": {**TINY_PROBE, "enabled": True}},
+        json={
+            "dataset_id": dataset_id,
+            "training": TINY_TRAINING,
+            "quality_probe": {**TINY_PROBE, "enabled": True},
+        },
     )
     assert created.status_code == 202, created.text
     job = _wait(api, created.json()["job_id"])
@@ -76,7 +91,9 @@ def trained(api: ApiHarness, dataset_id: str) -> dict[str, Any]:
     return {"job": job, **created.json()}
 
 
-def test_trained_generator_records_checkpoint_loss_and_quality(api: ApiHarness, trained: dict[str, Any]) -> None:
+def test_trained_generator_records_checkpoint_loss_and_quality(
+    api: ApiHarness, trained: dict[str, Any]
+) -> None:
     generator = api.client.get(f"/v1/generators/{trained['generator_id']}").json()
     assert generator["state"] == "ready" and generator["kind"] == "trained"
     assert len(generator["checkpoint_sha256"]) == 64
@@ -87,13 +104,18 @@ def test_trained_generator_records_checkpoint_loss_and_quality(api: ApiHarness, 
     assert all(q["classifier_accuracy"] is not None for q in per_class)
 
 
-def test_synthesis_generates_filters_and_streams_the_curated_set(api: ApiHarness, trained: dict[str, Any]) -> None:
+def test_synthesis_generates_filters_and_streams_the_curated_set(
+    api: ApiHarness, trained: dict[str, Any]
+) -> None:
     created = api.client.post(
         "/v1/synthesis",
         json={
-            "dataset_id": trained["generator"]["dataset_id"], "generator_id": trained["generator_id"],
-            "counts": {"MEL": 4, "BCC": 4}, "sampling": {"num_inference_steps": 2, "batch_size": 4},
-            "filter": TINY_FILTER, "seed": 7,
+            "dataset_id": trained["generator"]["dataset_id"],
+            "generator_id": trained["generator_id"],
+            "counts": {"MEL": 4, "BCC": 4},
+            "sampling": {"num_inference_steps": 2, "batch_size": 4},
+            "filter": TINY_FILTER,
+            "seed": 7,
         },
     )
     assert created.status_code == 202, created.text
@@ -110,7 +132,9 @@ def test_synthesis_generates_filters_and_streams_the_curated_set(api: ApiHarness
         assert curated["thresholds"]["classes"][name]["thresholds"]
     kept = sum(e["kept"] for e in curated["summary"].values())
 
-    manifest = api.client.get(f"/v1/curated-sets/{body['curated_set_id']}/manifest", params={"format": "jsonl"})
+    manifest = api.client.get(
+        f"/v1/curated-sets/{body['curated_set_id']}/manifest", params={"format": "jsonl"}
+    )
     rows = [json.loads(line) for line in manifest.text.splitlines()]
     assert len(rows) == kept and all(r["synthetic"] and r["decision"] == "kept" for r in rows)
 
@@ -131,26 +155,53 @@ def test_synthesis_generates_filters_and_streams_the_curated_set(api: ApiHarness
 
     engine = make_engine(api.settings)
     with make_session_factory(engine)() as session:
-        ids = [str(i) for i in session.scalars(select(SyntheticImage.id).where(SyntheticImage.synthesis_id == body["synthesis_id"]))]
+        ids = [
+            str(i)
+            for i in session.scalars(
+                select(SyntheticImage.id).where(SyntheticImage.synthesis_id == body["synthesis_id"])
+            )
+        ]
     engine.dispose()
     assert len(ids) == 12
     for image_id in ids:
         image = api.client.get(f"/v1/synthetic-images/{image_id}").json()
-        assert image["source_image_id"] and image["mask_key"] and image["checkpoint_sha256"] == trained["job"]["result"]["checkpoint_sha256"]
-        assert image["decision"] in ("kept", "ood", "off_class", "near_copy") and image["decision_reason"]
+        assert (
+            image["source_image_id"]
+            and image["mask_key"]
+            and image["checkpoint_sha256"] == trained["job"]["result"]["checkpoint_sha256"]
+        )
+        assert (
+            image["decision"] in ("kept", "ood", "off_class", "near_copy")
+            and image["decision_reason"]
+        )
         detectors = {s["detector"] for s in image["ood_scores"]}
-        assert {"mahalanobis", "knn", "class_probability", "nearest_train_cosine", "phash_distance"} <= detectors
+        assert {
+            "mahalanobis",
+            "knn",
+            "class_probability",
+            "nearest_train_cosine",
+            "phash_distance",
+        } <= detectors
 
 
 def test_fill_to_max_and_bad_requests(api: ApiHarness, trained: dict[str, Any]) -> None:
-    base = {"dataset_id": trained["generator"]["dataset_id"], "generator_id": trained["generator_id"]}
+    base = {
+        "dataset_id": trained["generator"]["dataset_id"],
+        "generator_id": trained["generator_id"],
+    }
     unknown = api.client.post("/v1/synthesis", json={**base, "counts": {"XYZ": 3}})
     assert unknown.status_code == 422 and unknown.json()["field"] == "counts.XYZ"
-    both = api.client.post("/v1/synthesis", json={**base, "counts": {"MEL": 1}, "target": "fill_to_max"})
+    both = api.client.post(
+        "/v1/synthesis", json={**base, "counts": {"MEL": 1}, "target": "fill_to_max"}
+    )
     assert both.status_code == 422
-    bad_mode = api.client.post("/v1/synthesis", json={**base, "counts": {"MEL": 1}, "mode": "paint"})
+    bad_mode = api.client.post(
+        "/v1/synthesis", json={**base, "counts": {"MEL": 1}, "mode": "paint"}
+    )
     assert bad_mode.status_code == 422 and bad_mode.json()["errors"][0]["field"] == "mode"
-    other = api.client.post("/v1/synthesis", json={**base, "counts": {"MEL": 1}}, headers=api.new_tenant_headers())
+    other = api.client.post(
+        "/v1/synthesis", json={**base, "counts": {"MEL": 1}}, headers=api.new_tenant_headers()
+    )
     assert other.status_code == 404
     bad_resolution = api.client.post(
         "/v1/generators",
@@ -159,7 +210,12 @@ def test_fill_to_max_and_bad_requests(api: ApiHarness, trained: dict[str, Any]) 
     assert bad_resolution.status_code == 422 and "divisible" in bad_resolution.json()["detail"]
     fill = api.client.post(
         "/v1/synthesis",
-        json={**base, "target": "fill_to_max", "sampling": {"num_inference_steps": 1}, "filter": TINY_FILTER},
+        json={
+            **base,
+            "target": "fill_to_max",
+            "sampling": {"num_inference_steps": 1},
+            "filter": TINY_FILTER,
+        },
         headers={"Idempotency-Key": "fill-1"},
     )
     assert fill.status_code == 202, fill.text
@@ -173,12 +229,17 @@ def test_generator_training_resumes_after_its_worker_is_killed(
 ) -> None:
     created = api.client.post(
         "/v1/generators",
-        json={"dataset_id": dataset_id, "training": {**TINY_TRAINING, "max_train_steps": 48, "checkpoint_every": 8},
-              "quality_probe": {"enabled": False}},
+        json={
+            "dataset_id": dataset_id,
+            "training": {**TINY_TRAINING, "max_train_steps": 48, "checkpoint_every": 8},
+            "quality_probe": {"enabled": False},
+        },
     ).json()
     job_id = created["job_id"]
     wait_for(
-        lambda: api.client.get(f"/v1/jobs/{job_id}").json()["progress"]["done"] >= 20, 300, "training to pass step 20",
+        lambda: api.client.get(f"/v1/jobs/{job_id}").json()["progress"]["done"] >= 20,
+        300,
+        "training to pass step 20",
         interval=0.1,
     )
     for pid in service_worker.children():
@@ -188,4 +249,3 @@ def test_generator_training_resumes_after_its_worker_is_killed(
     assert job["attempts"] >= 2 and job["result"]["resumed_from_step"] >= 16
     generator = api.client.get(f"/v1/generators/{created['generator_id']}").json()
     assert [s for s, _ in generator["loss_curve"]] == list(range(1, 49))
-

@@ -26,7 +26,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str,
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     key = subprocess.run(
         [*CLI, "keys", "create", "--name", "e2e", "--data-dir", str(data_dir)],
-        capture_output=True, text=True, check=True, env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
     ).stdout.strip()
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -39,7 +42,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str,
 
     serve = start_process(
         [*CLI, "serve", "--port", str(port), "--data-dir", str(data_dir)],
-        data_dir / "serve.log", env, healthy, timeout=120,
+        data_dir / "serve.log",
+        env,
+        healthy,
+        timeout=120,
     )
     try:
         yield url, key, data_dir
@@ -49,7 +55,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str,
 
 def _cli(url: str, key: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "TAILSYNTH_URL": url, "TAILSYNTH_API_KEY": key}
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, env=env, timeout=timeout, check=False)
+    return subprocess.run(
+        [*CLI, *args], capture_output=True, text=True, env=env, timeout=timeout, check=False
+    )
 
 
 def test_demo_dataset_over_http_ends_ready(server: tuple[str, str, Path]) -> None:
@@ -70,17 +78,22 @@ def test_upload_with_the_cli_and_wait(server: tuple[str, str, Path], tmp_path: P
     assert dataset["format"] == "isic2019" and dataset["class_counts"] == archive.expected_counts
 
 
-def test_cli_exits_non_zero_on_bad_input_and_failed_jobs(server: tuple[str, str, Path], tmp_path: Path) -> None:
+def test_cli_exits_non_zero_on_bad_input_and_failed_jobs(
+    server: tuple[str, str, Path], tmp_path: Path
+) -> None:
     url, key, _ = server
     bad = tmp_path / "bad.zip"
     bad.write_bytes(b"not an archive")
     refused = _cli(url, key, "datasets", "upload", str(bad), "--name", "bad")
     assert refused.returncode != 0 and "HTTP 422" in refused.stderr
     queued = httpx.post(
-        f"{url}/v1/datasets/demo", json={"total": 40000, "image_size": 256},
+        f"{url}/v1/datasets/demo",
+        json={"total": 40000, "image_size": 256},
         headers={"Authorization": f"Bearer {key}"},
     ).json()
-    canceled = httpx.post(f"{url}/v1/jobs/{queued['job_id']}/cancel", headers={"Authorization": f"Bearer {key}"})
+    canceled = httpx.post(
+        f"{url}/v1/jobs/{queued['job_id']}/cancel", headers={"Authorization": f"Bearer {key}"}
+    )
     assert canceled.status_code == 202
     waited = _cli(url, key, "jobs", "wait", queued["job_id"], "--timeout", "120")
     assert waited.returncode != 0 and "canceled" in waited.stderr

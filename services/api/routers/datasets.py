@@ -12,15 +12,22 @@ from fastapi import APIRouter, File, Form, UploadFile
 from fastapi.responses import JSONResponse
 from sqlalchemy import func, select
 
-from services.api.deps import IdempotencyKeyDep, LimitDep, OffsetDep, SessionDep, StateDep, TenantDep
+from services.api.deps import (
+    IdempotencyKeyDep,
+    LimitDep,
+    OffsetDep,
+    SessionDep,
+    StateDep,
+    TenantDep,
+)
 from services.api.idempotency import Idempotency, body_hash
 from services.api.routers._submit import submit_job
 from services.api.schemas import DatasetCreated, DatasetRead, DemoDatasetCreate, Page
 from shared.errors import InvalidInput, NotFound, PayloadTooLarge
+from shared.ingest.archive import list_archive
 from shared.ingest.formats import FORMATS, build_plan
 from shared.ingest.service import archive_limits
 from shared.jobs import create_job
-from shared.ingest.archive import list_archive
 from shared.models import Dataset
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
@@ -36,9 +43,7 @@ def get_dataset(session: SessionDep, tenant_id: uuid.UUID, dataset_id: uuid.UUID
 
 def _add_dataset(session: SessionDep, **fields: object) -> DatasetRead:
     """Add a dataset row in state ``ingesting`` and return how it reads."""
-    dataset = Dataset(
-        class_names=[], class_counts={}, split_counts={}, ingest_report={}, **fields
-    )
+    dataset = Dataset(class_names=[], class_counts={}, split_counts={}, ingest_report={}, **fields)
     session.add(dataset)
     session.flush()
     return DatasetRead.of(dataset)
@@ -52,7 +57,9 @@ def _spool_upload(upload: UploadFile, target: Path, max_bytes: int) -> str:
         while chunk := upload.file.read(COPY_CHUNK):
             written += len(chunk)
             if written > max_bytes:
-                raise PayloadTooLarge(f"upload is over the limit of {max_bytes:,} bytes", field="file")
+                raise PayloadTooLarge(
+                    f"upload is over the limit of {max_bytes:,} bytes", field="file"
+                )
             digest.update(chunk)
             out.write(chunk)
     if written == 0:
@@ -81,14 +88,20 @@ def upload_dataset(
     tenant_id: TenantDep,
     file: Annotated[UploadFile, File(description="zip or tar.gz archive")],
     name: Annotated[str, Form(min_length=1, max_length=200)],
-    format: Annotated[str | None, Form(description="|".join(FORMATS) + "; detected if omitted")] = None,
-    classes: Annotated[str | None, Form(description="comma-separated closed list of labels")] = None,
+    format: Annotated[
+        str | None, Form(description="|".join(FORMATS) + "; detected if omitted")
+    ] = None,
+    classes: Annotated[
+        str | None, Form(description="comma-separated closed list of labels")
+    ] = None,
     split_seed: Annotated[int, Form(ge=0)] = 0,
     idempotency_key: IdempotencyKeyDep = None,
 ) -> JSONResponse:
     """Upload a labelled dataset; it is checked now and ingested by a job."""
     if format is not None and format not in FORMATS:
-        raise InvalidInput(f"unknown format {format!r}; use one of {', '.join(FORMATS)}", field="format")
+        raise InvalidInput(
+            f"unknown format {format!r}; use one of {', '.join(FORMATS)}", field="format"
+        )
     allowed = _parse_classes(classes)
     with tempfile.TemporaryDirectory(prefix="tailsynth-upload-") as tmp:
         archive = Path(tmp) / "upload"
@@ -137,7 +150,9 @@ def upload_dataset(
         )
         return job.id, DatasetCreated(dataset_id=dataset_id, job_id=job.id, dataset=dataset)
 
-    return submit_job(state, session, idempotency, create, on_abort=lambda: state.store.delete(source_key))
+    return submit_job(
+        state, session, idempotency, create, on_abort=lambda: state.store.delete(source_key)
+    )
 
 
 @router.post("/demo", status_code=202, response_model=DatasetCreated)
@@ -150,7 +165,11 @@ def create_demo_dataset(
 ) -> JSONResponse:
     """Generate and ingest the built-in long-tailed dermoscopy-like demo dataset."""
     idempotency = Idempotency(
-        session, tenant_id, idempotency_key, "POST /v1/datasets/demo", body_hash(request.model_dump())
+        session,
+        tenant_id,
+        idempotency_key,
+        "POST /v1/datasets/demo",
+        body_hash(request.model_dump()),
     )
 
     def create() -> tuple[uuid.UUID, DatasetCreated]:
@@ -194,7 +213,8 @@ def list_datasets(
     return Page(items=[DatasetRead.of(d) for d in rows], total=total, limit=limit, offset=offset)
 
 
-@router.get("/{dataset_id}", response_model=DatasetRead, responses={404: {"description": "unknown id"}})
+@router.get(
+    "/{dataset_id}", response_model=DatasetRead, responses={404: {"description": "unknown id"}}
+)
 def read_dataset(session: SessionDep, tenant_id: TenantDep, dataset_id: uuid.UUID) -> DatasetRead:
     return DatasetRead.of(get_dataset(session, tenant_id, dataset_id))
-

@@ -50,7 +50,10 @@ def create_generator(
         dataset = ready_dataset(session, request.dataset_id, tenant_id)
         if request.kind == "pretrained":
             if not request.source:
-                raise InvalidInput("a pretrained generator needs source: a local directory or model id", field="source")
+                raise InvalidInput(
+                    "a pretrained generator needs source: a local directory or model id",
+                    field="source",
+                )
             task = "tailsynth.register_generator"
         else:
             if request.source:
@@ -91,13 +94,19 @@ def create_generator(
         generator.job_id = job.id
         session.flush()
         return job.id, GeneratorCreated(
-            generator_id=generator.id, job_id=job.id, generator=GeneratorRead.model_validate(generator)
+            generator_id=generator.id,
+            job_id=job.id,
+            generator=GeneratorRead.model_validate(generator),
         )
 
     return submit_job(state, session, idempotency, create)
 
 
-@router.get("/{generator_id}", response_model=GeneratorRead, responses={404: {"description": "unknown id"}})
-def read_generator(session: SessionDep, tenant_id: TenantDep, generator_id: uuid.UUID) -> GeneratorRead:
+@router.get(
+    "/{generator_id}", response_model=GeneratorRead, responses={404: {"description": "unknown id"}}
+)
+def read_generator(
+    session: SessionDep, tenant_id: TenantDep, generator_id: uuid.UUID
+) -> GeneratorRead:
     """Kind, training config, checkpoint sha256, loss curve and quality probe."""
     return GeneratorRead.model_validate(get_generator(session, tenant_id, generator_id))

@@ -28,7 +28,9 @@ def get_job(session: SessionDep, tenant_id: uuid.UUID, job_id: uuid.UUID) -> Job
 def list_jobs(
     session: SessionDep,
     tenant_id: TenantDep,
-    state: Annotated[str | None, Query(description="queued|running|succeeded|failed|canceled")] = None,
+    state: Annotated[
+        str | None, Query(description="queued|running|succeeded|failed|canceled")
+    ] = None,
     kind: Annotated[str | None, Query(max_length=32)] = None,
     limit: LimitDep = 50,
     offset: OffsetDep = 0,
@@ -45,7 +47,9 @@ def list_jobs(
     if kind is not None:
         query = query.where(Job.kind == kind)
     total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-    jobs = session.scalars(query.order_by(Job.created_at.desc(), Job.id).limit(limit).offset(offset))
+    jobs = session.scalars(
+        query.order_by(Job.created_at.desc(), Job.id).limit(limit).offset(offset)
+    )
     return Page(items=[JobRead.of(j) for j in jobs], total=total, limit=limit, offset=offset)
 
 

@@ -19,7 +19,12 @@ from services.api.deps import IdempotencyKeyDep, SessionDep, StateDep, TenantDep
 from services.api.idempotency import Idempotency, body_hash
 from services.api.routers._submit import submit_job
 from services.api.routers.generators import get_generator
-from services.api.schemas import CuratedSetRead, SynthesisCreate, SynthesisCreated, SyntheticImageRead
+from services.api.schemas import (
+    CuratedSetRead,
+    SynthesisCreate,
+    SynthesisCreated,
+    SyntheticImageRead,
+)
 from shared.dataset_arrays import ready_dataset
 from shared.errors import Conflict, InvalidInput, NotFound
 from shared.jobs import create_job
@@ -27,31 +32,60 @@ from shared.models import CuratedSet, OodScore, RealImage, Split, SynthesisReque
 
 router = APIRouter(tags=["synthesis"])
 MANIFEST_FIELDS = (
-    "id", "file", "label", "synthetic", "mode", "source_image_id", "mask_key", "generator_id",
-    "checkpoint_sha256", "scheduler", "steps", "guidance_scale", "strength", "seed", "prompt",
-    "job_id", "decision", "decision_reason", "scores",
+    "id",
+    "file",
+    "label",
+    "synthetic",
+    "mode",
+    "source_image_id",
+    "mask_key",
+    "generator_id",
+    "checkpoint_sha256",
+    "scheduler",
+    "steps",
+    "guidance_scale",
+    "strength",
+    "seed",
+    "prompt",
+    "job_id",
+    "decision",
+    "decision_reason",
+    "scores",
 )
 
 
-def _counts(session: SessionDep, request: SynthesisCreate, class_names: list[str]) -> dict[str, int]:
+def _counts(
+    session: SessionDep, request: SynthesisCreate, class_names: list[str]
+) -> dict[str, int]:
     if (request.counts is None) == (request.target is None):
-        raise InvalidInput('give either counts (e.g. {"DF": 500}) or target: "fill_to_max"', field="counts")
+        raise InvalidInput(
+            'give either counts (e.g. {"DF": 500}) or target: "fill_to_max"', field="counts"
+        )
     if request.counts is not None:
         for name, count in request.counts.items():
             if name not in class_names:
                 raise InvalidInput(
-                    f"unknown class {name!r}; the dataset has {', '.join(class_names)}", field=f"counts.{name}"
+                    f"unknown class {name!r}; the dataset has {', '.join(class_names)}",
+                    field=f"counts.{name}",
                 )
             if not 0 <= count <= 100_000:
-                raise InvalidInput(f"count must be in [0, 100000], got {count}", field=f"counts.{name}")
+                raise InvalidInput(
+                    f"count must be in [0, 100000], got {count}", field=f"counts.{name}"
+                )
         counts = {name: n for name, n in request.counts.items() if n > 0}
     else:
         # Fill every class towards the head class of the real training split.
-        train = Counter(dict(session.execute(
-            select(RealImage.label, func.count()).where(
-                RealImage.dataset_id == request.dataset_id, RealImage.split == Split.TRAIN
-            ).group_by(RealImage.label)
-        ).all()))
+        train = Counter(
+            dict(
+                session.execute(
+                    select(RealImage.label, func.count())
+                    .where(
+                        RealImage.dataset_id == request.dataset_id, RealImage.split == Split.TRAIN
+                    )
+                    .group_by(RealImage.label)
+                ).all()
+            )
+        )
         head = max(train.values())
         counts = {name: head - train[name] for name in class_names if head - train[name] > 0}
     if not counts:
@@ -63,7 +97,10 @@ def _counts(session: SessionDep, request: SynthesisCreate, class_names: list[str
     "/v1/synthesis",
     status_code=202,
     response_model=SynthesisCreated,
-    responses={404: {"description": "unknown dataset or generator"}, 409: {"description": "not ready"}},
+    responses={
+        404: {"description": "unknown dataset or generator"},
+        409: {"description": "not ready"},
+    },
 )
 def create_synthesis(
     state: StateDep,
@@ -81,11 +118,13 @@ def create_synthesis(
         dataset = ready_dataset(session, request.dataset_id, tenant_id)
         generator = get_generator(session, tenant_id, request.generator_id)
         if generator.state != "ready":
-            raise Conflict(f"generator {generator.id} is {generator.state}, not ready", field="generator_id")
+            raise Conflict(
+                f"generator {generator.id} is {generator.state}, not ready", field="generator_id"
+            )
         if generator.dataset_id != dataset.id and generator.kind == "trained":
             raise InvalidInput(
-                f"generator {generator.id} was trained on another dataset; its candidates cannot be "
-                "filtered against this one",
+                f"generator {generator.id} was trained on another dataset; its candidates "
+                "cannot be filtered against this one",
                 field="generator_id",
             )
         counts = _counts(session, request, list(dataset.class_names))
@@ -106,7 +145,11 @@ def create_synthesis(
         session.add(synthesis)
         session.flush()
         curated = CuratedSet(
-            tenant_id=tenant_id, dataset_id=dataset.id, synthesis_id=synthesis.id, thresholds={}, summary={}
+            tenant_id=tenant_id,
+            dataset_id=dataset.id,
+            synthesis_id=synthesis.id,
+            thresholds={},
+            summary={},
         )
         session.add(curated)
         session.flush()
@@ -127,7 +170,9 @@ def create_synthesis(
     return submit_job(state, session, idempotency, create)
 
 
-def get_curated_set(session: SessionDep, tenant_id: uuid.UUID, curated_set_id: uuid.UUID) -> CuratedSet:
+def get_curated_set(
+    session: SessionDep, tenant_id: uuid.UUID, curated_set_id: uuid.UUID
+) -> CuratedSet:
     curated = session.get(CuratedSet, curated_set_id)
     if curated is None or curated.tenant_id != tenant_id:
         raise NotFound(f"curated set {curated_set_id} not found")
@@ -135,23 +180,31 @@ def get_curated_set(session: SessionDep, tenant_id: uuid.UUID, curated_set_id: u
 
 
 @router.get("/v1/curated-sets/{curated_set_id}", response_model=CuratedSetRead)
-def read_curated_set(session: SessionDep, tenant_id: TenantDep, curated_set_id: uuid.UUID) -> CuratedSetRead:
+def read_curated_set(
+    session: SessionDep, tenant_id: TenantDep, curated_set_id: uuid.UUID
+) -> CuratedSetRead:
     """Per class: requested, generated, kept, rejected by reason; the thresholds used."""
     return CuratedSetRead.model_validate(get_curated_set(session, tenant_id, curated_set_id))
 
 
 def _kept_rows(session: SessionDep, curated: CuratedSet) -> list[SyntheticImage]:
-    return list(session.scalars(
-        select(SyntheticImage)
-        .where(SyntheticImage.curated_set_id == curated.id)
-        .order_by(SyntheticImage.label, SyntheticImage.index_in_request)
-    ))
+    return list(
+        session.scalars(
+            select(SyntheticImage)
+            .where(SyntheticImage.curated_set_id == curated.id)
+            .order_by(SyntheticImage.label, SyntheticImage.index_in_request)
+        )
+    )
 
 
-def _scores_by_image(session: SessionDep, image_ids: list[uuid.UUID]) -> dict[uuid.UUID, dict[str, float]]:
+def _scores_by_image(
+    session: SessionDep, image_ids: list[uuid.UUID]
+) -> dict[uuid.UUID, dict[str, float]]:
     scores: dict[uuid.UUID, dict[str, float]] = {}
     for start in range(0, len(image_ids), 500):
-        for row in session.scalars(select(OodScore).where(OodScore.synthetic_image_id.in_(image_ids[start : start + 500]))):
+        for row in session.scalars(
+            select(OodScore).where(OodScore.synthetic_image_id.in_(image_ids[start : start + 500]))
+        ):
             scores.setdefault(row.synthetic_image_id, {})[row.detector] = round(row.score, 6)
     return scores
 
@@ -160,13 +213,25 @@ def _manifest_rows(session: SessionDep, rows: list[SyntheticImage]) -> list[dict
     scores = _scores_by_image(session, [r.id for r in rows])
     return [
         {
-            "id": str(r.id), "file": f"{r.label}/{r.id}.png", "label": r.label, "synthetic": True,
-            "mode": r.mode, "source_image_id": str(r.source_image_id) if r.source_image_id else "",
-            "mask_key": r.mask_key or "", "generator_id": str(r.generator_id),
-            "checkpoint_sha256": r.checkpoint_sha256, "scheduler": r.scheduler, "steps": r.steps,
-            "guidance_scale": r.guidance_scale, "strength": r.strength if r.strength is not None else "",
-            "seed": r.seed, "prompt": r.prompt or "", "job_id": str(r.job_id), "decision": r.decision,
-            "decision_reason": r.decision_reason or "", "scores": json.dumps(scores.get(r.id, {}), sort_keys=True),
+            "id": str(r.id),
+            "file": f"{r.label}/{r.id}.png",
+            "label": r.label,
+            "synthetic": True,
+            "mode": r.mode,
+            "source_image_id": str(r.source_image_id) if r.source_image_id else "",
+            "mask_key": r.mask_key or "",
+            "generator_id": str(r.generator_id),
+            "checkpoint_sha256": r.checkpoint_sha256,
+            "scheduler": r.scheduler,
+            "steps": r.steps,
+            "guidance_scale": r.guidance_scale,
+            "strength": r.strength if r.strength is not None else "",
+            "seed": r.seed,
+            "prompt": r.prompt or "",
+            "job_id": str(r.job_id),
+            "decision": r.decision,
+            "decision_reason": r.decision_reason or "",
+            "scores": json.dumps(scores.get(r.id, {}), sort_keys=True),
         }
         for r in rows
     ]
@@ -186,7 +251,9 @@ def _ready(curated: CuratedSet) -> CuratedSet:
     return curated
 
 
-@router.get("/v1/curated-sets/{curated_set_id}/manifest", responses={409: {"description": "not ready"}})
+@router.get(
+    "/v1/curated-sets/{curated_set_id}/manifest", responses={409: {"description": "not ready"}}
+)
 def curated_set_manifest(
     session: SessionDep,
     tenant_id: TenantDep,
@@ -202,7 +269,9 @@ def curated_set_manifest(
     return StreamingResponse(iter([_manifest_csv(rows)]), media_type="text/csv")
 
 
-@router.get("/v1/curated-sets/{curated_set_id}/archive", responses={409: {"description": "not ready"}})
+@router.get(
+    "/v1/curated-sets/{curated_set_id}/archive", responses={409: {"description": "not ready"}}
+)
 def curated_set_archive(
     state: StateDep, session: SessionDep, tenant_id: TenantDep, curated_set_id: uuid.UUID
 ) -> StreamingResponse:
@@ -225,7 +294,9 @@ def curated_set_archive(
 
 
 @router.get("/v1/synthetic-images/{image_id}", response_model=SyntheticImageRead)
-def read_synthetic_image(session: SessionDep, tenant_id: TenantDep, image_id: uuid.UUID) -> SyntheticImageRead:
+def read_synthetic_image(
+    session: SessionDep, tenant_id: TenantDep, image_id: uuid.UUID
+) -> SyntheticImageRead:
     """One image's full provenance: source image, mask, checkpoint, sampling, seed, job,
     every OOD score with its threshold, and the keep/reject decision with its reason."""
     image = session.get(SyntheticImage, image_id)
@@ -233,6 +304,10 @@ def read_synthetic_image(session: SessionDep, tenant_id: TenantDep, image_id: uu
         raise NotFound(f"synthetic image {image_id} not found")
     scores = [
         {"detector": s.detector, "score": s.score, "threshold": s.threshold, "passed": s.passed}
-        for s in session.scalars(select(OodScore).where(OodScore.synthetic_image_id == image_id).order_by(OodScore.detector))
+        for s in session.scalars(
+            select(OodScore)
+            .where(OodScore.synthetic_image_id == image_id)
+            .order_by(OodScore.detector)
+        )
     ]
     return SyntheticImageRead.model_validate(image).model_copy(update={"ood_scores": scores})
