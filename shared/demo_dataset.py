@@ -491,7 +491,7 @@ _LOOKS: dict[str, _ClassLook] = {
         irregularity=(0.03, 0.12),
         jaggedness=(0.0, 0.02),
         softness=(0.08, 0.18),
-        opacity=(0.55, 0.85),
+        opacity=(0.45, 0.8),
     ),
     "BKL": _ClassLook(
         radius=(0.26, 0.5),
@@ -749,7 +749,7 @@ def _paint_bcc(rng: np.random.Generator, f: _LesionFrame, tr: _LesionTraits) -> 
     colour = _rgb(_jitter(rng, _PINK, 0.06)) * np.ones_like(f.t)[..., None]
     shine = np.clip(_value_noise(rng, 5, f.size) - 0.6, 0, 1)
     colour = _blend(colour, _rgb(_WHITE), 0.6 * shine)
-    if rng.random() < 0.45 * tr.typicality + 0.1:
+    if rng.random() < 0.35 * tr.typicality + 0.05:
         nests = _dots(rng, f, int(rng.integers(1, 5)), rng.uniform(0.08, 0.16), 0.7)
         colour = _blend(colour, _rgb(_jitter(rng, _BLUE_GREY, 0.08)) * 0.8, 0.85 * nests)
     if tr.darkness > 0.7:
@@ -907,7 +907,7 @@ def _draw_arborising_vessels(
     rng: np.random.Generator, frame: _LesionFrame, traits: _LesionTraits, canvas: np.ndarray
 ) -> np.ndarray:
     """BCC's branching red vessels over the lesion; more of them the more typical it is."""
-    count = int(rng.binomial(4, 0.1 + 0.6 * traits.typicality))
+    count = int(rng.binomial(4, 0.05 + 0.5 * traits.typicality))
     if count == 0:
         return canvas
     strokes = _vessel_strokes(rng, frame, count)
