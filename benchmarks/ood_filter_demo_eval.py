@@ -100,8 +100,11 @@ def main() -> None:
     timings["generate_s"] = time.perf_counter() - started
     names = list(DEMO_CLASSES)
     splits = np.array(assign_splits([names[k] for k in data.labels], data.groups, args.seed))
+    groups = np.asarray(data.groups)
     sets = {
-        split: LabelledImages(data.images[splits == split], data.labels[splits == split])
+        split: LabelledImages(
+            data.images[splits == split], data.labels[splits == split], groups[splits == split]
+        )
         for split in ("train", "val", "test")
     }
     for split, images in sets.items():

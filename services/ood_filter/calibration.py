@@ -26,7 +26,9 @@ each passing 95 % of real images would keep far fewer together. The keep rate is
 estimated leave-one-out (each validation image against thresholds set from the others),
 because in-sample it is optimistic exactly where it matters: with 20 real images of a
 rare class, the threshold "lowest real score" passes 100 % of those 20 but only about
-20/21 of new real images per detector.
+20/21 of new real images per detector. When patient (group) ids are given it is
+leave-one-*group*-out: a patient's images resemble each other, and new candidates are
+painted into other patients' images too.
 """
 
 from __future__ import annotations
@@ -102,8 +104,37 @@ def _leave_one_out_thresholds(
     return lowest_other - abs(level) * spread
 
 
+class _GroupHoldOut:
+    """Thresholds for each patient group computed from the other groups' scores.
+
+    Images of one patient resemble each other, so leaving out one image while its
+    siblings stay in overestimates how well new patients' images will pass. Built once
+    per detector: row g holds the ascending scores of every image outside group g,
+    padded with +inf.
+    """
+
+    def __init__(self, scores: np.ndarray, group_index: np.ndarray, n_groups: int) -> None:
+        self.counts = np.array([np.sum(group_index != g) for g in range(n_groups)])
+        self.others = np.full((n_groups, len(scores)), np.inf)
+        self.medians = np.empty(n_groups)
+        for g in range(n_groups):
+            rest = np.sort(scores[group_index != g])
+            self.others[g, : len(rest)] = rest
+            self.medians[g] = np.median(rest)
+
+    def thresholds(self, level: float) -> np.ndarray:
+        """(G,) threshold at ``level`` for each held-out group."""
+        if level >= 0.0:
+            k = np.floor(level * (self.counts - 1)).astype(int)
+            return self.others[np.arange(len(k)), k]
+        lowest = self.others[:, 0]
+        return lowest - abs(level) * (self.medians - lowest)
+
+
 def joint_thresholds(
-    validation_scores: Mapping[str, np.ndarray], target_keep_rate: float
+    validation_scores: Mapping[str, np.ndarray],
+    target_keep_rate: float,
+    groups: np.ndarray | None = None,
 ) -> tuple[dict[str, float], float, float, float]:
     """Per-detector thresholds so that ``target_keep_rate`` of real images pass them all.
 
@@ -111,10 +142,12 @@ def joint_thresholds(
         validation_scores: Detector name -> (M,) scores of the class's real validation
             images (same M >= 2 and row order for every detector).
         target_keep_rate: Fraction of new real images that must pass, in (0, 1].
+        groups: Optional (M,) patient/lesion ids; with two or more distinct ids the keep
+            rate is estimated leave-one-*group*-out, which is what new patients see.
 
     Returns:
-        (thresholds by detector, level, leave-one-out keep rate, in-sample keep rate of
-        the validation images).
+        (thresholds by detector, level, held-out keep rate, in-sample keep rate of the
+        validation images).
     """
     if not 0.0 < target_keep_rate <= 1.0:
         raise ValueError(f"target_keep_rate must be in (0, 1], got {target_keep_rate}")
@@ -127,12 +160,26 @@ def joint_thresholds(
     ranks = np.empty_like(order)
     np.put_along_axis(ranks, order, np.arange(matrix.shape[1])[None, :], axis=1)
 
-    def leave_one_out_keep_rate(level: float) -> float:
-        passes = [
-            matrix[d] >= _leave_one_out_thresholds(sorted_matrix[d], ranks[d], level)
-            for d in range(len(names))
-        ]
-        return float(np.mean(np.all(passes, axis=0)))
+    group_ids = None if groups is None else np.unique(np.asarray(groups), return_inverse=True)
+    if group_ids is not None and len(group_ids[0]) >= 2:
+        group_index = group_ids[1].reshape(-1)
+        hold_outs = [_GroupHoldOut(row, group_index, len(group_ids[0])) for row in matrix]
+
+        def leave_one_out_keep_rate(level: float) -> float:
+            passes = [
+                matrix[d] >= hold_out.thresholds(level)[group_index]
+                for d, hold_out in enumerate(hold_outs)
+            ]
+            return float(np.mean(np.all(passes, axis=0)))
+
+    else:
+
+        def leave_one_out_keep_rate(level: float) -> float:
+            passes = [
+                matrix[d] >= _leave_one_out_thresholds(sorted_matrix[d], ranks[d], level)
+                for d in range(len(names))
+            ]
+            return float(np.mean(np.all(passes, axis=0)))
 
     # Keep rate falls monotonically as the level rises: take the highest level on a
     # fine grid that still meets the target (or the lowest level if none does).

@@ -50,10 +50,12 @@ COMBINED = "combined"
 
 @dataclass(frozen=True)
 class LabelledImages:
-    """Real images with labels: images (N, H, W[, C]) uint8, labels (N,) int."""
+    """Real images with labels: images (N, H, W[, C]) uint8, labels (N,) int, and
+    optionally (N,) patient/lesion ids (used to calibrate leave-one-patient-out)."""
 
     images: np.ndarray
     labels: np.ndarray
+    groups: np.ndarray | None = None
 
 
 def _auroc(positive: np.ndarray, negative: np.ndarray) -> float | None:
@@ -127,6 +129,7 @@ def evaluate_ood_filter(
         validation.labels,
         config,
         class_names=class_names,
+        validation_groups=validation.groups,
     )
     requested = list(classes) if classes is not None else sorted(ood_filter.references)
     per_class: dict[str, Any] = {}

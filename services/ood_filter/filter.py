@@ -183,6 +183,7 @@ class OodFilter:
         config: OodFilterConfig | None = None,
         *,
         class_names: Sequence[str] | None = None,
+        validation_groups: Sequence[str] | np.ndarray | None = None,
     ) -> OodFilter:
         """Fit detectors and the copy guard on train, thresholds on validation.
 
@@ -193,6 +194,9 @@ class OodFilter:
             validation_labels: (N_val,) int class labels.
             config: Filter settings; defaults when None.
             class_names: Names by class index, used in messages only.
+            validation_groups: Optional (N_val,) patient/lesion id per validation image;
+                when given, keep rates are estimated leave-one-patient-out, which is
+                what matters when several images share a patient (ISIC, HAM10000).
 
         Classes with fewer than ``min_train_per_class`` training or
         ``min_validation_per_class`` validation images are left unfitted; asking to
@@ -201,6 +205,11 @@ class OodFilter:
         config = config or OodFilterConfig()
         train_labels = _check_labels(train_labels, len(train), "train")
         validation_labels = _check_labels(validation_labels, len(validation), "validation")
+        groups = None if validation_groups is None else np.asarray(validation_groups)
+        if groups is not None and groups.shape != validation_labels.shape:
+            raise ValueError(
+                f"validation_groups must have shape {validation_labels.shape}, got {groups.shape}"
+            )
         if train.image_shape != validation.image_shape:
             raise ValueError(
                 f"validation images are {validation.image_shape}, training images are "

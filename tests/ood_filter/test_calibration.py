@@ -99,3 +99,27 @@ def test_fitted_filter_keeps_about_the_target_share_of_fresh_real_images(
     assert calibration.validation_keep_rate >= target
     assert len(outcome.kept_indices) / 1000 == pytest.approx(target, abs=0.05)
     assert set(calibration.thresholds) == set(OodFilterConfig().detectors)
+
+
+def test_leave_one_patient_out_sees_what_leave_one_image_out_misses() -> None:
+    """Ten patients with five near-identical images each: leaving one image out keeps its
+    four siblings in, so every image looks typical; leaving its patient out shows that a
+    new patient often falls outside, and the thresholds are set lower to compensate."""
+    rng = np.random.default_rng(2)
+    patient_effect = np.repeat(rng.normal(0.0, 1.0, (2, 10)), 5, axis=1)
+    scores = {name: patient_effect[d] + rng.normal(0.0, 0.01, 50) for d, name in enumerate("ab")}
+    groups = np.repeat(np.arange(10), 5)
+
+    by_image = joint_thresholds(scores, 0.95)
+    by_patient = joint_thresholds(scores, 0.95, groups)
+
+    assert by_patient[1] < by_image[1]  # a lower level: thresholds further down
+    assert all(by_patient[0][name] < by_image[0][name] for name in "ab")
+    # New patients from the same population: the patient-aware thresholds keep more.
+    fresh = rng.normal(0.0, 1.0, (2, 20_000))
+    keep = {
+        label: np.mean(np.all([fresh[d] >= result[0][n] for d, n in enumerate("ab")], axis=0))
+        for label, result in (("image", by_image), ("patient", by_patient))
+    }
+    assert keep["patient"] > keep["image"]
+    assert keep["patient"] > 0.85
