@@ -46,6 +46,9 @@ def main() -> None:
     parser.add_argument("--classifier-epochs", type=int, default=12)
     parser.add_argument("--classifier-image-size", type=int, default=32,
                         help="side the classifier resamples images to (more = slower)")
+    parser.add_argument("--classifier-path", type=Path, default=None,
+                        help="reuse this probe classifier checkpoint (trained and saved "
+                             "there when absent), so runs differing only in sampling compare")
     parser.add_argument("--save-generated", type=Path, default=None,
                         help="write generated images, masks and class ids to this .npz")
     parser.add_argument("--checkpoint-dir", type=Path, default=None)
@@ -64,12 +67,17 @@ def main() -> None:
     timings["dataset_s"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    classifier = train_classifier(
-        demo.images[train], demo.labels[train], names,
-        ClassifierConfig(backbone="resnet10t", image_size=args.classifier_image_size,
-                         epochs=args.classifier_epochs, batch_size=64, lr=2e-3, device="cpu",
-                         balanced_sampling=True, seed=args.seed),
-    )
+    if args.classifier_path is not None and args.classifier_path.exists():
+        classifier = ImageClassifier.load(args.classifier_path, device="cpu")
+    else:
+        classifier = train_classifier(
+            demo.images[train], demo.labels[train], names,
+            ClassifierConfig(backbone="resnet10t", image_size=args.classifier_image_size,
+                             epochs=args.classifier_epochs, batch_size=64, lr=2e-3,
+                             device="cpu", balanced_sampling=True, seed=args.seed),
+        )
+        if args.classifier_path is not None:
+            classifier.save(args.classifier_path)
     timings["classifier_train_s"] = time.perf_counter() - start
     real_accuracy = per_class_accuracy(classifier, demo.images[held_out], demo.labels[held_out],
                                        len(names))
@@ -130,7 +138,7 @@ def main() -> None:
                                     feature_network=features)
     print(json.dumps({  # noqa: T201
         "config": {k: v for k, v in vars(args).items()
-                   if k not in ("checkpoint_dir", "save_generated")},
+                   if k not in ("checkpoint_dir", "save_generated", "classifier_path")},
         "checkpoint_sha256": result.checkpoint.sha256,
         "final_loss_mean_last_100": float(np.mean([v for _, v in result.loss_curve[-100:]])),
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
