@@ -28,9 +28,11 @@ import multiprocessing
 import os
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 from PIL import Image
@@ -932,16 +934,9 @@ def generate_demo_samples(
     With ``workers > 1`` images are drawn in that many processes, a bounded window of
     chunks ahead of the consumer; the samples are identical to ``workers=1``.
     """
-    if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
     plan = demo_plan(total, seed)
-    if workers == 1:
-        pixels: Iterator[tuple[np.ndarray, np.ndarray]] = (
-            _render_planned(plan, index, image_size, seed) for index in range(total)
-        )
-    else:
-        pixels = _render_in_processes(total, image_size, seed, workers)
-    for index, (image, mask) in enumerate(pixels):
+    drawn = _in_index_order(partial(_draw_chunk, total, image_size, seed), total, workers)
+    for index, (image, mask) in enumerate(drawn):
         patient = int(plan.patients[index])
         yield DemoSample(
             index=index,
@@ -953,48 +948,67 @@ def generate_demo_samples(
         )
 
 
-def _render_planned(
-    plan: DemoPlan, index: int, image_size: int, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
-    label = DEMO_CLASSES[int(plan.labels[index])]
-    return render_demo_image(label, int(plan.patients[index]), index, image_size, seed)
+_CHUNK = 32  # images per task: amortises inter-process overhead, keeps progress smooth
+_Chunk = TypeVar("_Chunk")
 
 
-def _render_chunk(
+def _draw_chunk(
     total: int, image_size: int, seed: int, start: int, stop: int
 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Worker-process entry point: images and masks for indices ``start..stop-1``."""
-    plan = demo_plan(total, seed)  # cheap, and avoids shipping the plan to every task
-    return [_render_planned(plan, index, image_size, seed) for index in range(start, stop)]
+    """Images and masks for indices ``start..stop-1`` (runs in worker processes)."""
+    plan = demo_plan(total, seed)  # cheap, and spares shipping the plan to every task
+    drawn = []
+    for index in range(start, stop):
+        label = DEMO_CLASSES[int(plan.labels[index])]
+        drawn.append(render_demo_image(label, int(plan.patients[index]), index, image_size, seed))
+    return drawn
 
 
-_CHUNK = 32  # images per worker task: amortises inter-process overhead
+def _encode_chunk(
+    total: int, image_size: int, seed: int, start: int, stop: int
+) -> list[tuple[bytes, bytes]]:
+    """PNG bytes of images (with the demo marker) and masks for ``start..stop-1``.
 
-
-def _render_in_processes(
-    total: int, image_size: int, seed: int, workers: int
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Images and masks in index order, drawn by a process pool.
-
-    "spawn" rather than fork: callers may hold threads (torch, Celery) that a forked
-    child would inherit in a broken state. At most ``2 * workers`` chunks are in
-    flight, so memory stays bounded however slow the consumer is.
+    Encoding a 256 px PNG costs about half as much as drawing it, so it is done in
+    the worker processes too rather than in the writer.
     """
+    plan = demo_plan(total, seed)
+    encoded = []
+    for offset, (image, mask) in enumerate(_draw_chunk(total, image_size, seed, start, stop)):
+        index = start + offset
+        label = DEMO_CLASSES[int(plan.labels[index])]
+        marker = {DEMO_PNG_KEY: f"seed={seed};index={index};label={label}"}
+        encoded.append((encode_png(image, text=marker), encode_png(mask)))
+    return encoded
+
+
+def _in_index_order(
+    chunk: Callable[[int, int], list[_Chunk]], total: int, workers: int
+) -> Iterator[_Chunk]:
+    """Results of ``chunk(start, stop)`` over ``0..total-1``, flattened, in index order.
+
+    With several workers the chunks run in a process pool; "spawn" rather than fork,
+    because callers may hold threads (torch, Celery) that a forked child would inherit
+    in a broken state. At most ``2 * workers`` chunks are in flight, so memory stays
+    bounded however slow the consumer is.
+    """
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
     bounds = [(start, min(start + _CHUNK, total)) for start in range(0, total, _CHUNK)]
+    if workers == 1:
+        for start, stop in bounds:
+            yield from chunk(start, stop)
+        return
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-
-        def submit(chunk: int) -> Future[list[tuple[np.ndarray, np.ndarray]]]:
-            return pool.submit(_render_chunk, total, image_size, seed, *bounds[chunk])
-
-        pending = deque(submit(chunk) for chunk in range(min(2 * workers, len(bounds))))
-        next_chunk = len(pending)
+        pending = deque(pool.submit(chunk, *span) for span in bounds[: 2 * workers])
+        queued = iter(bounds[2 * workers :])
         while pending:
-            rendered = pending.popleft().result()
-            if next_chunk < len(bounds):
-                pending.append(submit(next_chunk))
-                next_chunk += 1
-            yield from rendered
+            results = pending.popleft().result()
+            span = next(queued, None)
+            if span is not None:
+                pending.append(pool.submit(chunk, *span))
+            yield from results
 
 
 def load_demo_arrays(
@@ -1051,23 +1065,25 @@ def write_demo_dataset(
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     (out_dir / "masks").mkdir(parents=True, exist_ok=True)
+    plan = demo_plan(total, seed)
+    encoded = _in_index_order(partial(_encode_chunk, total, image_size, seed), total, workers)
     rows: list[tuple[str, str, str, str]] = []
-    for sample in generate_demo_samples(total, image_size, seed, workers=workers):
+    for index, (image_png, mask_png) in enumerate(encoded):
         if should_cancel is not None and should_cancel():
-            raise DemoDatasetCanceled(f"canceled after {sample.index} of {total} images")
-        image_rel = f"images/{sample.image_id}.png"
-        mask_rel = f"masks/{sample.image_id}.png"
-        marker = {DEMO_PNG_KEY: f"seed={seed};index={sample.index};label={sample.label}"}
-        (out_dir / image_rel).write_bytes(encode_png(sample.image, text=marker))
-        (out_dir / mask_rel).write_bytes(encode_png(sample.mask))
-        rows.append((image_rel, sample.label, mask_rel, sample.group))
+            raise DemoDatasetCanceled(f"canceled after {index} of {total} images")
+        image_id = demo_image_id(index, seed)
+        image_rel, mask_rel = f"images/{image_id}.png", f"masks/{image_id}.png"
+        (out_dir / image_rel).write_bytes(image_png)
+        (out_dir / mask_rel).write_bytes(mask_png)
+        label = DEMO_CLASSES[int(plan.labels[index])]
+        rows.append((image_rel, label, mask_rel, demo_group_id(int(plan.patients[index]), seed)))
         if progress is not None:
-            progress(sample.index + 1, total)
+            progress(index + 1, total)
     manifest = out_dir / "manifest.csv"
-    partial = out_dir / "manifest.csv.partial"
-    with partial.open("w", newline="", encoding="utf-8") as handle:
+    unfinished = out_dir / "manifest.csv.partial"
+    with unfinished.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(("path", "label", "mask", "group"))
         writer.writerows(rows)
-    os.replace(partial, manifest)
+    os.replace(unfinished, manifest)
     return manifest

@@ -219,8 +219,9 @@ def test_cancel_stops_loading() -> None:
         load_demo_arrays(TINY_TOTAL, TINY_SIZE, should_cancel=lambda: next(polls) >= 3)
 
 
-def test_written_files_match_the_manifest(tmp_path: Path, tiny_samples: list) -> None:
-    manifest = write_demo_dataset(tmp_path / "demo", TINY_TOTAL, TINY_SIZE, seed=3)
+@pytest.mark.parametrize("workers", [1, 2])
+def test_written_files_match_the_manifest(tmp_path: Path, tiny_samples: list, workers: int) -> None:
+    manifest = write_demo_dataset(tmp_path / "demo", TINY_TOTAL, TINY_SIZE, seed=3, workers=workers)
 
     assert manifest == tmp_path / "demo" / "manifest.csv"
     with manifest.open(newline="") as handle:
