@@ -253,7 +253,10 @@ class OodFilter:
                 continue
             members = validation.subset(validation_labels == c)
             raw = {name: detector.score(members, c) for name, detector in detectors.items()}
-            thresholds, level, expected, in_sample = joint_thresholds(raw, config.target_keep_rate)
+            class_groups = None if groups is None else groups[validation_labels == c]
+            thresholds, level, expected, in_sample = joint_thresholds(
+                raw, config.target_keep_rate, class_groups
+            )
             references[c] = _ClassReference(
                 calibration=ClassCalibration(
                     class_index=c,

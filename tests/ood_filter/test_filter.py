@@ -183,3 +183,28 @@ def test_validation_images_of_another_shape_are_refused(world: GaussianWorld) ->
 def test_config_refuses_duplicate_detectors() -> None:
     with pytest.raises(ValueError, match="repeat"):
         OodFilterConfig(detectors=("knn", "knn"))
+
+
+def test_validation_groups_lower_thresholds_when_patients_cluster(world: GaussianWorld) -> None:
+    rng = np.random.default_rng(20)
+    train = world.sample(rng, labels_for(30), n_hash_columns=8)
+    validation = world.sample(rng, labels_for(20), n_hash_columns=1)
+    # Five images per patient that share the patient's features almost exactly.
+    patient_of = np.arange(len(validation)) // 5
+    shared = validation.features[patient_of * 5]
+    clustered = ImageEmbeddings(
+        shared + rng.normal(0, 0.01, shared.shape).astype(np.float32),
+        validation.logits[patient_of * 5],
+        validation.phashes,
+        validation.image_shape,
+        validation.sharpness[patient_of * 5],
+    )
+
+    by_image = OodFilter.fit(train, labels_for(30), clustered, labels_for(20))
+    by_patient = OodFilter.fit(
+        train, labels_for(30), clustered, labels_for(20), validation_groups=patient_of
+    )
+
+    assert by_patient.calibration(0).level < by_image.calibration(0).level
+    with pytest.raises(ValueError, match="validation_groups must have shape"):
+        OodFilter.fit(train, labels_for(30), clustered, labels_for(20), validation_groups=[1])
