@@ -12,6 +12,7 @@ held-out real images. Prints one JSON document.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import tempfile
@@ -40,7 +41,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--per-class", type=int, default=24, help="candidates per class")
     parser.add_argument("--inference-steps", type=int, default=25)
-    parser.add_argument("--guidance-scale", type=float, default=3.0)
+    parser.add_argument("--guidance-scale", type=float, nargs="+", default=[3.0],
+                        help="one or more classifier-free guidance scales to sample with")
     parser.add_argument("--class-balance", type=float, default=1.0,
                         help="generator batch class balancing exponent (0 natural, 1 equal)")
     parser.add_argument("--classifier-epochs", type=int, default=12)
@@ -112,38 +114,32 @@ def main() -> None:
             masks.append(jitter_mask(demo.masks[index], mask_rng, max_dilation=2))
             class_ids.append(class_id)
     seeds = np.arange(len(class_ids)) + 10_000 * args.seed
-    start = time.perf_counter()
-    generated = generator.inpaint(
-        np.stack(sources), np.stack(masks), np.array(class_ids), seeds, scheduler="ddim",
-        num_inference_steps=args.inference_steps, guidance_scale=args.guidance_scale,
-        batch_size=64,
-    )
-    timings["inpaint_s"] = time.perf_counter() - start
-    if args.save_generated is not None:
-        np.savez_compressed(args.save_generated, images=generated.images,
-                            class_ids=generated.class_ids, sources=np.stack(sources),
-                            masks=np.stack(masks))
-
     features = FeatureNetwork(
         lambda x: torch.from_numpy(classifier.features((x * 255).round().byte()
                                                        .permute(0, 2, 3, 1).numpy())),
         classifier.feature_dim,
     )
-    report = quality_report(demo.images[held_out], demo.labels[held_out], generated.images,
-                            generated.class_ids, names, feature_network=features,
-                            predict_proba=classifier.predict_proba)
     # Reference point for the distances: real training images of the class vs held-out.
     real_reference = quality_report(demo.images[held_out], demo.labels[held_out],
                                     demo.images[train], demo.labels[train], names,
                                     feature_network=features)
-    print(json.dumps({  # noqa: T201
-        "config": {k: v for k, v in vars(args).items()
-                   if k not in ("checkpoint_dir", "save_generated", "classifier_path")},
-        "checkpoint_sha256": result.checkpoint.sha256,
-        "final_loss_mean_last_100": float(np.mean([v for _, v in result.loss_curve[-100:]])),
-        "timings_s": {k: round(v, 1) for k, v in timings.items()},
-        "chance_accuracy": 1.0 / len(names),
-        "per_class": [
+    by_guidance = {}
+    for guidance_scale in args.guidance_scale:
+        start = time.perf_counter()
+        generated = generator.inpaint(
+            np.stack(sources), np.stack(masks), np.array(class_ids), seeds, scheduler="ddim",
+            num_inference_steps=args.inference_steps, guidance_scale=guidance_scale,
+            batch_size=64,
+        )
+        timings[f"inpaint_g{guidance_scale}_s"] = time.perf_counter() - start
+        if args.save_generated is not None:
+            np.savez_compressed(args.save_generated.with_suffix(f".g{guidance_scale}.npz"),
+                                images=generated.images, class_ids=generated.class_ids,
+                                sources=np.stack(sources), masks=np.stack(masks))
+        report = quality_report(demo.images[held_out], demo.labels[held_out], generated.images,
+                                generated.class_ids, names, feature_network=features,
+                                predict_proba=classifier.predict_proba)
+        by_guidance[str(guidance_scale)] = [
             {
                 "class": q.class_name,
                 "train_count": int((train_labels == c).sum()),
@@ -155,7 +151,16 @@ def main() -> None:
                 "frechet_distance_real_train_vs_held_out": real_reference[c].frechet_distance,
             }
             for c, q in enumerate(report)
-        ],
+        ]
+    print(json.dumps({  # noqa: T201
+        "config": {k: v for k, v in vars(args).items()
+                   if k not in ("checkpoint_dir", "save_generated", "classifier_path")},
+        "demo_images_sha256": hashlib.sha256(demo.images.tobytes()).hexdigest(),
+        "checkpoint_sha256": result.checkpoint.sha256,
+        "final_loss_mean_last_100": float(np.mean([v for _, v in result.loss_curve[-100:]])),
+        "timings_s": {k: round(v, 1) for k, v in timings.items()},
+        "chance_accuracy": 1.0 / len(names),
+        "per_class_by_guidance_scale": by_guidance,
     }, indent=2))
 
 
