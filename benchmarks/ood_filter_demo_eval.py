@@ -87,6 +87,12 @@ def main() -> None:
     parser.add_argument(
         "--min-validation", type=int, default=OodFilterConfig.min_validation_per_class
     )
+    parser.add_argument("--target-keep-rate", type=float, default=OodFilterConfig.target_keep_rate)
+    parser.add_argument(
+        "--detectors",
+        default=",".join(OodFilterConfig().detectors),
+        help="comma-separated detector names",
+    )
     parser.add_argument(
         "--classifier", type=Path, help="reuse this checkpoint if it exists, else save it here"
     )
@@ -140,7 +146,11 @@ def main() -> None:
         sets["train"],
         sets["val"],
         sets["test"],
-        config=OodFilterConfig(min_validation_per_class=args.min_validation),
+        config=OodFilterConfig(
+            detectors=tuple(args.detectors.split(",")),
+            min_validation_per_class=args.min_validation,
+            target_keep_rate=args.target_keep_rate,
+        ),
         class_names=names,
         planted_per_kind=args.planted_per_kind,
         seed=args.seed,
