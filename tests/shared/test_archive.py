@@ -16,7 +16,10 @@ LIMITS = ArchiveLimits(max_entries=100, max_total_bytes=10_000_000, max_compress
 
 def test_zip_and_tar_list_the_same_files(tmp_path: Path) -> None:
     files = {"a/x.png": b"1" * 10, "a/labels.csv": b"path,label\n", "__MACOSX/a/._x.png": b"junk"}
-    for archive in (write_zip(tmp_path / "d.zip", files), write_tar_gz(tmp_path / "d.tar.gz", files)):
+    for archive in (
+        write_zip(tmp_path / "d.zip", files),
+        write_tar_gz(tmp_path / "d.tar.gz", files),
+    ):
         listing = list_archive(archive, LIMITS)
         assert set(listing.sizes) == {"a/x.png", "a/labels.csv"}
         assert listing.texts["a/labels.csv"] == b"path,label\n"
@@ -27,7 +30,10 @@ def test_zip_and_tar_list_the_same_files(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("name", ["../evil.png", "a/../../evil.png", "/etc/passwd"])
 def test_escaping_paths_are_refused(tmp_path: Path, name: str) -> None:
-    for archive in (write_zip(tmp_path / "d.zip", {name: b"x"}), write_tar_gz(tmp_path / "d.tgz", {name: b"x"})):
+    for archive in (
+        write_zip(tmp_path / "d.zip", {name: b"x"}),
+        write_tar_gz(tmp_path / "d.tgz", {name: b"x"}),
+    ):
         with pytest.raises(InvalidInput, match="absolute|climbs out"):
             list_archive(archive, LIMITS)
 
@@ -46,7 +52,7 @@ def test_symlinks_are_refused(tmp_path: Path) -> None:
     zpath = tmp_path / "links.zip"
     with zipfile.ZipFile(zpath, "w") as archive:
         entry = zipfile.ZipInfo("a/link.png")
-        entry.external_attr = (0o120777 << 16)
+        entry.external_attr = 0o120777 << 16
         archive.writestr(entry, "/etc/passwd")
     with pytest.raises(InvalidInput, match="symlink"):
         list_archive(zpath, LIMITS)

@@ -34,7 +34,9 @@ def test_each_format_is_detected_and_planned(kind: str, tmp_path: Path, demo) ->
 
 
 def _manifest(tmp_path: Path, body: str, files: dict[str, bytes] | None = None) -> Path:
-    return write_zip(tmp_path / "m.zip", {"manifest.csv": body.encode(), "a.png": b"x", **(files or {})})
+    return write_zip(
+        tmp_path / "m.zip", {"manifest.csv": body.encode(), "a.png": b"x", **(files or {})}
+    )
 
 
 def test_manifest_rows_naming_missing_files_report_their_lines(tmp_path: Path) -> None:
@@ -54,7 +56,11 @@ def test_unknown_classes_are_refused_with_line_numbers(tmp_path: Path) -> None:
 def test_ham10000_unknown_dx_is_refused(tmp_path: Path) -> None:
     archive = write_zip(
         tmp_path / "h.zip",
-        {"meta.csv": b"lesion_id,image_id,dx\nL1,img1,nv\nL2,img2,cancer\n", "img1.png": b"x", "img2.png": b"y"},
+        {
+            "meta.csv": b"lesion_id,image_id,dx\nL1,img1,nv\nL2,img2,cancer\n",
+            "img1.png": b"x",
+            "img2.png": b"y",
+        },
     )
     with pytest.raises(InvalidInput, match="line 3: unknown class 'cancer'"):
         build_plan(list_archive(archive, LIMITS), "ham10000")
@@ -77,7 +83,9 @@ def test_manifest_split_column_is_taken_as_given(tmp_path: Path) -> None:
     )
     plan = build_plan(list_archive(archive, LIMITS), "csv")
     assert plan.has_given_splits and [r.split for r in plan.rows] == ["train", "test"]
-    bad = _manifest(tmp_path, "path,label,split\na.png,NV,holdout\nb.png,DF,test\n", {"b.png": b"y"})
+    bad = _manifest(
+        tmp_path, "path,label,split\na.png,NV,holdout\nb.png,DF,test\n", {"b.png": b"y"}
+    )
     with pytest.raises(InvalidInput, match="line 2: split 'holdout'"):
         build_plan(list_archive(bad, LIMITS), "csv")
 
@@ -94,8 +102,18 @@ def test_unknown_format_and_undetectable_archives(tmp_path: Path) -> None:
 def test_imagefolder_with_split_folders(tmp_path: Path) -> None:
     archive = write_zip(
         tmp_path / "f.zip",
-        {"root/train/NV/a.png": b"1", "root/train/DF/b.png": b"2", "root/test/NV/c.png": b"3", "root/val/DF/d.png": b"4"},
+        {
+            "root/train/NV/a.png": b"1",
+            "root/train/DF/b.png": b"2",
+            "root/test/NV/c.png": b"3",
+            "root/val/DF/d.png": b"4",
+        },
     )
     plan = build_plan(list_archive(archive, LIMITS), "imagefolder")
     assert plan.has_given_splits
-    assert {(r.label, r.split) for r in plan.rows} == {("NV", "train"), ("DF", "train"), ("NV", "test"), ("DF", "val")}
+    assert {(r.label, r.split) for r in plan.rows} == {
+        ("NV", "train"),
+        ("DF", "train"),
+        ("NV", "test"),
+        ("DF", "val"),
+    }

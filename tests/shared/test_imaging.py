@@ -21,11 +21,19 @@ from tests.fixtures.archives import corrupt_png
 
 def _bomb_png(width: int, height: int) -> bytes:
     """A tiny PNG whose header declares a huge image (pixels never stored)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
 
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 16))
+        + chunk(b"IEND", b"")
+    )
 
 
 def test_rgb_and_grayscale_keep_their_channels() -> None:
@@ -43,7 +51,11 @@ def test_sixteen_bit_grayscale_is_scaled_to_eight_bits() -> None:
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format="PNG")
     decoded = decode_image(buffer.getvalue())
-    assert decoded.pixels.dtype == np.uint8 and decoded.pixels.min() == 0 and decoded.pixels.max() == 255
+    assert (
+        decoded.pixels.dtype == np.uint8
+        and decoded.pixels.min() == 0
+        and decoded.pixels.max() == 255
+    )
 
 
 def test_decompression_bomb_is_refused_before_decoding() -> None:

@@ -21,7 +21,9 @@ def test_production_refuses_the_default_s3_secret() -> None:
 
 def test_visibility_timeout_shorter_than_a_task_is_refused() -> None:
     settings = Settings(
-        broker_url="redis://127.0.0.1:6379/0", broker_visibility_timeout_s=60, train_time_limit_s=3600
+        broker_url="redis://127.0.0.1:6379/0",
+        broker_visibility_timeout_s=60,
+        train_time_limit_s=3600,
     )
     with pytest.raises(BrokerConfigError, match="shorter than the longest task time limit 18000s"):
         check_visibility_timeout(settings)

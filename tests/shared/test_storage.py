@@ -17,7 +17,9 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStore:
     if request.param == "local":
         return LocalObjectStore(tmp_path / "objects")
     endpoint = request.getfixturevalue("s3_endpoint")
-    client = Minio(endpoint, access_key="testing", secret_key="testing", secure=False, region="us-east-1")
+    client = Minio(
+        endpoint, access_key="testing", secret_key="testing", secure=False, region="us-east-1"
+    )
     s3 = S3ObjectStore(client, f"store-test-{uuid.uuid4().hex[:10]}")  # a bucket per test
     s3.ensure_bucket()
     return s3
@@ -56,4 +58,4 @@ def test_overwrite_is_atomic_for_readers(store: ObjectStore) -> None:
     store.put_bytes("k", b"old")
     store.put_bytes("k", b"new")
     assert store.get_bytes("k") == b"new"
-    assert store.list_keys("") .count("k") == 1
+    assert store.list_keys("").count("k") == 1
