@@ -57,7 +57,7 @@ def test_evaluation_separates_real_images_from_planted_failures(
         auroc for name, auroc in overall["mean_auroc"].items() if name != "combined"
     )  # the combination beats every single detector
     assert overall["rejection_rate"]["colour_shift"] == 1.0
-    assert overall["rejection_rate"]["blur"] >= 0.9
+    assert overall["rejection_rate"]["blur"] >= 0.8
 
 
 def test_planted_failures_change_the_images_as_described() -> None:
