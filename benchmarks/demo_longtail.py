@@ -8,7 +8,11 @@ recall of head classes (NV, MEL, BCC, BKL) against tail classes (AK, SCC, VASC, 
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/demo_longtail.py
     .venv/bin/python benchmarks/demo_longtail.py --total 4800 --epochs 12 --json out.json
 
-Expected: head recall well above tail recall; see the module's report for figures.
+Measured with the defaults (2,400 images at 64 px, seed 0, resnet18 from scratch, 6 epochs,
+grouped 75/25 split, OMP_NUM_THREADS=2 on a shared 2-core CPU, ~11 min): recall NV
+0.92, MEL 0.82, BCC 0.96, BKL 0.47 | AK 0.19, SCC 0.20, VASC 0.14, DF 0.00; accuracy
+0.80, balanced accuracy 0.46; head mean 0.79 against tail mean 0.13. Tail classes have
+5-21 test images, so their recalls move in steps of 0.05-0.2 between seeds.
 """
 
 from __future__ import annotations
@@ -55,7 +59,7 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--backbone", default="resnet18")
-    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--test-fraction", type=float, default=0.25)

@@ -19,6 +19,10 @@ and each patient draw from their own ``numpy`` generator seeded by ``(seed, stre
 number)``. Images can therefore be made lazily, in any order or in parallel, and are
 identical bit for bit. Geometry is drawn in image-relative coordinates, so the same
 sample at 64 and 256 px shows the same lesion.
+
+Cost, per image on one CPU core: about 4 ms at 64 px (2,400 images in ~10 s) and
+about 28 ms to draw plus 11 ms to PNG-encode at 256 px; ``workers`` spreads both
+over processes.
 """
 
 from __future__ import annotations
