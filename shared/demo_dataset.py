@@ -774,8 +774,8 @@ def _paint_bkl(rng: np.random.Generator, f: _LesionFrame, tr: _LesionTraits) -> 
     warp = 0.3 * _value_noise(rng, 4, f.size)
     ridges = 0.5 + 0.5 * np.cos(np.pi * rng.uniform(4, 7) * (f.lx + f.ly * 0.3 + warp))
     colour = colour * (1.0 - 0.3 * tr.typicality * ridges)[..., None]
-    milia = _dots(rng, f, int(rng.integers(0, 8 * tr.typicality + 1)), 0.05, 0.85)
-    comedo = _dots(rng, f, int(rng.integers(0, 6 * tr.typicality + 1)), 0.05, 0.85)
+    milia = _dots(rng, f, int(rng.integers(0, int(8 * tr.typicality) + 1)), 0.05, 0.85)
+    comedo = _dots(rng, f, int(rng.integers(0, int(6 * tr.typicality) + 1)), 0.05, 0.85)
     colour = _blend(colour, _rgb(_WHITE), 0.8 * milia)
     return _blend(colour, _rgb(_DARK_BROWN) * 0.7, 0.8 * comedo)
 
@@ -790,7 +790,7 @@ def _paint_ak(rng: np.random.Generator, f: _LesionFrame, tr: _LesionTraits) -> n
     roughness = _value_noise(rng, 18, f.size) + 0.6 * _value_noise(rng, 7, f.size)
     scale = np.clip(roughness - (1.1 - 0.7 * tr.typicality), 0, 1)
     colour = _blend(colour, _rgb(_KERATIN), 0.8 * scale)
-    follicles = _dots(rng, f, int(rng.integers(0, 10 * tr.typicality + 1)), 0.04, 0.8)
+    follicles = _dots(rng, f, int(rng.integers(0, int(10 * tr.typicality) + 1)), 0.04, 0.8)
     return _blend(colour, _rgb(_WHITE), 0.6 * follicles)
 
 
