@@ -108,7 +108,8 @@ def evaluate_ood_filter(
         heldout: Further real images and labels, disjoint from both.
         config: Filter settings; defaults when None.
         class_names: Names by class index, for the report.
-        classes: Classes to evaluate; default every class with enough real images.
+        classes: Classes to evaluate; default every class in ``train`` (those with too
+            few real images are listed under ``skipped`` with the reason).
         planted_per_kind: Planted candidates per kind and class (fewer if the sources are
             smaller).
         batch_size: Images per feature-extraction batch.
@@ -131,7 +132,7 @@ def evaluate_ood_filter(
         class_names=class_names,
         validation_groups=validation.groups,
     )
-    requested = list(classes) if classes is not None else sorted(ood_filter.references)
+    requested = list(classes) if classes is not None else [int(c) for c in np.unique(train.labels)]
     per_class: dict[str, Any] = {}
     skipped: dict[str, str] = {}
     pooled_real: list[np.ndarray] = []
@@ -142,6 +143,11 @@ def evaluate_ood_filter(
         if should_cancel is not None and should_cancel():
             raise OodFilterCanceled(f"evaluation canceled after {done} classes")
         name = class_names[class_index] if class_names is not None else str(class_index)
+        try:
+            ood_filter.resolve_class(class_index)
+        except ValueError as error:  # too few real images to fit or calibrate: say so
+            skipped[name] = str(error)
+            continue
         real_images = heldout.images[heldout.labels == class_index]
         if len(real_images) < 2:
             skipped[name] = f"{len(real_images)} held-out real image(s); need at least 2"

@@ -33,6 +33,7 @@ def test_evaluation_separates_real_images_from_planted_failures(
     )
 
     assert json.loads(json.dumps(report)) == report  # JSON-able as is
+    assert report["skipped"] == {}
     assert set(report["per_class"]) == {"NV", "MEL", "DF"}
     assert progress[-1] == (3, 3)
     df = report["per_class"]["DF"]
@@ -88,3 +89,17 @@ def test_grayscale_colour_shift_is_a_gamma_curve() -> None:
 
     assert shifted.shape == grey.shape
     assert int(shifted[0, 0, 0, 0]) == pytest.approx(255 * (64 / 255) ** 0.4, abs=1)
+
+
+def test_evaluation_lists_classes_too_small_to_filter(extractor: BlockColourExtractor) -> None:
+    rng = np.random.default_rng(24)
+    train_labels = np.r_[np.zeros(20, int), np.ones(20, int), np.full(4, 2)]
+    train = LabelledImages(make_images(rng, train_labels), train_labels)
+    other = LabelledImages(make_images(rng, labels_for(12)), labels_for(12))
+
+    report = evaluate_ood_filter(
+        extractor, train, other, other, class_names=["NV", "MEL", "DF"], planted_per_kind=5
+    )
+
+    assert set(report["per_class"]) == {"NV", "MEL"}
+    assert "has 4 real training image(s)" in report["skipped"]["DF"]
