@@ -177,13 +177,41 @@ def serve(host: str, port: int, data_dir: str) -> None:
 @click.option("--data-dir", default=".tailsynth-demo", show_default=True)
 @click.option("--total", type=int, default=2400, show_default=True, help="demo images")
 @click.option("--image-size", type=int, default=64, show_default=True)
+@click.option("--train-steps", type=int, default=1500, show_default=True)
+@click.option(
+    "--per-class", type=int, default=24, show_default=True, help="images asked per rare class"
+)
+@click.option("--sampling-steps", type=int, default=25, show_default=True)
+@click.option("--classifier-epochs", type=int, default=6, show_default=True)
 @click.option("--port", type=int, default=8765, show_default=True)
-def demo(data_dir: str, total: int, image_size: int, port: int) -> None:
+def demo(
+    data_dir: str,
+    total: int,
+    image_size: int,
+    train_steps: int,
+    per_class: int,
+    sampling_steps: int,
+    classifier_epochs: int,
+    port: int,
+) -> None:
     """The main job on the embedded default, end to end over HTTP: start ``serve``,
-    build and ingest the long-tailed demo dataset, and print what came out."""
-    from services.demo import run_demo
+    ingest the long-tailed demo dataset, train a generator, synthesize the rare classes,
+    filter the candidates and download the curated set."""
+    from services.client import ApiError, JobFailed
+    from services.demo import DemoPlan, run_demo
 
-    run_demo(Path(data_dir), total=total, image_size=image_size, port=port)
+    plan = DemoPlan(
+        total=total,
+        image_size=image_size,
+        train_steps=train_steps,
+        per_class=per_class,
+        sampling_steps=sampling_steps,
+        classifier_epochs=classifier_epochs,
+    )
+    try:
+        run_demo(Path(data_dir), plan, port=port)
+    except (ApiError, JobFailed, TimeoutError) as exc:
+        raise click.ClickException(f"demo stopped: {exc}") from exc
 
 
 # --------------------------------------------------------------------------- client side

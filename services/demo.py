@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -61,14 +62,29 @@ def embedded_server(data_dir: Path, port: int) -> Iterator[tuple[str, str]]:
             server.kill()
 
 
-def _progress(job: dict[str, Any]) -> None:
-    p = job["progress"]
-    click.echo(
-        f"\r  {job['kind']:<10} {job['stage']:<14} {p['done']:>6}/{p['total']:<6} "
-        f"{p['percent']:5.1f}%",
-        nl=False,
-        err=True,
-    )
+class _Progress:
+    """Job progress on one self-rewriting line on a terminal; in a log, one line per
+    stage and per tenth of the work."""
+
+    def __init__(self) -> None:
+        self.tty = sys.stderr.isatty()
+        self.last: tuple[str, int] | None = None
+
+    def __call__(self, job: dict[str, Any]) -> None:
+        p = job["progress"]
+        line = (
+            f"  {job['kind']:<16} {job['stage']:<14} {p['done']:>6}/{p['total']:<6} "
+            f"{p['percent']:5.1f}%"
+        )
+        if self.tty:
+            click.echo(
+                "\r" + line, nl=job["state"] in ("succeeded", "failed", "canceled"), err=True
+            )
+            return
+        mark = (job["stage"], int(p["percent"] // 10))
+        if mark != self.last:
+            click.echo(line, err=True)
+            self.last = mark
 
 
 def _table(title: str, rows: dict[str, Any]) -> None:
@@ -77,16 +93,45 @@ def _table(title: str, rows: dict[str, Any]) -> None:
         click.echo(f"  {name:<8} {value}")
 
 
-def run_demo(data_dir: Path, *, total: int, image_size: int, port: int) -> None:
+def _quality_line(quality: dict[str, Any]) -> str:
+    accuracy, distance = quality["classifier_accuracy"], quality["frechet_distance"]
+    return (
+        f"accuracy {'n/a' if accuracy is None else f'{accuracy:.2f}'}  "
+        f"FD {'n/a' if distance is None else f'{distance:.1f}'}"
+    )
+
+
+@dataclass(frozen=True)
+class DemoPlan:
+    """How big the demo campaign is (defaults finish in minutes on a laptop CPU)."""
+
+    total: int = 2400
+    image_size: int = 64
+    train_steps: int = 1500
+    rare_classes: tuple[str, ...] = ("AK", "SCC", "VASC", "DF")
+    per_class: int = 24
+    sampling_steps: int = 25
+    classifier_backbone: str = "resnet18"
+    classifier_epochs: int = 6
+
+
+def run_demo(data_dir: Path, plan: DemoPlan, *, port: int) -> None:
     shutil.rmtree(data_dir, ignore_errors=True)
     data_dir.mkdir(parents=True)
+    classifier = {
+        "classifier_backbone": plan.classifier_backbone,
+        "classifier_epochs": plan.classifier_epochs,
+    }
     with embedded_server(data_dir, port) as (url, key), TailsynthClient(url, key) as client:
         click.echo(f"tailsynth demo: embedded server at {url}, data in {data_dir.resolve()}")
-        click.echo(f"1. building and ingesting the demo dataset ({total} images, {image_size} px)")
-        created = client.create_demo_dataset(
-            name="demo", total=total, image_size=image_size, seed=0
+        click.echo(
+            f"1. building and ingesting the demo dataset "
+            f"({plan.total} images, {plan.image_size} px)"
         )
-        client.wait(created["job_id"], on_progress=_progress)
+        created = client.create_demo_dataset(
+            name="demo", total=plan.total, image_size=plan.image_size, seed=0
+        )
+        client.wait(created["job_id"], on_progress=_Progress())
         dataset = client.dataset(created["dataset_id"])
         _table("class counts (long-tailed, ISIC 2019 proportions):", dataset["class_counts"])
         click.echo(f"  imbalance ratio {dataset['imbalance_ratio']:.1f}")
@@ -94,6 +139,60 @@ def run_demo(data_dir: Path, *, total: int, image_size: int, port: int) -> None:
             "split sizes (grouped by patient, seed-fixed):",
             {split: sum(c.values()) for split, c in dataset["split_counts"].items()},
         )
+
         click.echo(
-            f"\ndataset {dataset['id']} is ready; the API is documented at {url}/docs while serving"
+            f"\n2. training the inpainting diffusion generator ({plan.train_steps} steps, 32 px)"
         )
+        generator = client.request(
+            "POST",
+            "/v1/generators",
+            json={
+                "dataset_id": dataset["id"],
+                "training": {"resolution": 32, "max_train_steps": plan.train_steps},
+                "quality_probe": {
+                    "images_per_class": 16,
+                    "classifier_epochs": plan.classifier_epochs,
+                },
+            },
+        )
+        client.wait(generator["job_id"], on_progress=_Progress(), timeout=6 * 3600)
+        trained = client.request("GET", f"/v1/generators/{generator['generator_id']}")
+        curve = trained["loss_curve"]
+        click.echo(
+            f"\n  checkpoint sha256 {trained['checkpoint_sha256'][:16]}…, loss "
+            f"{curve[0][1]:.3f} → {curve[-1][1]:.3f}"
+        )
+        _table(
+            "quality probe (a real-data classifier's accuracy on inpainted images, per class):",
+            {q["class_name"]: _quality_line(q) for q in trained["quality"]["per_class"]},
+        )
+
+        counts = {name: plan.per_class for name in plan.rare_classes}
+        click.echo(f"\n3. synthesizing {counts} by inpainting, then OOD-filtering the candidates")
+        synthesis = client.request(
+            "POST",
+            "/v1/synthesis",
+            json={
+                "dataset_id": dataset["id"],
+                "generator_id": generator["generator_id"],
+                "counts": counts,
+                "sampling": {"num_inference_steps": plan.sampling_steps},
+                "filter": classifier,
+            },
+        )
+        client.wait(synthesis["job_id"], on_progress=_Progress(), timeout=6 * 3600)
+        curated = client.request("GET", f"/v1/curated-sets/{synthesis['curated_set_id']}")
+        _table(
+            "curated set (generated → kept; rejected by reason):",
+            {
+                name: f"{e['generated']:>4} → {e['kept']:>4} kept; {e['rejected']}"
+                for name, e in curated["summary"].items()
+            },
+        )
+        archive = data_dir / "curated.zip"
+        with archive.open("wb") as out:
+            with client.http.stream("GET", f"/v1/curated-sets/{curated['id']}/archive") as response:
+                response.raise_for_status()
+                for chunk in response.iter_bytes():
+                    out.write(chunk)
+        click.echo(f"\ncurated set downloaded to {archive} (ImageFolder layout + manifest.csv)")
