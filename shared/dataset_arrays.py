@@ -27,7 +27,8 @@ class SplitArrays:
 
     ``images`` uint8 (N, S, S, C) with C = ``channels``; ``masks`` uint8 (N, S, S), 255 on
     the lesion, or None where the dataset has no masks; ``labels`` (N,) int64 into
-    ``class_names``; ``image_ids`` the RealImage ids.
+    ``class_names``; ``image_ids`` the RealImage ids; ``groups`` patient/lesion ids, or
+    each image's own id where the dataset has none.
     """
 
     images: np.ndarray
@@ -35,6 +36,7 @@ class SplitArrays:
     labels: np.ndarray
     image_ids: list[uuid.UUID]
     class_names: list[str]
+    groups: list[str]
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -115,4 +117,5 @@ def load_split(
         labels=np.array([index[row.label] for row in rows], dtype=np.int64),
         image_ids=[row.id for row in rows],
         class_names=class_names,
+        groups=[row.group_id or str(row.id) for row in rows],
     )

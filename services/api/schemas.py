@@ -210,7 +210,10 @@ class FilterSettings(BaseModel):
     keep_fraction: float = Field(
         0.4, gt=0, le=1, description="gamma of the paper (keep_fraction rule)"
     )
-    target_keep_rate: float = Field(0.95, gt=0, le=1, description="real val images that must pass")
+    target_keep_rate: float = Field(0.97, gt=0, le=1, description="real val images that must pass")
+    min_validation_per_class: int = Field(
+        5, ge=2, le=1000, description="real val images a class needs for calibration"
+    )
     classifier_backbone: str = Field("resnet18", max_length=64)
     classifier_image_size: int = Field(64, ge=16, le=512)
     classifier_epochs: int = Field(8, ge=1, le=200)

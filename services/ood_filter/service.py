@@ -61,14 +61,15 @@ def _cached_embeddings(
     name: str,
 ) -> ImageEmbeddings:
     """Reference embeddings of a real split, cached in storage beside the classifier."""
-    key = classifier_key.replace(".safetensors", f"-{name}-embeddings.npz")
+    key = classifier_key.replace(".safetensors", f"-{name}-embeddings-v2.npz")
     if runtime.store.exists(key):
         data = np.load(io.BytesIO(runtime.store.get_bytes(key)))
         cached = ImageEmbeddings(
-            data["features"],
-            data["logits"],
-            data["phashes"],
-            tuple(int(v) for v in data["image_shape"]),  # type: ignore[arg-type]
+            features=data["features"],
+            logits=data["logits"],
+            phashes=data["phashes"],
+            image_shape=tuple(int(v) for v in data["image_shape"]),  # type: ignore[arg-type]
+            sharpness=data["sharpness"],
         )
         if len(cached) == len(split):
             return cached
@@ -82,6 +83,7 @@ def _cached_embeddings(
         logits=embeddings.logits,
         phashes=embeddings.phashes,
         image_shape=np.array(embeddings.image_shape),
+        sharpness=embeddings.sharpness,
     )
     runtime.store.put_bytes(key, buffer.getvalue())
     return embeddings
@@ -242,11 +244,12 @@ def filter_candidates_job(ctx: JobContext, runtime: Runtime) -> dict[str, Any]:
             val_embeddings,
             val.labels,
             OodFilterConfig(
-                target_keep_rate=float(params.get("target_keep_rate", 0.95)),
+                target_keep_rate=float(params.get("target_keep_rate", 0.97)),
                 min_train_per_class=int(params.get("min_train_per_class", 10)),
                 min_validation_per_class=int(params.get("min_validation_per_class", 5)),
             ),
             class_names=train.class_names,
+            validation_groups=val.groups,
         )
         for class_name in request.counts:
             ood.calibration(class_name)  # refuse a class it cannot filter before any work
