@@ -175,9 +175,9 @@ def serve(host: str, port: int, data_dir: str) -> None:
 
 @main.command()
 @click.option("--data-dir", default=".tailsynth-demo", show_default=True)
-@click.option("--total", type=int, default=2400, show_default=True, help="demo images")
+@click.option("--total", type=int, default=4000, show_default=True, help="demo images")
 @click.option("--image-size", type=int, default=64, show_default=True)
-@click.option("--train-steps", type=int, default=1500, show_default=True)
+@click.option("--train-steps", type=int, default=800, show_default=True)
 @click.option(
     "--per-class", type=int, default=24, show_default=True, help="images asked per rare class"
 )

@@ -270,3 +270,19 @@ def mark_on_failure(
         with factory.begin() as session:
             session.execute(update(model).where(model.id == row_id).values(state=state))
         raise
+
+
+def guarded(
+    factory: sessionmaker[Session],
+    model: type[Any],
+    id_param: str,
+    work: Callable[[JobContext], dict[str, Any] | NextStage],
+) -> Callable[[JobContext], dict[str, Any] | NextStage]:
+    """``work`` wrapped so that the row named by ``ctx.params[id_param]`` ends "failed" or
+    "canceled" with its job (see :func:`mark_on_failure`)."""
+
+    def wrapped(ctx: JobContext) -> dict[str, Any] | NextStage:
+        with mark_on_failure(factory, model, uuid.UUID(ctx.params[id_param])):
+            return work(ctx)
+
+    return wrapped

@@ -34,8 +34,7 @@ from services.generator.output import ImageOrigin, synthetic_image_record
 from services.generator.quality import FeatureNetwork, quality_report
 from services.generator.sampling import load_generator
 from services.generator.training import train_generator
-from services.trainer.classifier import ClassifierConfig
-from services.trainer.dataset_classifier import dataset_classifier
+from services.trainer.dataset_classifier import classifier_config_from, dataset_classifier
 from shared.dataset_arrays import SplitArrays, dataset_channels, load_split, ready_dataset
 from shared.errors import Conflict, InvalidInput, NotFound
 from shared.imaging import encode_png, sha256_bytes
@@ -130,17 +129,6 @@ def _config_for(generator: Generator, class_names: list[str], channels: int) -> 
         raise InvalidInput(f"training config: {exc}", field="training") from exc
 
 
-def _probe_classifier_config(generator: Generator, channels: int) -> ClassifierConfig:
-    probe = generator.config.get("quality_probe", {})
-    return ClassifierConfig(
-        backbone=probe.get("classifier_backbone", "resnet18"),
-        image_size=probe.get("classifier_image_size", 64),
-        in_chans=channels,
-        epochs=int(probe.get("classifier_epochs", 8)),
-        seed=0,
-    )
-
-
 def train_generator_job(ctx: JobContext, runtime: Runtime) -> dict[str, Any]:
     generator_id = uuid.UUID(ctx.params["generator_id"])
     with runtime.sessions() as session:
@@ -221,7 +209,7 @@ def _quality_probe(
     dataset_id = generator.dataset_id
     assert dataset_id is not None
     ctx.progress(0, stage="quality probe")
-    classifier_config = _probe_classifier_config(generator, channels)
+    classifier_config = classifier_config_from(probe, channels)
     classifier, _ = dataset_classifier(
         runtime.sessions,
         runtime.store,

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
-
 from celery import shared_task
 
 from services.generator.service import (
@@ -11,39 +9,40 @@ from services.generator.service import (
     register_pretrained_job,
     train_generator_job,
 )
-from shared.jobs import JobContext, mark_on_failure, run_job
+from shared.jobs import guarded, run_job
 from shared.models import CuratedSet, Generator
-from shared.runtime import Runtime, get_runtime
-
-
-def _guarded(job, runtime: Runtime):  # type: ignore[no-untyped-def]
-    """Run a generator job so that its generator row ends "failed"/"canceled" with it."""
-
-    def work(ctx: JobContext):  # type: ignore[no-untyped-def]
-        with mark_on_failure(runtime.sessions, Generator, uuid.UUID(ctx.params["generator_id"])):
-            return job(ctx, runtime)
-
-    return work
+from shared.runtime import get_runtime
 
 
 @shared_task(name="tailsynth.train_generator")
 def train_generator(job_id: str) -> None:
     runtime = get_runtime()
-    run_job(runtime.sessions, job_id, _guarded(train_generator_job, runtime))
+    work = guarded(
+        runtime.sessions, Generator, "generator_id", lambda ctx: train_generator_job(ctx, runtime)
+    )
+    run_job(runtime.sessions, job_id, work)
 
 
 @shared_task(name="tailsynth.register_generator")
 def register_generator(job_id: str) -> None:
     runtime = get_runtime()
-    run_job(runtime.sessions, job_id, _guarded(register_pretrained_job, runtime))
+    work = guarded(
+        runtime.sessions,
+        Generator,
+        "generator_id",
+        lambda ctx: register_pretrained_job(ctx, runtime),
+    )
+    run_job(runtime.sessions, job_id, work)
 
 
 @shared_task(name="tailsynth.synthesize")
 def synthesize(job_id: str) -> None:
+    """First stage of a synthesis job; it hands the job to the filter queue when done."""
     runtime = get_runtime()
-
-    def work(ctx: JobContext):  # type: ignore[no-untyped-def]
-        with mark_on_failure(runtime.sessions, CuratedSet, uuid.UUID(ctx.params["curated_set_id"])):
-            return generate_candidates_job(ctx, runtime)
-
+    work = guarded(
+        runtime.sessions,
+        CuratedSet,
+        "curated_set_id",
+        lambda ctx: generate_candidates_job(ctx, runtime),
+    )
     run_job(runtime.sessions, job_id, work, celery=runtime.celery)

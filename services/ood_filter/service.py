@@ -31,8 +31,8 @@ from services.ood_filter import (
     iter_image_batches,
 )
 from services.ood_filter.records import CandidateRecord
-from services.trainer.classifier import ClassifierConfig, ImageClassifier
-from services.trainer.dataset_classifier import dataset_classifier
+from services.trainer.classifier import ImageClassifier
+from services.trainer.dataset_classifier import classifier_config_from, dataset_classifier
 from shared.dataset_arrays import SplitArrays, dataset_channels, load_split
 from shared.errors import InvalidInput, NotFound
 from shared.imaging import decode_image, resize_square
@@ -41,16 +41,6 @@ from shared.models import CuratedSet, OodScore, Split, SynthesisRequest, Synthet
 from shared.runtime import Runtime
 
 BATCH = 64
-
-
-def classifier_config(filter_params: dict[str, Any], channels: int) -> ClassifierConfig:
-    return ClassifierConfig(
-        backbone=filter_params.get("classifier_backbone", "resnet18"),
-        image_size=int(filter_params.get("classifier_image_size", 64)),
-        in_chans=channels,
-        epochs=int(filter_params.get("classifier_epochs", 8)),
-        seed=0,
-    )
 
 
 def _cached_embeddings(
@@ -207,7 +197,7 @@ def filter_candidates_job(ctx: JobContext, runtime: Runtime) -> dict[str, Any]:
         curated_set_id = request.curated_set_id
         assert curated_set_id is not None
     params = request.filter_params
-    config = classifier_config(params, channels)
+    config = classifier_config_from(params, channels)
     ctx.progress(0, stage="fitting filter")
     train = load_split(
         runtime.sessions,

@@ -16,6 +16,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -28,6 +29,18 @@ from shared.storage import ObjectStore
 _CACHE: OrderedDict[str, ImageClassifier] = OrderedDict()
 _CACHE_SIZE = 2
 _LOCK = threading.Lock()
+
+
+def classifier_config_from(params: dict[str, Any], channels: int) -> ClassifierConfig:
+    """The dataset classifier a request asks for (``classifier_backbone``,
+    ``classifier_image_size``, ``classifier_epochs``); the same request → the same cache key."""
+    return ClassifierConfig(
+        backbone=params.get("classifier_backbone", "resnet18"),
+        image_size=int(params.get("classifier_image_size", 64)),
+        in_chans=channels,
+        epochs=int(params.get("classifier_epochs", 8)),
+        seed=0,
+    )
 
 
 def classifier_key(dataset_id: uuid.UUID, config: ClassifierConfig) -> str:
