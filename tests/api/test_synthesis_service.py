@@ -17,6 +17,7 @@ import pytest
 from shared.imaging import SYNTHETIC_KEY, read_png_text
 from tests.conftest import ApiHarness, _harness
 from tests.fixtures.archives import manifest_files, samples, write_zip
+from tests.fixtures.pipelines import save_tiny_pipeline
 from tests.fixtures.services import ManagedProcess, wait_for
 
 pytestmark = pytest.mark.service
@@ -249,3 +250,57 @@ def test_generator_training_resumes_after_its_worker_is_killed(
     assert job["attempts"] >= 2 and job["result"]["resumed_from_step"] >= 16
     generator = api.client.get(f"/v1/generators/{created['generator_id']}").json()
     assert [s for s, _ in generator["loss_curve"]] == list(range(1, 49))
+
+
+def test_pretrained_pipeline_registers_and_generates_in_every_mode(
+    api: ApiHarness, dataset_id: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Register a saved diffusers pipeline from a local directory, then synthesize with it."""
+    directory = save_tiny_pipeline(tmp_path_factory.mktemp("tiny-sd"), 32)
+    created = api.client.post(
+        "/v1/generators",
+        json={"kind": "pretrained", "dataset_id": dataset_id, "source": str(directory)},
+    )
+    assert created.status_code == 202, created.text
+    job = _wait(api, created.json()["job_id"])
+    assert job["state"] == "succeeded", job
+    generator = api.client.get(f"/v1/generators/{created.json()['generator_id']}").json()
+    assert generator["state"] == "ready" and len(generator["checkpoint_sha256"]) == 64
+
+    for mode in ("generate", "img2img", "inpaint"):
+        synthesis = api.client.post(
+            "/v1/synthesis",
+            json={
+                "dataset_id": dataset_id,
+                "generator_id": generator["id"],
+                "mode": mode,
+                "counts": {"MEL": 2},
+                "sampling": {"num_inference_steps": 2, "strength": 0.5},
+                "filter": TINY_FILTER,
+            },
+        ).json()
+        done = _wait(api, synthesis["job_id"])
+        assert done["state"] == "succeeded", (mode, done)
+        assert done["result"]["generated"] == 3
+        curated = api.client.get(f"/v1/curated-sets/{synthesis['curated_set_id']}").json()
+        assert curated["summary"]["MEL"]["generated"] == 3
+
+
+def test_unloadable_pretrained_weights_fail_the_job_clearly(
+    api: ApiHarness, dataset_id: str
+) -> None:
+    created = api.client.post(
+        "/v1/generators",
+        json={
+            "kind": "pretrained",
+            "dataset_id": dataset_id,
+            "source": "no-such-org/no-such-model",
+        },
+    ).json()
+    job = _wait(api, created["job_id"])
+    assert job["state"] == "failed" and "no-such-org/no-such-model" in job["error"]
+    assert api.client.get(f"/v1/generators/{created['generator_id']}").json()["state"] == "failed"
+    missing = api.client.post(
+        "/v1/generators", json={"kind": "pretrained", "dataset_id": dataset_id}
+    )
+    assert missing.status_code == 422 and missing.json()["field"] == "source"

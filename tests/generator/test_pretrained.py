@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from services.generator.pretrained import (
     LoraTrainingConfig,
@@ -19,54 +15,16 @@ from services.generator.pretrained import (
     load_pretrained,
 )
 from services.generator.prompts import PromptTemplates
+from tests.fixtures.pipelines import save_tiny_pipeline
 from tests.generator.conftest import disc_mask
 
 SIZE = 32
 CLASSES = ("MEL", "DF")
 
 
-def _tiny_tokenizer(directory: Path) -> CLIPTokenizer:
-    """A character-level CLIP BPE vocabulary: every letter alone and word-final."""
-    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)] + list(",.-'")
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for symbol in letters:
-        vocab.setdefault(symbol, len(vocab))
-        vocab.setdefault(symbol + "</w>", len(vocab))
-    (directory / "vocab.json").write_text(json.dumps(vocab))
-    (directory / "merges.txt").write_text("#version: 0.2\n")
-    return CLIPTokenizer(str(directory / "vocab.json"), str(directory / "merges.txt"),
-                         pad_token="<|endoftext|>", model_max_length=16)
-
-
 @pytest.fixture(scope="module")
 def pipeline_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("tiny-sd")
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        block_out_channels=(16, 32), layers_per_block=1, sample_size=SIZE // 2, in_channels=4,
-        out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=16,
-        attention_head_dim=4, norm_num_groups=8,
-    )
-    vae = AutoencoderKL(block_out_channels=(16, 32), in_channels=3, out_channels=3,
-                        down_block_types=("DownEncoderBlock2D",) * 2,
-                        up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4,
-                        norm_num_groups=8, sample_size=SIZE)
-    tokenizer_dir = root / "tokenizer-src"
-    tokenizer_dir.mkdir()
-    tokenizer = _tiny_tokenizer(tokenizer_dir)
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=16, intermediate_size=32,
-        num_attention_heads=2, num_hidden_layers=2, vocab_size=len(tokenizer),
-        max_position_embeddings=16,
-    ))
-    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                              clip_sample=False, set_alpha_to_one=False, steps_offset=1)
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
-                                   unet=unet, scheduler=scheduler, safety_checker=None,
-                                   feature_extractor=None, requires_safety_checker=False)
-    pipe.save_pretrained(root / "pipeline")
-    return root / "pipeline"
+    return save_tiny_pipeline(tmp_path_factory.mktemp("tiny-sd"), SIZE)
 
 
 @pytest.fixture(scope="module")
