@@ -135,6 +135,7 @@ class JobContext:
     cancel_poll_s: float = 0.5
     _cancel_checked_at: float = field(default=-1e9, repr=False)
     _cancel_requested: bool = field(default=False, repr=False)
+    _heartbeat_at: float = field(default=-1e9, repr=False)
 
     def progress(self, done: int, total: int | None = None, stage: str | None = None) -> None:
         values: dict[str, Any] = {"done": done, "heartbeat_at": utcnow()}
@@ -144,6 +145,17 @@ class JobContext:
             values["stage"] = stage
         with self.factory.begin() as session:
             session.execute(update(Job).where(Job.id == self.job_id).values(**values))
+
+    def heartbeat(self, *_: object) -> None:
+        """Tell the reaper the job is alive without touching its progress (at most every
+        ``cancel_poll_s`` x 10 seconds); usable directly as a ``progress`` callback."""
+        now = time.monotonic()
+        if now - self._heartbeat_at >= 10 * self.cancel_poll_s:
+            self._heartbeat_at = now
+            with self.factory.begin() as session:
+                session.execute(
+                    update(Job).where(Job.id == self.job_id).values(heartbeat_at=utcnow())
+                )
 
     def should_cancel(self) -> bool:
         """Whether the user asked to cancel; reads the row at most every ``cancel_poll_s``."""

@@ -147,6 +147,7 @@ def train_generator_job(ctx: JobContext, runtime: Runtime) -> dict[str, Any]:
         Split.TRAIN,
         config.resolution,
         channels=channels,
+        progress=ctx.heartbeat,
     )
     local_dir = _scratch(runtime, "generators", str(generator_id))
     mirror = _CheckpointMirror(runtime, local_dir, generator_id)
@@ -216,10 +217,17 @@ def _quality_probe(
         runtime.settings,
         dataset_id,
         classifier_config,
+        progress=ctx.heartbeat,
         should_cancel=ctx.should_cancel,
     )
     val = load_split(
-        runtime.sessions, runtime.store, dataset_id, Split.VAL, size, channels=channels
+        runtime.sessions,
+        runtime.store,
+        dataset_id,
+        Split.VAL,
+        size,
+        channels=channels,
+        progress=ctx.heartbeat,
     )
     if len(val) == 0:
         return {"skipped": "the dataset has no validation images"}
@@ -350,7 +358,13 @@ def generate_candidates_job(ctx: JobContext, runtime: Runtime) -> NextStage:
     size = model.config.resolution if generator.kind == "trained" else model.default_size
     ctx.progress(len(recorded), stage="loading data")
     train = load_split(
-        runtime.sessions, runtime.store, request.dataset_id, Split.TRAIN, size, channels=channels
+        runtime.sessions,
+        runtime.store,
+        request.dataset_id,
+        Split.TRAIN,
+        size,
+        channels=channels,
+        progress=ctx.heartbeat,
     )
     plans = plan_candidates(request, train, float(request.params.get("oversample", 1.5)))
     todo = [p for p in plans if p.index not in recorded]

@@ -206,6 +206,7 @@ def filter_candidates_job(ctx: JobContext, runtime: Runtime) -> dict[str, Any]:
         Split.TRAIN,
         config.image_size,
         channels=channels,
+        progress=ctx.heartbeat,
     )
     val = load_split(
         runtime.sessions,
@@ -214,6 +215,7 @@ def filter_candidates_job(ctx: JobContext, runtime: Runtime) -> dict[str, Any]:
         Split.VAL,
         config.image_size,
         channels=channels,
+        progress=ctx.heartbeat,
     )
     classifier, key = dataset_classifier(
         runtime.sessions,
@@ -223,6 +225,7 @@ def filter_candidates_job(ctx: JobContext, runtime: Runtime) -> dict[str, Any]:
         config,
         train=train,
         val=val,
+        progress=ctx.heartbeat,
         should_cancel=ctx.should_cancel,
     )
     train_embeddings = _cached_embeddings(runtime, classifier, key, train, "train")
@@ -270,6 +273,7 @@ def filter_candidates_job(ctx: JobContext, runtime: Runtime) -> dict[str, Any]:
                     classifier,
                     _candidate_batches(runtime, rows, config.image_size, channels),
                     class_name,
+                    progress=ctx.heartbeat,
                     should_cancel=ctx.should_cancel,
                 )
             )
