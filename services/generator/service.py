@@ -56,15 +56,6 @@ def _scratch(runtime: Runtime, *parts: str) -> Path:
     return path
 
 
-def _upload_dir(runtime: Runtime, local: Path, prefix: str) -> None:
-    for file in sorted(local.rglob("*")):
-        if file.is_file():
-            with file.open("rb") as handle:
-                runtime.store.put_stream(
-                    f"{prefix}/{file.relative_to(local).as_posix()}", handle, file.stat().st_size
-                )
-
-
 def _download_prefix(runtime: Runtime, prefix: str, local: Path) -> None:
     for key in runtime.store.list_keys(prefix + "/"):
         target = local / key[len(prefix) + 1 :]
@@ -346,6 +337,7 @@ def generate_candidates_job(ctx: JobContext, runtime: Runtime) -> NextStage:
         generator = session.get(Generator, request.generator_id)
         if generator is None or generator.state != "ready":
             raise Conflict(f"generator {request.generator_id} is not ready")
+        class_names = list(ready_dataset(session, request.dataset_id).class_names)
         channels = dataset_channels(session, request.dataset_id)
         recorded = set(
             session.scalars(
@@ -354,7 +346,7 @@ def generate_candidates_job(ctx: JobContext, runtime: Runtime) -> NextStage:
                 )
             )
         )
-    model = _load_model(runtime, generator, list(ready_dataset_names(runtime, request.dataset_id)))
+    model = _load_model(runtime, generator, class_names)
     size = model.config.resolution if generator.kind == "trained" else model.default_size
     ctx.progress(len(recorded), stage="loading data")
     train = load_split(
@@ -459,11 +451,6 @@ def generate_candidates_job(ctx: JobContext, runtime: Runtime) -> NextStage:
             _insert_candidates(session, rows)
         ctx.progress(len(plans) - len(todo) + start + len(chunk))
     return NextStage("tailsynth.filter_candidates", "filtering", {"candidates": len(plans)})
-
-
-def ready_dataset_names(runtime: Runtime, dataset_id: uuid.UUID) -> list[str]:
-    with runtime.sessions() as session:
-        return list(ready_dataset(session, dataset_id).class_names)
 
 
 def register_pretrained_job(ctx: JobContext, runtime: Runtime) -> dict[str, Any]:
