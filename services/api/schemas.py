@@ -158,8 +158,8 @@ class GeneratorCreate(BaseModel):
 
     kind: str = Field("trained", pattern="^(trained|pretrained)$")
     dataset_id: uuid.UUID
-    training: GeneratorTraining = Field(default_factory=GeneratorTraining)
-    quality_probe: QualityProbe = Field(default_factory=QualityProbe)
+    training: GeneratorTraining = GeneratorTraining()
+    quality_probe: QualityProbe = QualityProbe()
     source: str | None = Field(
         None, max_length=1024, description="pretrained: local diffusers directory or model id"
     )
@@ -229,10 +229,10 @@ class SynthesisCreate(BaseModel):
         None, pattern="^fill_to_max$", description="fill every class to the head class"
     )
     mode: str = Field("inpaint", pattern="^(inpaint|img2img|generate)$")
-    sampling: Sampling = Field(default_factory=Sampling)
+    sampling: Sampling = Sampling()
     background_policy: str = Field("any_class", pattern="^(any_class|same_class|head_classes)$")
     oversample: float = Field(1.5, ge=1, le=10, description="candidates generated per image asked")
-    filter: FilterSettings = Field(default_factory=FilterSettings)
+    filter: FilterSettings = FilterSettings()
     seed: int = Field(0, ge=0, lt=2**62)
 
 

@@ -222,9 +222,9 @@ def _quality_probe(
     )
     if len(val) == 0:
         return {"skipped": "the dataset has no validation images"}
-    per_class = int(probe.get("images_per_class", 16))
+    images_per_class = int(probe.get("images_per_class", 16))
     rng = np.random.default_rng(0)
-    class_ids = np.repeat(np.arange(len(val.class_names)), per_class)
+    class_ids = np.repeat(np.arange(len(val.class_names)), images_per_class)
     sources = rng.integers(0, len(val), len(class_ids))
     masks = val.masks[sources] if val.masks is not None else auto_masks(val.images[sources])
     result = model.inpaint(
@@ -369,7 +369,10 @@ def generate_candidates_job(ctx: JobContext, runtime: Runtime) -> NextStage:
         chunk = todo[start : start + batch_size]
         class_ids = np.array([p.class_id for p in chunk])
         seeds = np.array([p.seed for p in chunk])
-        sources = [p.source_row for p in chunk]
+        # Every inpaint/img2img candidate has a source row; "generate" ones have none.
+        sources = np.array(
+            [p.source_row for p in chunk if p.source_row is not None], dtype=np.int64
+        )
         masks = None
         kwargs = {
             "scheduler": sampling.get("scheduler", "ddim"),

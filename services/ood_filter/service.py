@@ -66,6 +66,7 @@ def _cached_embeddings(
     embeddings = embed_images(
         classifier, iter_image_batches(split.images, BATCH), all_orientations=name == "train"
     )
+    assert embeddings.sharpness is not None  # embed_images always measures it
     buffer = io.BytesIO()
     np.savez(
         buffer,

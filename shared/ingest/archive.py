@@ -151,21 +151,21 @@ def extract_archive(path: Path, dest: Path, listing: ArchiveListing) -> None:
                 out.write(chunk)
 
     if listing.kind == "zip":
-        with zipfile.ZipFile(path) as archive:
-            for info in archive.infolist():
+        with zipfile.ZipFile(path) as zipped:
+            for info in zipped.infolist():
                 name = _normalise(info.filename)
                 if name in listing.sizes:
-                    with archive.open(info) as source:
+                    with zipped.open(info) as source:
                         copy(source, name)
     else:
-        with tarfile.open(path, "r:*") as archive:
-            for member in archive:
+        with tarfile.open(path, "r:*") as tarred:
+            for member in tarred:
                 name = _normalise(member.name)
                 if member.isfile() and name in listing.sizes:
-                    source = archive.extractfile(member)
-                    if source is not None:
-                        with source:
-                            copy(source, name)
+                    handle = tarred.extractfile(member)
+                    if handle is not None:
+                        with handle:
+                            copy(handle, name)
 
 
 def listing_from_directory(root: Path) -> ArchiveListing:
