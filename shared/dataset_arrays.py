@@ -15,7 +15,8 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.errors import Conflict, NotFound
+from shared.db import get_owned
+from shared.errors import Conflict
 from shared.imaging import decode_image, resize_square
 from shared.models import Dataset, DatasetState, RealImage, Split
 from shared.storage import ObjectStore
@@ -45,9 +46,7 @@ class SplitArrays:
 def ready_dataset(
     session: Session, dataset_id: uuid.UUID, tenant_id: uuid.UUID | None = None
 ) -> Dataset:
-    dataset = session.get(Dataset, dataset_id)
-    if dataset is None or (tenant_id is not None and dataset.tenant_id != tenant_id):
-        raise NotFound(f"dataset {dataset_id} not found", field="dataset_id")
+    dataset = get_owned(session, Dataset, dataset_id, tenant_id, "dataset", field="dataset_id")
     if dataset.state != DatasetState.READY:
         raise Conflict(
             f"dataset {dataset_id} is {dataset.state.value}, not ready", field="dataset_id"

@@ -7,13 +7,18 @@ by the worker at start-up, never at import.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared.errors import NotFound
 from shared.settings import Settings
+
+Row = TypeVar("Row")
 
 
 def make_engine(settings: Settings) -> Engine:
@@ -51,3 +56,22 @@ def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+def get_owned(
+    session: Session,
+    model: type[Row],
+    row_id: uuid.UUID,
+    tenant_id: uuid.UUID | None,
+    what: str,
+    **extra: Any,
+) -> Row:
+    """The ``model`` row ``row_id`` if it belongs to ``tenant_id`` (any tenant when None).
+
+    Another tenant's id answers exactly like an unknown one, so ids leak nothing.
+    ``extra`` (e.g. ``field="dataset_id"``) goes into the problem+json answer.
+    """
+    row = session.get(model, row_id)
+    if row is None or (tenant_id is not None and row.tenant_id != tenant_id):  # type: ignore[attr-defined]
+        raise NotFound(f"{what} {row_id} not found", **extra)
+    return row

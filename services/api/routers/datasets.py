@@ -23,7 +23,8 @@ from services.api.deps import (
 from services.api.idempotency import Idempotency, body_hash
 from services.api.routers._submit import submit_job
 from services.api.schemas import DatasetCreated, DatasetRead, DemoDatasetCreate, Page
-from shared.errors import InvalidInput, NotFound, PayloadTooLarge
+from shared.db import get_owned
+from shared.errors import InvalidInput, PayloadTooLarge
 from shared.ingest.archive import list_archive
 from shared.ingest.formats import FORMATS, build_plan
 from shared.ingest.service import archive_limits
@@ -35,10 +36,7 @@ COPY_CHUNK = 1024 * 1024
 
 
 def get_dataset(session: SessionDep, tenant_id: uuid.UUID, dataset_id: uuid.UUID) -> Dataset:
-    dataset = session.get(Dataset, dataset_id)
-    if dataset is None or dataset.tenant_id != tenant_id:
-        raise NotFound(f"dataset {dataset_id} not found")
-    return dataset
+    return get_owned(session, Dataset, dataset_id, tenant_id, "dataset")
 
 
 def _add_dataset(session: SessionDep, **fields: object) -> DatasetRead:

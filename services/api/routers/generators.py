@@ -13,7 +13,8 @@ from services.api.routers._submit import submit_job
 from services.api.schemas import GeneratorCreate, GeneratorCreated, GeneratorRead
 from services.generator.config import GeneratorConfig
 from shared.dataset_arrays import dataset_channels, ready_dataset
-from shared.errors import InvalidInput, NotFound
+from shared.db import get_owned
+from shared.errors import InvalidInput
 from shared.jobs import create_job
 from shared.models import Generator
 
@@ -21,10 +22,7 @@ router = APIRouter(prefix="/v1/generators", tags=["generators"])
 
 
 def get_generator(session: SessionDep, tenant_id: uuid.UUID, generator_id: uuid.UUID) -> Generator:
-    generator = session.get(Generator, generator_id)
-    if generator is None or generator.tenant_id != tenant_id:
-        raise NotFound(f"generator {generator_id} not found", field="generator_id")
-    return generator
+    return get_owned(session, Generator, generator_id, tenant_id, "generator", field="generator_id")
 
 
 @router.post(

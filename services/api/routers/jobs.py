@@ -10,7 +10,8 @@ from sqlalchemy import func, select
 
 from services.api.deps import LimitDep, OffsetDep, SessionDep, TenantDep
 from services.api.schemas import JobRead, Page
-from shared.errors import InvalidInput, NotFound
+from shared.db import get_owned
+from shared.errors import InvalidInput
 from shared.jobs import request_cancel
 from shared.models import Job, JobState
 
@@ -18,10 +19,7 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 
 def get_job(session: SessionDep, tenant_id: uuid.UUID, job_id: uuid.UUID) -> Job:
-    job = session.get(Job, job_id)
-    if job is None or job.tenant_id != tenant_id:
-        raise NotFound(f"job {job_id} not found")
-    return job
+    return get_owned(session, Job, job_id, tenant_id, "job")
 
 
 @router.get("", response_model=Page[JobRead])

@@ -26,7 +26,8 @@ from services.api.schemas import (
     SyntheticImageRead,
 )
 from shared.dataset_arrays import ready_dataset
-from shared.errors import Conflict, InvalidInput, NotFound
+from shared.db import get_owned
+from shared.errors import Conflict, InvalidInput
 from shared.jobs import create_job
 from shared.models import CuratedSet, OodScore, RealImage, Split, SynthesisRequest, SyntheticImage
 
@@ -173,10 +174,7 @@ def create_synthesis(
 def get_curated_set(
     session: SessionDep, tenant_id: uuid.UUID, curated_set_id: uuid.UUID
 ) -> CuratedSet:
-    curated = session.get(CuratedSet, curated_set_id)
-    if curated is None or curated.tenant_id != tenant_id:
-        raise NotFound(f"curated set {curated_set_id} not found")
-    return curated
+    return get_owned(session, CuratedSet, curated_set_id, tenant_id, "curated set")
 
 
 @router.get("/v1/curated-sets/{curated_set_id}", response_model=CuratedSetRead)
@@ -299,9 +297,7 @@ def read_synthetic_image(
 ) -> SyntheticImageRead:
     """One image's full provenance: source image, mask, checkpoint, sampling, seed, job,
     every OOD score with its threshold, and the keep/reject decision with its reason."""
-    image = session.get(SyntheticImage, image_id)
-    if image is None or image.tenant_id != tenant_id:
-        raise NotFound(f"synthetic image {image_id} not found")
+    image = get_owned(session, SyntheticImage, image_id, tenant_id, "synthetic image")
     scores = [
         {"detector": s.detector, "score": s.score, "threshold": s.threshold, "passed": s.passed}
         for s in session.scalars(
