@@ -8,6 +8,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -16,6 +17,7 @@ from fastapi.testclient import TestClient
 
 from services.api.app import create_app
 from services.api.auth import create_api_key
+from services.client import FINAL_STATES
 from shared.db import make_engine, make_session_factory, session_scope
 from shared.migrate import upgrade
 from shared.settings import Settings
@@ -26,6 +28,7 @@ from tests.fixtures.services import (
     require,
     start_moto,
     start_worker,
+    wait_for,
 )
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -39,6 +42,17 @@ class ApiHarness:
     settings: Settings
     api_key: str
     tenant_name: str
+
+    def wait_job(self, job_id: str, timeout: float = 300, interval: float = 0.2) -> dict[str, Any]:
+        """Poll ``GET /v1/jobs/{id}`` until the job is final; return its last state."""
+        state: dict[str, Any] = {}
+
+        def final() -> bool:
+            state.update(self.client.get(f"/v1/jobs/{job_id}").json())
+            return state["state"] in FINAL_STATES
+
+        wait_for(final, timeout, f"job {job_id}", interval=interval)
+        return state
 
     def new_tenant_headers(self) -> dict[str, str]:
         key = issue_key(self.settings, tenant=f"other-{uuid.uuid4().hex[:8]}")

@@ -26,17 +26,6 @@ from tests.fixtures.services import ManagedProcess, wait_for
 pytestmark = pytest.mark.service
 
 
-def _wait(api: ApiHarness, job_id: str, timeout: float = 120) -> dict[str, Any]:
-    state: dict[str, Any] = {}
-
-    def final() -> bool:
-        state.update(api.client.get(f"/v1/jobs/{job_id}").json())
-        return state["state"] in ("succeeded", "failed", "canceled")
-
-    wait_for(final, timeout, f"job {job_id}", interval=0.2)
-    return state
-
-
 def _upload(api: ApiHarness, archive: Path, **form: str) -> dict[str, Any]:
     with archive.open("rb") as handle:
         response = api.client.post(
@@ -76,7 +65,7 @@ def test_each_format_ends_ready_with_counts_and_splits(
 ) -> None:
     built = build(kind, tmp_path, demo, tar=tar)
     created = _upload(service_api, built.path)
-    job = _wait(service_api, created["job_id"])
+    job = service_api.wait_job(created["job_id"], timeout=120)
     assert job["state"] == "succeeded", job
     assert job["progress"]["percent"] == 100.0
     dataset = service_api.client.get(f"/v1/datasets/{created['dataset_id']}").json()
@@ -113,7 +102,7 @@ def test_corrupt_images_are_reported_and_the_rest_ingested(
     files[images[1]] = b"this is not a png"
     files[images[2]] = files[images[3]]  # the same pixels twice: one is kept
     created = _upload(service_api, write_zip(tmp_path / "broken.zip", files))
-    job = _wait(service_api, created["job_id"])
+    job = service_api.wait_job(created["job_id"], timeout=120)
     assert job["state"] == "succeeded", job
     dataset = service_api.client.get(f"/v1/datasets/{created['dataset_id']}").json()
     report = dataset["ingest_report"]
@@ -142,7 +131,7 @@ def test_killed_worker_mid_ingest_loses_and_duplicates_nothing(
     for pid in children:
         os.kill(pid, signal.SIGKILL)  # the process running the task dies mid-chunk
 
-    job = _wait(service_api, job_id, timeout=180)
+    job = service_api.wait_job(job_id, timeout=180)
     assert job["state"] == "succeeded", job
     assert job["attempts"] >= 2, "the task was delivered again after the worker died"
     rows = _rows(service_api, created["dataset_id"])
@@ -165,7 +154,7 @@ def test_cancel_stops_a_running_ingest_and_keeps_its_rows(
         interval=0.05,
     )
     assert service_api.client.post(f"/v1/jobs/{job_id}/cancel").status_code == 202
-    job = _wait(service_api, job_id)
+    job = service_api.wait_job(job_id, timeout=120)
     assert job["state"] == "canceled"
     kept = _rows(service_api, created["dataset_id"])
     assert 0 < len(kept) < 600  # what finished before the cancel is kept
@@ -201,7 +190,7 @@ def test_reaper_sends_a_job_whose_dispatch_was_lost(service_api: ApiHarness) -> 
     sent = reap(create_celery_app(settings), factory, lease_s=settings.job_lease_s, grace_s=0.1)
     assert sent >= 1
     # The task runs and fails cleanly: its dataset row never existed.
-    final = _wait(service_api, str(job_id))
+    final = service_api.wait_job(str(job_id), timeout=120)
     assert final["state"] == "failed" and "vanished" in final["error"]
     with factory() as session:
         assert (

@@ -39,17 +39,6 @@ TINY_FILTER = {
 }
 
 
-def _wait(api: ApiHarness, job_id: str, timeout: float = 600) -> dict[str, Any]:
-    state: dict[str, Any] = {}
-
-    def final() -> bool:
-        state.update(api.client.get(f"/v1/jobs/{job_id}").json())
-        return state["state"] in ("succeeded", "failed", "canceled")
-
-    wait_for(final, timeout, f"job {job_id}", interval=0.3)
-    return state
-
-
 @pytest.fixture(scope="module")
 def api(service_settings, service_worker) -> Iterator[ApiHarness]:  # type: ignore[no-untyped-def]
     """One tenant for the whole module: the dataset and generator are made once."""
@@ -72,7 +61,7 @@ def dataset_id(api: ApiHarness, tmp_path_factory: pytest.TempPathFactory) -> str
             data={"name": "three"},
             files={"file": ("three.zip", handle, "application/zip")},
         ).json()
-    assert _wait(api, created["job_id"])["state"] == "succeeded"
+    assert api.wait_job(created["job_id"], timeout=600)["state"] == "succeeded"
     return str(created["dataset_id"])
 
 
@@ -87,7 +76,7 @@ def trained(api: ApiHarness, dataset_id: str) -> dict[str, Any]:
         },
     )
     assert created.status_code == 202, created.text
-    job = _wait(api, created.json()["job_id"])
+    job = api.wait_job(created.json()["job_id"], timeout=600)
     assert job["state"] == "succeeded", job
     return {"job": job, **created.json()}
 
@@ -121,7 +110,7 @@ def test_synthesis_generates_filters_and_streams_the_curated_set(
     )
     assert created.status_code == 202, created.text
     body = created.json()
-    job = _wait(api, body["job_id"])
+    job = api.wait_job(body["job_id"], timeout=600)
     assert job["state"] == "succeeded", job
     assert job["result"]["generated"] == 12  # 4 per class x oversample 1.5
 
@@ -245,7 +234,7 @@ def test_generator_training_resumes_after_its_worker_is_killed(
     )
     for pid in service_worker.children():
         os.kill(pid, signal.SIGKILL)
-    job = _wait(api, job_id)
+    job = api.wait_job(job_id, timeout=600)
     assert job["state"] == "succeeded", job
     assert job["attempts"] >= 2 and job["result"]["resumed_from_step"] >= 16
     generator = api.client.get(f"/v1/generators/{created['generator_id']}").json()
@@ -262,7 +251,7 @@ def test_pretrained_pipeline_registers_and_generates_in_every_mode(
         json={"kind": "pretrained", "dataset_id": dataset_id, "source": str(directory)},
     )
     assert created.status_code == 202, created.text
-    job = _wait(api, created.json()["job_id"])
+    job = api.wait_job(created.json()["job_id"], timeout=600)
     assert job["state"] == "succeeded", job
     generator = api.client.get(f"/v1/generators/{created.json()['generator_id']}").json()
     assert generator["state"] == "ready" and len(generator["checkpoint_sha256"]) == 64
@@ -279,7 +268,7 @@ def test_pretrained_pipeline_registers_and_generates_in_every_mode(
                 "filter": TINY_FILTER,
             },
         ).json()
-        done = _wait(api, synthesis["job_id"])
+        done = api.wait_job(synthesis["job_id"], timeout=600)
         assert done["state"] == "succeeded", (mode, done)
         assert done["result"]["generated"] == 3
         curated = api.client.get(f"/v1/curated-sets/{synthesis['curated_set_id']}").json()
@@ -297,7 +286,7 @@ def test_unloadable_pretrained_weights_fail_the_job_clearly(
             "source": "no-such-org/no-such-model",
         },
     ).json()
-    job = _wait(api, created["job_id"])
+    job = api.wait_job(created["job_id"], timeout=600)
     assert job["state"] == "failed" and "no-such-org/no-such-model" in job["error"]
     assert api.client.get(f"/v1/generators/{created['generator_id']}").json()["state"] == "failed"
     missing = api.client.post(
