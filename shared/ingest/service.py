@@ -97,10 +97,9 @@ def _ingest_row(
     suffix = posixpath.splitext(row.path)[1].lower() or ".png"
     stored_mask = None
     if row.mask_path:
+        mask_bytes = (root / row.mask_path).read_bytes()
         try:
-            mask = decode_image(
-                (root / row.mask_path).read_bytes(), max_pixels=settings.max_image_pixels
-            )
+            mask = decode_image(mask_bytes, max_pixels=settings.max_image_pixels)
         except ImageDecodeError as exc:
             report.reject(row, "bad_mask", f"mask {row.mask_path}: {exc}")
             return None
@@ -111,7 +110,7 @@ def _ingest_row(
             return None
         stored_mask = mask_key(dataset_id, image.sha256)
         if not store.exists(stored_mask):
-            store.put_bytes(stored_mask, (root / row.mask_path).read_bytes(), "image/png")
+            store.put_bytes(stored_mask, mask_bytes, "image/png")
     key = image_key(dataset_id, image.sha256, suffix)
     if not store.exists(key):
         store.put_bytes(key, raw)
@@ -193,14 +192,9 @@ def ingest_directory(
         dataset.class_names = class_names
         dataset.class_counts = {c: counts[c] for c in class_names}
         dataset.imbalance_ratio = max(counts.values()) / min(counts.values())
+        per_split = Counter((sp, img.label) for img, sp in zip(images, splits, strict=True))
         dataset.split_counts = {
-            s: {
-                c: sum(
-                    1 for img, sp in zip(images, splits, strict=True) if sp == s and img.label == c
-                )
-                for c in class_names
-            }
-            for s in ("train", "val", "test")
+            s: {c: per_split[(s, c)] for c in class_names} for s in ("train", "val", "test")
         }
         dataset.ingest_report = {
             "format": plan.format,
