@@ -1,12 +1,15 @@
-"""Does a generator trained from scratch on the demo set paint recognisable lesions?
+r"""Does a generator trained from scratch on the demo set paint recognisable lesions?
 
 Trains the inpainting generator at 32 px on CPU on the long-tailed demo dataset, paints
 candidates of every class into real backgrounds (masks from the dataset, jittered), and
 scores them with a classifier trained on the real training images: per-class accuracy
 (chance = 1/8) and per-class Frechet distance in that classifier's feature space against
-held-out real images. Prints one JSON document.
+held-out real images. The held-out fifth is split by patient group (no lesion is on both
+sides). Prints one JSON document.
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/generator_demo_quality.py --train-steps 1500
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/generator_demo_quality.py --total 8000 \
+        --train-steps 4500 --batch-size 16 --per-class 32 --inference-steps 20 \
+        --class-balance 1.0 --guidance-scale 3 6 --background-policy any_class same_class
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from sklearn.model_selection import StratifiedGroupKFold
 
 from services.generator.config import GeneratorConfig
 from services.generator.masks import jitter_mask, select_background_indices
@@ -45,6 +49,9 @@ def main() -> None:
                         help="one or more classifier-free guidance scales to sample with")
     parser.add_argument("--class-balance", type=float, default=1.0,
                         help="generator batch class balancing exponent (0 natural, 1 equal)")
+    parser.add_argument("--background-policy", nargs="+", default=["any_class"],
+                        choices=["any_class", "same_class", "head_classes"],
+                        help="which real images receive the lesions (one report per policy)")
     parser.add_argument("--classifier-epochs", type=int, default=12)
     parser.add_argument("--classifier-image-size", type=int, default=32,
                         help="side the classifier resamples images to (more = slower)")
@@ -52,7 +59,8 @@ def main() -> None:
                         help="reuse this probe classifier checkpoint (trained and saved "
                              "there when absent), so runs differing only in sampling compare")
     parser.add_argument("--save-generated", type=Path, default=None,
-                        help="write generated images, masks and class ids to this .npz")
+                        help="write generated images, sources, masks and class ids to "
+                             "PATH.<policy>.g<scale>.npz")
     parser.add_argument("--checkpoint-dir", type=Path, default=None)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -61,10 +69,8 @@ def main() -> None:
 
     start = time.perf_counter()
     demo = load_demo_arrays(total=args.total, image_size=args.resolution, seed=args.seed)
-    rng = np.random.default_rng(args.seed)
-    order = rng.permutation(len(demo.labels))
-    held_out = order[: len(order) // 5]
-    train = order[len(order) // 5:]
+    folds = StratifiedGroupKFold(n_splits=5, shuffle=True, random_state=args.seed)
+    train, held_out = next(folds.split(demo.images, demo.labels, groups=demo.groups))
     names = list(demo.class_names)
     timings["dataset_s"] = time.perf_counter() - start
 
@@ -76,7 +82,8 @@ def main() -> None:
             demo.images[train], demo.labels[train], names,
             ClassifierConfig(backbone="resnet10t", image_size=args.classifier_image_size,
                              epochs=args.classifier_epochs, batch_size=64, lr=2e-3,
-                             device="cpu", balanced_sampling=True, seed=args.seed),
+                             device="cpu", balanced_sampling=True, vertical_flip=True,
+                             seed=args.seed),
         )
         if args.classifier_path is not None:
             classifier.save(args.classifier_path)
@@ -104,16 +111,6 @@ def main() -> None:
 
     generator = load_generator(result.checkpoint.path, device="cpu")
     train_labels = demo.labels[train]
-    sources, masks, class_ids = [], [], []
-    mask_rng = np.random.default_rng(args.seed + 7)
-    for class_id in range(len(names)):
-        picks = select_background_indices(train_labels, class_id, args.per_class,
-                                          policy="any_class", seed=args.seed + class_id)
-        for index in train[picks]:
-            sources.append(demo.images[index])
-            masks.append(jitter_mask(demo.masks[index], mask_rng, max_dilation=2))
-            class_ids.append(class_id)
-    seeds = np.arange(len(class_ids)) + 10_000 * args.seed
     features = FeatureNetwork(
         lambda x: torch.from_numpy(classifier.features((x * 255).round().byte()
                                                        .permute(0, 2, 3, 1).numpy())),
@@ -123,35 +120,52 @@ def main() -> None:
     real_reference = quality_report(demo.images[held_out], demo.labels[held_out],
                                     demo.images[train], demo.labels[train], names,
                                     feature_network=features)
-    by_guidance = {}
-    for guidance_scale in args.guidance_scale:
-        start = time.perf_counter()
-        generated = generator.inpaint(
-            np.stack(sources), np.stack(masks), np.array(class_ids), seeds, scheduler="ddim",
-            num_inference_steps=args.inference_steps, guidance_scale=guidance_scale,
-            batch_size=64,
-        )
-        timings[f"inpaint_g{guidance_scale}_s"] = time.perf_counter() - start
-        if args.save_generated is not None:
-            np.savez_compressed(args.save_generated.with_suffix(f".g{guidance_scale}.npz"),
-                                images=generated.images, class_ids=generated.class_ids,
-                                sources=np.stack(sources), masks=np.stack(masks))
-        report = quality_report(demo.images[held_out], demo.labels[held_out], generated.images,
-                                generated.class_ids, names, feature_network=features,
-                                predict_proba=classifier.predict_proba)
-        by_guidance[str(guidance_scale)] = [
-            {
-                "class": q.class_name,
-                "train_count": int((train_labels == c).sum()),
-                "generated": q.n_generated,
-                "classifier_accuracy_on_generated": q.classifier_accuracy,
-                "mean_class_probability": q.mean_class_probability,
-                "classifier_accuracy_on_real_held_out": real_accuracy[c],
-                "frechet_distance_generated_vs_held_out": q.frechet_distance,
-                "frechet_distance_real_train_vs_held_out": real_reference[c].frechet_distance,
-            }
-            for c, q in enumerate(report)
-        ]
+    reports: dict[str, dict[str, list[dict[str, object]]]] = {}
+    for policy in args.background_policy:
+        sources, masks, class_ids = [], [], []
+        mask_rng = np.random.default_rng(args.seed + 7)
+        for class_id in range(len(names)):
+            picks = select_background_indices(train_labels, class_id, args.per_class,
+                                              policy=policy, seed=args.seed + class_id)
+            for index in train[picks]:
+                sources.append(demo.images[index])
+                masks.append(jitter_mask(demo.masks[index], mask_rng, max_dilation=2))
+                class_ids.append(class_id)
+        seeds = np.arange(len(class_ids)) + 10_000 * args.seed
+        reports[policy] = {}
+        for guidance_scale in args.guidance_scale:
+            start = time.perf_counter()
+            generated = generator.inpaint(
+                np.stack(sources), np.stack(masks), np.array(class_ids), seeds,
+                scheduler="ddim", num_inference_steps=args.inference_steps,
+                guidance_scale=guidance_scale, batch_size=64,
+            )
+            timings[f"inpaint_{policy}_g{guidance_scale}_s"] = time.perf_counter() - start
+            if args.save_generated is not None:
+                np.savez_compressed(
+                    args.save_generated.with_name(
+                        f"{args.save_generated.name}.{policy}.g{guidance_scale}.npz"
+                    ),
+                    images=generated.images, class_ids=generated.class_ids,
+                    sources=np.stack(sources), masks=np.stack(masks),
+                )
+            report = quality_report(demo.images[held_out], demo.labels[held_out],
+                                    generated.images, generated.class_ids, names,
+                                    feature_network=features,
+                                    predict_proba=classifier.predict_proba)
+            reports[policy][str(guidance_scale)] = [
+                {
+                    "class": q.class_name,
+                    "train_count": int((train_labels == c).sum()),
+                    "generated": q.n_generated,
+                    "classifier_accuracy_on_generated": q.classifier_accuracy,
+                    "mean_class_probability": q.mean_class_probability,
+                    "classifier_accuracy_on_real_held_out": real_accuracy[c],
+                    "frechet_distance_generated_vs_held_out": q.frechet_distance,
+                    "frechet_distance_real_train_vs_held_out": real_reference[c].frechet_distance,
+                }
+                for c, q in enumerate(report)
+            ]
     print(json.dumps({  # noqa: T201
         "config": {k: v for k, v in vars(args).items()
                    if k not in ("checkpoint_dir", "save_generated", "classifier_path")},
@@ -160,7 +174,7 @@ def main() -> None:
         "final_loss_mean_last_100": float(np.mean([v for _, v in result.loss_curve[-100:]])),
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
         "chance_accuracy": 1.0 / len(names),
-        "per_class_by_guidance_scale": by_guidance,
+        "per_class_by_background_policy_and_guidance_scale": reports,
     }, indent=2))
 
 
