@@ -2,9 +2,11 @@
 
 Both sampling loops use the same model, scheduler, steps, guidance and seeds; the naive
 loop calls ``inpaint`` once per image (batch of one), as a worker without batching would.
-Training speed is optimiser steps per second of ``train_generator`` (checkpoint writes
-included). Peak memory is the process's max resident set size (CPU) or
-``torch.cuda.max_memory_allocated`` (GPU). Prints one JSON document.
+The UNet's forward cost per image at several batch sizes bounds what batching can gain: on
+a CPU the per-image cost stops falling after a batch of a few dozen. Training speed is
+optimiser steps per second of ``train_generator`` (checkpoint writes included). Peak
+memory is the process's max resident set size (CPU) or ``torch.cuda.max_memory_allocated``
+(GPU). Prints one JSON document.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/generator_throughput.py
 """
@@ -79,6 +81,7 @@ def main() -> None:
                                    seeds[i:i + 1], batch_size=1, **sample_kwargs)
                  for i in range(n)]
         naive_seconds = time.perf_counter() - start
+        forward_ms = unet_forward_ms_per_image(generator.unet, config, device)
     naive_images = np.concatenate([r.images for r in naive])
     peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
@@ -96,6 +99,7 @@ def main() -> None:
             "max_abs_pixel_difference_batched_vs_naive": int(
                 np.abs(batched.images.astype(int) - naive_images).max()),
         },
+        "unet_forward_ms_per_image_by_batch": forward_ms,
         "training": {
             "steps": args.train_steps, "batch_size": args.train_batch_size,
             "steps_per_s": round(args.train_steps / train_seconds, 3),
@@ -104,6 +108,30 @@ def main() -> None:
         "peak_memory_mib": round(peak / 2**20, 1),
         "python": sys.version.split()[0],
     }, indent=2))
+
+
+def unet_forward_ms_per_image(unet: torch.nn.Module, config: GeneratorConfig,
+                              device: torch.device) -> dict[int, float]:
+    """Milliseconds per image of one UNet forward pass, by batch size (CFG doubles the
+    batch a sampler sends: a batch of 1 image is a forward pass of 2)."""
+    timings = {}
+    channels, size = 2 * config.model_channels + 1, config.sample_size
+    for batch in (1, 2, 16, 64, 128):
+        x = torch.randn(batch, channels, size, size, device=device)
+        labels = torch.zeros(batch, dtype=torch.long, device=device)
+        t = torch.tensor(500, device=device)
+        repeats = max(3, 128 // batch)
+        with torch.inference_mode():
+            unet(x, t, class_labels=labels)  # warm-up
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            for _ in range(repeats):
+                unet(x, t, class_labels=labels)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+        timings[batch] = round((time.perf_counter() - start) * 1000 / (repeats * batch), 2)
+    return timings
 
 
 if __name__ == "__main__":
