@@ -136,6 +136,9 @@ class GeneratorTraining(BaseModel):
     learning_rate: float = Field(2e-4, gt=0, le=1)
     class_dropout: float = Field(0.1, ge=0, le=1)
     mask_loss_weight: float = Field(4.0, ge=1, le=100)
+    class_balance: float = Field(
+        0.5, ge=0, le=1, description="class-balanced batches: 0 as in the data, 1 equal"
+    )
     ema_decay: float = Field(0.999, ge=0, lt=1)
     checkpoint_every: int = Field(250, ge=1)
     mixed_precision: str = Field("bf16", pattern="^(no|bf16)$")
@@ -148,6 +151,7 @@ class QualityProbe(BaseModel):
     enabled: bool = True
     images_per_class: int = Field(16, ge=2, le=1000)
     num_inference_steps: int = Field(25, ge=1, le=1000)
+    guidance_scale: float = Field(2.0, ge=0, le=30)
     classifier_epochs: int = Field(8, ge=1, le=200)
 
 

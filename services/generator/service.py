@@ -223,6 +223,8 @@ def _quality_probe(
     if len(val) == 0:
         return {"skipped": "the dataset has no validation images"}
     images_per_class = int(probe.get("images_per_class", 16))
+    steps = int(probe.get("num_inference_steps", 25))
+    guidance_scale = float(probe.get("guidance_scale", 2.0))
     rng = np.random.default_rng(0)
     class_ids = np.repeat(np.arange(len(val.class_names)), images_per_class)
     sources = rng.integers(0, len(val), len(class_ids))
@@ -232,7 +234,8 @@ def _quality_probe(
         masks,
         class_ids,
         np.arange(len(class_ids)),
-        num_inference_steps=int(probe.get("num_inference_steps", 25)),
+        num_inference_steps=steps,
+        guidance_scale=guidance_scale,
         should_cancel=ctx.should_cancel,
     )
     if result.canceled:
@@ -256,6 +259,7 @@ def _quality_probe(
         "probe": "inpaint held-out real val images; Frechet distance in the dataset classifier's "
         "feature space; that classifier's accuracy on the generated images",
         "classifier": asdict(classifier_config),
+        "sampling": {"num_inference_steps": steps, "guidance_scale": guidance_scale},
         "per_class": [asdict(q) for q in per_class],
     }
 

@@ -30,8 +30,14 @@ TINY_TRAINING = {
     "batch_size": 8,
     "checkpoint_every": 8,
     "mixed_precision": "no",
+    "class_balance": 1.0,
 }
-TINY_PROBE = {"images_per_class": 2, "num_inference_steps": 2, "classifier_epochs": 1}
+TINY_PROBE = {
+    "images_per_class": 2,
+    "num_inference_steps": 2,
+    "guidance_scale": 5.0,
+    "classifier_epochs": 1,
+}
 TINY_FILTER = {
     "classifier_backbone": "test_resnet",
     "classifier_image_size": 32,
@@ -88,6 +94,7 @@ def test_trained_generator_records_checkpoint_loss_and_quality(
     assert generator["state"] == "ready" and generator["kind"] == "trained"
     assert len(generator["checkpoint_sha256"]) == 64
     assert [step for step, _ in generator["loss_curve"]] == list(range(1, 25))
+    assert generator["quality"]["sampling"] == {"num_inference_steps": 2, "guidance_scale": 5.0}
     per_class = generator["quality"]["per_class"]
     assert [q["class_name"] for q in per_class] == ["BCC", "MEL", "NV"]
     assert all(q["n_generated"] == 2 for q in per_class)
@@ -198,6 +205,12 @@ def test_fill_to_max_and_bad_requests(api: ApiHarness, trained: dict[str, Any]) 
         json={"dataset_id": base["dataset_id"], "training": {**TINY_TRAINING, "resolution": 33}},
     )
     assert bad_resolution.status_code == 422 and "divisible" in bad_resolution.json()["detail"]
+    bad_balance = api.client.post(
+        "/v1/generators",
+        json={"dataset_id": base["dataset_id"], "training": {**TINY_TRAINING, "class_balance": 2}},
+    )
+    assert bad_balance.status_code == 422
+    assert bad_balance.json()["errors"][0]["field"] == "training.class_balance"
     fill = api.client.post(
         "/v1/synthesis",
         json={
