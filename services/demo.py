@@ -111,7 +111,7 @@ class DemoPlan:
     rare_classes: tuple[str, ...] = ("AK", "SCC", "VASC", "DF")
     per_class: int = 24
     sampling_steps: int = 25
-    guidance_scale: float = 4.0
+    guidance_scale: float = 6.0  # the best of 3 and 6 in benchmarks/generator_demo_quality.py
     classifier_backbone: str = "resnet18"
     classifier_epochs: int = 6
 
@@ -153,9 +153,11 @@ def run_demo(data_dir: Path, plan: DemoPlan, *, port: int) -> None:
                     "resolution": 32,
                     "max_train_steps": plan.train_steps,
                     "batch_size": 16,
+                    "class_balance": 1.0,  # every class as often: the tail is the point
                 },
                 "quality_probe": {
                     "images_per_class": 16,
+                    "guidance_scale": plan.guidance_scale,
                     "classifier_epochs": plan.classifier_epochs,
                 },
             },
