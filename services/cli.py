@@ -20,6 +20,7 @@ from typing import Any
 
 import click
 
+from services.demo import DemoPlan
 from shared.settings import Settings
 
 EMBEDDED_QUEUES = ("ingest", "generate", "filter", "train")
@@ -152,7 +153,11 @@ def serve(host: str, port: int, data_dir: str) -> None:
         log_file = (logs / f"worker-{queue}.log").open("ab")
         workers.append(
             subprocess.Popen(
-                _worker_command(queue, 1, queue), env=env, stdout=log_file, stderr=subprocess.STDOUT
+                _worker_command(queue, 1, queue),
+                env=env,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group: a kill reaches its pool too
             )
         )
     click.echo(
@@ -160,6 +165,9 @@ def serve(host: str, port: int, data_dir: str) -> None:
         f"(logs in {logs}), data in {settings.data_dir.resolve()}",
         err=True,
     )
+    # uvicorn shuts down gracefully on SIGTERM and then re-raises it; with the default
+    # handler that would end this process before the workers below are stopped.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
         uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
     finally:
@@ -170,19 +178,30 @@ def serve(host: str, port: int, data_dir: str) -> None:
             try:
                 process.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                process.kill()
+                os.killpg(process.pid, signal.SIGKILL)
+
+
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+_DEMO = DemoPlan()  # the demo's defaults live in one place
 
 
 @main.command()
 @click.option("--data-dir", default=".tailsynth-demo", show_default=True)
-@click.option("--total", type=int, default=4000, show_default=True, help="demo images")
-@click.option("--image-size", type=int, default=64, show_default=True)
-@click.option("--train-steps", type=int, default=800, show_default=True)
+@click.option("--total", type=int, default=_DEMO.total, show_default=True, help="demo images")
+@click.option("--image-size", type=int, default=_DEMO.image_size, show_default=True)
+@click.option("--train-steps", type=int, default=_DEMO.train_steps, show_default=True)
 @click.option(
-    "--per-class", type=int, default=24, show_default=True, help="images asked per rare class"
+    "--per-class",
+    type=int,
+    default=_DEMO.per_class,
+    show_default=True,
+    help="images asked per rare class",
 )
-@click.option("--sampling-steps", type=int, default=25, show_default=True)
-@click.option("--classifier-epochs", type=int, default=6, show_default=True)
+@click.option("--sampling-steps", type=int, default=_DEMO.sampling_steps, show_default=True)
+@click.option("--classifier-epochs", type=int, default=_DEMO.classifier_epochs, show_default=True)
 @click.option("--port", type=int, default=8765, show_default=True)
 def demo(
     data_dir: str,
@@ -198,7 +217,7 @@ def demo(
     ingest the long-tailed demo dataset, train a generator, synthesize the rare classes,
     filter the candidates and download the curated set."""
     from services.client import ApiError, JobFailed
-    from services.demo import DemoPlan, run_demo
+    from services.demo import run_demo
 
     plan = DemoPlan(
         total=total,

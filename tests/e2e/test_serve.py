@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from tests.fixtures.archives import build, samples
@@ -51,6 +52,32 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str,
         yield url, key, data_dir
     finally:
         serve.stop()  # stops its workers too
+
+
+def test_stopping_serve_stops_its_workers_and_their_pools(tmp_path: Path) -> None:
+    port = free_port()
+
+    def healthy(_: ManagedProcess) -> bool:
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/v1/health", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    serve = start_process(
+        [*CLI, "serve", "--port", str(port), "--data-dir", str(tmp_path)],
+        tmp_path / "serve.log",
+        {**os.environ, "OMP_NUM_THREADS": "1"},
+        healthy,
+        timeout=120,
+    )
+    try:
+        spawned = psutil.Process(serve.process.pid).children(recursive=True)
+        assert len([p for p in spawned if "celery" in " ".join(p.cmdline())]) >= 4
+    finally:
+        serve.stop(timeout=60)
+    _, alive = psutil.wait_procs(spawned, timeout=30)
+    assert serve.process.returncode == 128 + 15  # exited through its own shutdown path
+    assert alive == [], f"left running: {[p.cmdline() for p in alive]}"
 
 
 def _cli(url: str, key: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
