@@ -152,6 +152,11 @@ class QualityProbe(BaseModel):
     images_per_class: int = Field(16, ge=2, le=1000)
     num_inference_steps: int = Field(25, ge=1, le=1000)
     guidance_scale: float = Field(2.0, ge=0, le=30)
+    background_policy: str = Field(
+        "any_class",
+        pattern="^(any_class|same_class|head_classes)$",
+        description="which val images receive the probe's lesions (as in synthesis)",
+    )
     classifier_epochs: int = Field(8, ge=1, le=200)
 
 

@@ -19,7 +19,7 @@ import shutil
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -29,7 +29,12 @@ from sqlalchemy.orm import Session
 
 from services.generator.checkpoint import latest_checkpoint
 from services.generator.config import GeneratorConfig
-from services.generator.masks import auto_masks, jitter_mask, select_background_indices
+from services.generator.masks import (
+    BackgroundPolicy,
+    auto_masks,
+    jitter_mask,
+    select_background_indices,
+)
 from services.generator.output import ImageOrigin, synthetic_image_record
 from services.generator.quality import FeatureNetwork, quality_report
 from services.generator.sampling import load_generator
@@ -225,9 +230,22 @@ def _quality_probe(
     images_per_class = int(probe.get("images_per_class", 16))
     steps = int(probe.get("num_inference_steps", 25))
     guidance_scale = float(probe.get("guidance_scale", 2.0))
-    rng = np.random.default_rng(0)
+    policy = cast(BackgroundPolicy, probe.get("background_policy", "any_class"))
     class_ids = np.repeat(np.arange(len(val.class_names)), images_per_class)
-    sources = rng.integers(0, len(val), len(class_ids))
+    per_class_sources = []
+    for class_id in range(len(val.class_names)):
+        # A class without val images can only be painted onto other classes' images.
+        fallback = policy == "same_class" and class_id not in val.labels
+        per_class_sources.append(
+            select_background_indices(
+                val.labels,
+                class_id,
+                images_per_class,
+                policy="any_class" if fallback else policy,
+                seed=class_id,
+            )
+        )
+    sources = np.concatenate(per_class_sources)
     masks = val.masks[sources] if val.masks is not None else auto_masks(val.images[sources])
     result = model.inpaint(
         val.images[sources],
@@ -259,7 +277,11 @@ def _quality_probe(
         "probe": "inpaint held-out real val images; Frechet distance in the dataset classifier's "
         "feature space; that classifier's accuracy on the generated images",
         "classifier": asdict(classifier_config),
-        "sampling": {"num_inference_steps": steps, "guidance_scale": guidance_scale},
+        "sampling": {
+            "num_inference_steps": steps,
+            "guidance_scale": guidance_scale,
+            "background_policy": policy,
+        },
         "per_class": [asdict(q) for q in per_class],
     }
 

@@ -36,6 +36,7 @@ TINY_PROBE = {
     "images_per_class": 2,
     "num_inference_steps": 2,
     "guidance_scale": 5.0,
+    "background_policy": "same_class",
     "classifier_epochs": 1,
 }
 TINY_FILTER = {
@@ -94,7 +95,11 @@ def test_trained_generator_records_checkpoint_loss_and_quality(
     assert generator["state"] == "ready" and generator["kind"] == "trained"
     assert len(generator["checkpoint_sha256"]) == 64
     assert [step for step, _ in generator["loss_curve"]] == list(range(1, 25))
-    assert generator["quality"]["sampling"] == {"num_inference_steps": 2, "guidance_scale": 5.0}
+    assert generator["quality"]["sampling"] == {
+        "num_inference_steps": 2,
+        "guidance_scale": 5.0,
+        "background_policy": "same_class",
+    }
     per_class = generator["quality"]["per_class"]
     assert [q["class_name"] for q in per_class] == ["BCC", "MEL", "NV"]
     assert all(q["n_generated"] == 2 for q in per_class)
