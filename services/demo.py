@@ -102,10 +102,13 @@ def _table(title: str, rows: dict[str, Any]) -> None:
 
 
 def _quality_line(quality: dict[str, Any]) -> str:
-    accuracy, distance = quality["classifier_accuracy"], quality["frechet_distance"]
+    def number(value: float | None, digits: int) -> str:
+        return "n/a" if value is None else f"{value:.{digits}f}"
+
     return (
-        f"accuracy {'n/a' if accuracy is None else f'{accuracy:.2f}'}  "
-        f"FD {'n/a' if distance is None else f'{distance:.1f}'}"
+        f"generated {number(quality['classifier_accuracy'], 2)}  "
+        f"real val {number(quality.get('classifier_accuracy_on_real_val'), 2)}  "
+        f"FD {number(quality['frechet_distance'], 1)}"
     )
 
 
@@ -182,7 +185,8 @@ def run_demo(data_dir: Path, plan: DemoPlan, *, port: int) -> None:
             f"{curve[0][1]:.3f} → {curve[-1][1]:.3f}"
         )
         _table(
-            "quality probe (a real-data classifier's accuracy on inpainted images, per class):",
+            "quality probe (a real-data classifier's accuracy per class, on inpainted and on "
+            "real val images):",
             {q["class_name"]: _quality_line(q) for q in trained["quality"]["per_class"]},
         )
 

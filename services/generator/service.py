@@ -17,7 +17,7 @@ import logging
 import math
 import shutil
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -36,7 +36,11 @@ from services.generator.masks import (
     select_background_indices,
 )
 from services.generator.output import ImageOrigin, synthetic_image_record
-from services.generator.quality import FeatureNetwork, quality_report
+from services.generator.quality import (
+    FeatureNetwork,
+    per_class_classifier_accuracy,
+    quality_report,
+)
 from services.generator.sampling import load_generator
 from services.generator.training import train_generator
 from services.trainer.dataset_classifier import classifier_config_from, dataset_classifier
@@ -206,7 +210,13 @@ def _quality_probe(
     dataset_id = generator.dataset_id
     assert dataset_id is not None
     ctx.progress(0, stage="quality probe")
-    classifier_config = classifier_config_from(probe, channels)
+    # Balanced sampling: a probe trained as the data falls recognises almost no tail image,
+    # real or generated, and would say nothing about the classes synthesis is for. It sees
+    # images at the generator's resolution unless told otherwise.
+    classifier_config = replace(
+        classifier_config_from({"classifier_image_size": size, **probe}, channels),
+        balanced_sampling=True,
+    )
     classifier, _ = dataset_classifier(
         runtime.sessions,
         runtime.store,
@@ -264,6 +274,9 @@ def _quality_probe(
         ),
         classifier.feature_dim,
     )
+    real_accuracy, _ = per_class_classifier_accuracy(
+        val.images, val.labels, classifier.predict_proba, len(val.class_names)
+    )
     per_class = quality_report(
         val.images,
         val.labels,
@@ -282,7 +295,10 @@ def _quality_probe(
             "guidance_scale": guidance_scale,
             "background_policy": policy,
         },
-        "per_class": [asdict(q) for q in per_class],
+        "per_class": [
+            {**asdict(q), "classifier_accuracy_on_real_val": real_accuracy[c]}
+            for c, q in enumerate(per_class)
+        ],
     }
 
 

@@ -104,6 +104,10 @@ def test_trained_generator_records_checkpoint_loss_and_quality(
     assert [q["class_name"] for q in per_class] == ["BCC", "MEL", "NV"]
     assert all(q["n_generated"] == 2 for q in per_class)
     assert all(q["classifier_accuracy"] is not None for q in per_class)
+    # The same classifier on real val images, to read the generated figure against.
+    assert all(0 <= q["classifier_accuracy_on_real_val"] <= 1 for q in per_class)
+    assert generator["quality"]["classifier"]["balanced_sampling"] is True
+    assert generator["quality"]["classifier"]["image_size"] == 32  # the generator's
 
 
 def test_synthesis_generates_filters_and_streams_the_curated_set(

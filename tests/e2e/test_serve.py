@@ -32,8 +32,16 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str,
         check=True,
         env=env,
     ).stdout.strip()
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
+    serve, url = start_serve(data_dir)
+    try:
+        yield url, key, data_dir
+    finally:
+        serve.stop()  # stops its workers too (test_stopping_serve_stops_its_workers...)
+
+
+def start_serve(data_dir: Path) -> tuple[ManagedProcess, str]:
+    """``tailsynth serve`` on a free port, once it answers /v1/health; and its URL."""
+    url = f"http://127.0.0.1:{free_port()}"
 
     def healthy(_: ManagedProcess) -> bool:
         try:
@@ -42,34 +50,17 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str,
             return False
 
     serve = start_process(
-        [*CLI, "serve", "--port", str(port), "--data-dir", str(data_dir)],
+        [*CLI, "serve", "--port", url.rsplit(":", 1)[1], "--data-dir", str(data_dir)],
         data_dir / "serve.log",
-        env,
-        healthy,
-        timeout=120,
-    )
-    try:
-        yield url, key, data_dir
-    finally:
-        serve.stop()  # stops its workers too
-
-
-def test_stopping_serve_stops_its_workers_and_their_pools(tmp_path: Path) -> None:
-    port = free_port()
-
-    def healthy(_: ManagedProcess) -> bool:
-        try:
-            return httpx.get(f"http://127.0.0.1:{port}/v1/health", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    serve = start_process(
-        [*CLI, "serve", "--port", str(port), "--data-dir", str(tmp_path)],
-        tmp_path / "serve.log",
         {**os.environ, "OMP_NUM_THREADS": "1"},
         healthy,
         timeout=120,
     )
+    return serve, url
+
+
+def test_stopping_serve_stops_its_workers_and_their_pools(tmp_path: Path) -> None:
+    serve, _ = start_serve(tmp_path)
     try:
         spawned = psutil.Process(serve.process.pid).children(recursive=True)
         assert len([p for p in spawned if "celery" in " ".join(p.cmdline())]) >= 4
