@@ -28,7 +28,11 @@ from sklearn.model_selection import StratifiedGroupKFold
 
 from services.generator.config import GeneratorConfig
 from services.generator.masks import jitter_mask, select_background_indices
-from services.generator.quality import FeatureNetwork, quality_report
+from services.generator.quality import (
+    FeatureNetwork,
+    per_class_classifier_accuracy,
+    quality_report,
+)
 from services.generator.sampling import load_generator
 from services.generator.training import train_generator
 from services.trainer.classifier import ClassifierConfig, ImageClassifier, train_classifier
@@ -88,8 +92,8 @@ def main() -> None:
         if args.classifier_path is not None:
             classifier.save(args.classifier_path)
     timings["classifier_train_s"] = time.perf_counter() - start
-    real_accuracy = per_class_accuracy(classifier, demo.images[held_out], demo.labels[held_out],
-                                       len(names))
+    real_accuracy, _ = per_class_classifier_accuracy(
+        demo.images[held_out], demo.labels[held_out], classifier.predict_proba, len(names))
     logger.info("classifier on held-out real images: %s", real_accuracy)
 
     config = GeneratorConfig(
@@ -176,13 +180,6 @@ def main() -> None:
         "chance_accuracy": 1.0 / len(names),
         "per_class_by_background_policy_and_guidance_scale": reports,
     }, indent=2))
-
-
-def per_class_accuracy(classifier: ImageClassifier, images: np.ndarray, labels: np.ndarray,
-                       num_classes: int) -> list[float | None]:
-    predicted = classifier.predict(images)
-    return [float((predicted[labels == c] == c).mean()) if (labels == c).any() else None
-            for c in range(num_classes)]
 
 
 if __name__ == "__main__":

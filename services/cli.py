@@ -227,6 +227,8 @@ def demo(
         sampling_steps=sampling_steps,
         classifier_epochs=classifier_epochs,
     )
+    # A plain `kill` of the demo unwinds it, so its embedded server is stopped too.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
         run_demo(Path(data_dir), plan, port=port)
     except (ApiError, JobFailed, TimeoutError) as exc:

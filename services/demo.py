@@ -8,7 +8,6 @@ result. Everything lands in ``data_dir``; run it again to start over.
 from __future__ import annotations
 
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -41,8 +40,6 @@ def embedded_server(data_dir: Path, port: int) -> Iterator[tuple[str, str]]:
         stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
-    # A plain `kill` of the demo must stop the server too, not orphan it and its workers.
-    previous_handler = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -63,11 +60,6 @@ def embedded_server(data_dir: Path, port: int) -> Iterator[tuple[str, str]]:
             server.wait(timeout=30)
         except subprocess.TimeoutExpired:
             server.kill()
-        signal.signal(signal.SIGTERM, previous_handler)
-
-
-def _exit_on_sigterm(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)
 
 
 class _Progress:

@@ -41,7 +41,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str,
 
 def start_serve(data_dir: Path) -> tuple[ManagedProcess, str]:
     """``tailsynth serve`` on a free port, once it answers /v1/health; and its URL."""
-    url = f"http://127.0.0.1:{free_port()}"
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
 
     def healthy(_: ManagedProcess) -> bool:
         try:
@@ -50,7 +51,7 @@ def start_serve(data_dir: Path) -> tuple[ManagedProcess, str]:
             return False
 
     serve = start_process(
-        [*CLI, "serve", "--port", url.rsplit(":", 1)[1], "--data-dir", str(data_dir)],
+        [*CLI, "serve", "--port", str(port), "--data-dir", str(data_dir)],
         data_dir / "serve.log",
         {**os.environ, "OMP_NUM_THREADS": "1"},
         healthy,
