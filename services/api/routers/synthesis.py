@@ -7,29 +7,26 @@ import csv
 import io
 import json
 import uuid
-from collections import Counter
 from typing import Annotated
 
 from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse, StreamingResponse
-from sqlalchemy import func, select
+from sqlalchemy import select
 from zipstream import ZipStream
 
 from services.api.deps import IdempotencyKeyDep, SessionDep, StateDep, TenantDep
 from services.api.idempotency import Idempotency, body_hash
 from services.api.routers._submit import submit_job
-from services.api.routers.generators import get_generator
 from services.api.schemas import (
     CuratedSetRead,
     SynthesisCreate,
     SynthesisCreated,
     SyntheticImageRead,
 )
-from shared.dataset_arrays import ready_dataset
 from shared.db import get_owned
-from shared.errors import Conflict, InvalidInput
-from shared.jobs import create_job
-from shared.models import CuratedSet, OodScore, RealImage, Split, SynthesisRequest, SyntheticImage
+from shared.errors import Conflict
+from shared.models import CuratedSet, OodScore, SyntheticImage
+from shared.synthesis import add_synthesis
 
 router = APIRouter(tags=["synthesis"])
 MANIFEST_FIELDS = (
@@ -55,45 +52,6 @@ MANIFEST_FIELDS = (
 )
 
 
-def _counts(
-    session: SessionDep, request: SynthesisCreate, class_names: list[str]
-) -> dict[str, int]:
-    if (request.counts is None) == (request.target is None):
-        raise InvalidInput(
-            'give either counts (e.g. {"DF": 500}) or target: "fill_to_max"', field="counts"
-        )
-    if request.counts is not None:
-        for name, count in request.counts.items():
-            if name not in class_names:
-                raise InvalidInput(
-                    f"unknown class {name!r}; the dataset has {', '.join(class_names)}",
-                    field=f"counts.{name}",
-                )
-            if not 0 <= count <= 100_000:
-                raise InvalidInput(
-                    f"count must be in [0, 100000], got {count}", field=f"counts.{name}"
-                )
-        counts = {name: n for name, n in request.counts.items() if n > 0}
-    else:
-        # Fill every class towards the head class of the real training split.
-        train = Counter(
-            dict(
-                session.execute(
-                    select(RealImage.label, func.count())
-                    .where(
-                        RealImage.dataset_id == request.dataset_id, RealImage.split == Split.TRAIN
-                    )
-                    .group_by(RealImage.label)
-                ).all()
-            )
-        )
-        head = max(train.values())
-        counts = {name: head - train[name] for name in class_names if head - train[name] > 0}
-    if not counts:
-        raise InvalidInput("nothing to generate: every count is zero", field="counts")
-    return counts
-
-
 @router.post(
     "/v1/synthesis",
     status_code=202,
@@ -116,25 +74,14 @@ def create_synthesis(
     )
 
     def create() -> tuple[uuid.UUID, SynthesisCreated]:
-        dataset = ready_dataset(session, request.dataset_id, tenant_id)
-        generator = get_generator(session, tenant_id, request.generator_id)
-        if generator.state != "ready":
-            raise Conflict(
-                f"generator {generator.id} is {generator.state}, not ready", field="generator_id"
-            )
-        if generator.dataset_id != dataset.id and generator.kind == "trained":
-            raise InvalidInput(
-                f"generator {generator.id} was trained on another dataset; its candidates "
-                "cannot be filtered against this one",
-                field="generator_id",
-            )
-        counts = _counts(session, request, list(dataset.class_names))
-        synthesis = SynthesisRequest(
+        rows = add_synthesis(
+            session,
             tenant_id=tenant_id,
-            dataset_id=dataset.id,
-            generator_id=generator.id,
+            dataset_id=request.dataset_id,
+            generator_id=request.generator_id,
+            counts=request.counts,
+            target=request.target,
             mode=request.mode,
-            counts=counts,
             params={
                 "sampling": request.sampling.model_dump(),
                 "background_policy": request.background_policy,
@@ -143,29 +90,11 @@ def create_synthesis(
             filter_params=request.filter.model_dump(),
             seed=request.seed,
         )
-        session.add(synthesis)
-        session.flush()
-        curated = CuratedSet(
-            tenant_id=tenant_id,
-            dataset_id=dataset.id,
-            synthesis_id=synthesis.id,
-            thresholds={},
-            summary={},
-        )
-        session.add(curated)
-        session.flush()
-        job = create_job(
-            session,
-            tenant_id=tenant_id,
-            kind="synthesis",
-            task_name="tailsynth.synthesize",
-            params={"synthesis_id": str(synthesis.id), "curated_set_id": str(curated.id)},
-        )
-        synthesis.job_id = job.id
-        synthesis.curated_set_id = curated.id
-        session.flush()
-        return job.id, SynthesisCreated(
-            synthesis_id=synthesis.id, job_id=job.id, curated_set_id=curated.id, counts=counts
+        return rows.job.id, SynthesisCreated(
+            synthesis_id=rows.synthesis.id,
+            job_id=rows.job.id,
+            curated_set_id=rows.curated_set.id,
+            counts=rows.counts,
         )
 
     return submit_job(state, session, idempotency, create)
