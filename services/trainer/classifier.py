@@ -55,7 +55,8 @@ logger = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[int, int], None]
 CancelCallback = Callable[[], bool]
-LossName = Literal["ce", "weighted_ce", "focal"]
+LossName = Literal["ce", "weighted_ce", "focal", "logit_adjusted", "balanced_softmax"]
+LOSS_NAMES: tuple[str, ...] = ("ce", "weighted_ce", "focal", "logit_adjusted", "balanced_softmax")
 
 CHECKPOINT_FORMAT = "tailsynth.classifier/1"
 _METADATA_KEY = "tailsynth.classifier"
@@ -99,7 +100,16 @@ class ClassifierConfig:
         device: "auto" (CUDA when available, else CPU), "cpu", "cuda", "cuda:1", ...
         balanced_sampling: draw every class equally often (re-sampling baseline).
         loss: "ce"; "weighted_ce" (class weights n / (K * n_c), the re-weighting baseline);
-            "focal" (focal loss with ``focal_gamma``).
+            "focal" (focal loss with ``focal_gamma``); "logit_adjusted" (Menon et al. 2021,
+            the loss form: cross-entropy on logits + tau * log(prior), prior = training
+            label frequencies, tau = ``logit_adjust_tau``); "balanced_softmax" (Ren et al.
+            2020: cross-entropy on logits + log(n_c)). Both adjust the loss only: the
+            model's raw logits are its predictions. At tau = 1 the two coincide (log n_c
+            and log prior differ by a constant, which softmax ignores).
+        logit_adjust_tau: tau of the logit-adjusted loss (> 0).
+        min_train_steps: a floor on optimizer steps: the epoch count is raised until
+            ``epochs * batches per epoch`` reaches it, so a small dataset is not trained
+            for a few dozen steps and called a classifier (0 = no floor).
         label_smoothing: in [0, 1), applied by every loss.
         augment: random resized crop (75-100 % area) and horizontal flip while training.
         vertical_flip: add vertical flips to the augmentation (dermoscopy yes, X-ray no).
@@ -129,6 +139,8 @@ class ClassifierConfig:
     loss: LossName = "ce"
     label_smoothing: float = 0.0
     focal_gamma: float = 2.0
+    logit_adjust_tau: float = 1.0
+    min_train_steps: int = 0
     augment: bool = True
     vertical_flip: bool = False
     pretrained_path: str | None = None
@@ -150,8 +162,10 @@ class ClassifierConfig:
             raise ValueError("epochs, batch_size and inference_batch_size must be at least 1")
         if self.lr <= 0 or self.weight_decay < 0:
             raise ValueError("lr must be positive and weight_decay non-negative")
-        if self.loss not in ("ce", "weighted_ce", "focal"):
-            raise ValueError(f"loss must be 'ce', 'weighted_ce' or 'focal', got {self.loss!r}")
+        if self.loss not in LOSS_NAMES:
+            raise ValueError(f"loss must be one of {', '.join(LOSS_NAMES)}; got {self.loss!r}")
+        if self.logit_adjust_tau <= 0 or self.min_train_steps < 0:
+            raise ValueError("logit_adjust_tau must be positive and min_train_steps >= 0")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.warmup_epochs < 0 or not 0.0 <= self.min_lr_ratio <= 1.0:
@@ -511,7 +525,8 @@ def train_classifier(
         drop_last=len(dataset) % config.batch_size == 1 and len(dataset) > 1,
     )
     steps_per_epoch = len(loader)
-    total_steps = config.epochs * steps_per_epoch
+    epochs = max(config.epochs, -(-config.min_train_steps // steps_per_epoch))
+    total_steps = epochs * steps_per_epoch
 
     optimizer = create_optimizer_v2(
         model, opt="adamw", lr=config.lr, weight_decay=config.weight_decay
@@ -531,7 +546,7 @@ def train_classifier(
     best_state: dict[str, torch.Tensor] | None = None
     step = 0
     started = time.perf_counter()
-    for epoch in range(1, config.epochs + 1):
+    for epoch in range(1, epochs + 1):
         epoch_started = time.perf_counter()
         model.train()
         loss_sum = 0.0
@@ -587,18 +602,18 @@ def train_classifier(
         logger.info(
             "epoch %d/%d loss %.4f train acc %.3f val bal acc %s",
             epoch,
-            config.epochs,
+            epochs,
             record.train_loss,
             record.train_accuracy,
             record.val_balanced_accuracy,
         )
 
     elapsed = time.perf_counter() - started
-    history.images_per_second = config.epochs * len(dataset) / elapsed if elapsed > 0 else 0.0
+    history.images_per_second = epochs * len(dataset) / elapsed if elapsed > 0 else 0.0
     if best_state is not None:
         model.load_state_dict(best_state)
     else:
-        history.best_epoch = config.epochs
+        history.best_epoch = epochs
     classifier.model.eval()
     classifier.history = history
     return classifier
@@ -616,6 +631,16 @@ def _build_loss(
         class_weight = np.ones(num_classes, dtype=np.float32)
         class_weight[present] = compute_class_weight("balanced", classes=present, y=labels)
         weight = torch.from_numpy(class_weight).to(device)
+    logit_offset = None
+    if config.loss in ("logit_adjusted", "balanced_softmax"):
+        # A class absent from training never is a target; count it once so log stays finite.
+        counts = np.maximum(np.bincount(labels, minlength=num_classes), 1).astype(np.float64)
+        offset = (
+            config.logit_adjust_tau * np.log(counts / counts.sum())
+            if config.loss == "logit_adjusted"
+            else np.log(counts)
+        )
+        logit_offset = torch.from_numpy(offset.astype(np.float32)).to(device)
 
     def loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         if config.loss == "focal":
@@ -626,6 +651,8 @@ def _build_loss(
             )
             p_true = torch.softmax(logits, dim=1).gather(1, targets[:, None])[:, 0]
             return ((1.0 - p_true) ** config.focal_gamma * per_image).mean()
+        if logit_offset is not None:
+            logits = logits + logit_offset
         return F.cross_entropy(
             logits, targets, weight=weight, label_smoothing=config.label_smoothing
         )

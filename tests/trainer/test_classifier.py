@@ -268,6 +268,40 @@ def test_losses_weighted_and_focal() -> None:
         tiny_config(loss="ldam")
 
 
+def test_logit_adjusted_and_balanced_softmax_losses_add_the_log_prior() -> None:
+    cpu = torch.device("cpu")
+    labels = np.array([0] * 12 + [1] * 4)
+    logits = torch.tensor([[2.0, -1.0], [0.5, 0.3], [-1.0, 1.5]])
+    targets = torch.tensor([0, 1, 1])
+    prior = torch.tensor([12 / 16, 4 / 16])
+    for tau in (1.0, 2.0):
+        adjusted = _build_loss(
+            tiny_config(loss="logit_adjusted", logit_adjust_tau=tau), labels, 2, cpu
+        )
+        expected = torch.nn.functional.cross_entropy(logits + tau * prior.log(), targets)
+        torch.testing.assert_close(adjusted(logits, targets), expected)
+    balanced = _build_loss(tiny_config(loss="balanced_softmax"), labels, 2, cpu)
+    expected = torch.nn.functional.cross_entropy(logits + torch.tensor([12.0, 4.0]).log(), targets)
+    torch.testing.assert_close(balanced(logits, targets), expected)
+    # At tau = 1 the two differ by a constant offset, which softmax ignores.
+    tau1 = _build_loss(tiny_config(loss="logit_adjusted"), labels, 2, cpu)
+    torch.testing.assert_close(tau1(logits, targets), balanced(logits, targets))
+    with pytest.raises(ValueError):
+        tiny_config(loss="logit_adjusted", logit_adjust_tau=0.0)
+
+
+def test_min_train_steps_raises_the_epoch_count_of_a_small_set(train_set: Split) -> None:
+    images, labels = train_set  # 96 images, batch 16: 6 steps per epoch
+    classifier = train_classifier(
+        images, labels, CLASS_NAMES, tiny_config(epochs=1, min_train_steps=20)
+    )
+    assert len(classifier.history.epochs) == 4  # ceil(20 / 6)
+    unchanged = train_classifier(
+        images[:32], labels[:32], CLASS_NAMES, tiny_config(epochs=2, min_train_steps=3)
+    )
+    assert len(unchanged.history.epochs) == 2
+
+
 def test_bad_training_inputs_are_refused(train_set: Split) -> None:
     images, labels = train_set
     with pytest.raises(ValueError):
