@@ -64,7 +64,8 @@ def dataset_channels(session: Session, dataset_id: uuid.UUID) -> int:
     return 3 if colour is not None else 1
 
 
-def _to_channels(pixels: np.ndarray, channels: int) -> np.ndarray:
+def to_channels(pixels: np.ndarray, channels: int) -> np.ndarray:
+    """(H, W) or (H, W, 3) uint8 as (H, W, ``channels``): luma for 1, gray repeated for 3."""
     if channels == 1:
         if pixels.ndim == 3:
             pixels = np.asarray(np.round(pixels @ np.array([0.299, 0.587, 0.114])), dtype=np.uint8)
@@ -102,7 +103,7 @@ def load_split(
     masks = np.zeros((n, size, size), dtype=np.uint8) if has_masks else None
     for i, row in enumerate(rows):
         pixels = decode_image(store.get_bytes(row.object_key)).pixels
-        images[i] = _to_channels(resize_square(pixels, size), channels)
+        images[i] = to_channels(resize_square(pixels, size), channels)
         if masks is not None and row.mask_key:
             mask = decode_image(store.get_bytes(row.mask_key)).pixels
             mask = mask if mask.ndim == 2 else mask.max(axis=2)
