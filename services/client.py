@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-FINAL_STATES = ("succeeded", "failed", "canceled")
+FINAL_STATES = ("succeeded", "partial", "failed", "canceled")
 
 
 class ApiError(RuntimeError):
@@ -95,6 +95,19 @@ class TailsynthClient:
 
     def dataset(self, dataset_id: str) -> dict[str, Any]:
         return self.request("GET", f"/v1/datasets/{dataset_id}")  # type: ignore[no-any-return]
+
+    def create_experiment(self, **fields: Any) -> dict[str, Any]:
+        return self.request("POST", "/v1/experiments", json=fields)  # type: ignore[no-any-return]
+
+    def experiment(self, experiment_id: str) -> dict[str, Any]:
+        return self.request("GET", f"/v1/experiments/{experiment_id}")  # type: ignore[no-any-return]
+
+    def experiment_report(self, experiment_id: str) -> str:
+        """The experiment's self-contained HTML report."""
+        response = self.http.get(f"/v1/experiments/{experiment_id}/report")
+        if response.status_code >= 400:
+            self._json(response)
+        return response.text
 
     def job(self, job_id: str) -> dict[str, Any]:
         return self.request("GET", f"/v1/jobs/{job_id}")  # type: ignore[no-any-return]

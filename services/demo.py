@@ -89,8 +89,9 @@ class _Progress:
 
 def _table(title: str, rows: dict[str, Any]) -> None:
     click.echo(f"\n{title}")
+    width = max([8, *(len(name) for name in rows)])
     for name, value in rows.items():
-        click.echo(f"  {name:<8} {value}")
+        click.echo(f"  {name:<{width}} {value}")
 
 
 def _quality_line(quality: dict[str, Any]) -> str:
@@ -120,94 +121,24 @@ class DemoPlan:
     background_policy: str = "same_class"
     classifier_backbone: str = "resnet18"
     classifier_epochs: int = 6
+    # The closing experiment: every arm on the dataset's split, scored on its test images.
+    experiment_backbone: str = "resnet10t"
+    experiment_image_size: int = 32
+    experiment_epochs: int = 8
+    experiment_seeds: int = 1
+    baseline_arms: tuple[str, ...] = ("weighted_ce", "logit_adjusted")
 
 
 def run_demo(data_dir: Path, plan: DemoPlan, *, port: int) -> None:
     shutil.rmtree(data_dir, ignore_errors=True)
     data_dir.mkdir(parents=True)
-    classifier = {
-        "classifier_backbone": plan.classifier_backbone,
-        "classifier_epochs": plan.classifier_epochs,
-    }
+    started = time.monotonic()
     with embedded_server(data_dir, port) as (url, key), TailsynthClient(url, key) as client:
         click.echo(f"tailsynth demo: embedded server at {url}, data in {data_dir.resolve()}")
-        click.echo(
-            f"1. building and ingesting the demo dataset "
-            f"({plan.total} images, {plan.image_size} px)"
-        )
-        created = client.create_demo_dataset(
-            name="demo", total=plan.total, image_size=plan.image_size, seed=0
-        )
-        client.wait(created["job_id"], on_progress=_Progress())
-        dataset = client.dataset(created["dataset_id"])
-        _table("class counts (long-tailed, ISIC 2019 proportions):", dataset["class_counts"])
-        click.echo(f"  imbalance ratio {dataset['imbalance_ratio']:.1f}")
-        _table(
-            "split sizes (grouped by patient, seed-fixed):",
-            {split: sum(c.values()) for split, c in dataset["split_counts"].items()},
-        )
-
-        click.echo(
-            f"\n2. training the inpainting diffusion generator ({plan.train_steps} steps, 32 px)"
-        )
-        generator = client.request(
-            "POST",
-            "/v1/generators",
-            json={
-                "dataset_id": dataset["id"],
-                "training": {
-                    "resolution": 32,
-                    "max_train_steps": plan.train_steps,
-                    "batch_size": 16,
-                    "class_balance": 1.0,  # every class as often: the tail is the point
-                },
-                "quality_probe": {
-                    "images_per_class": 16,
-                    "guidance_scale": plan.guidance_scale,
-                    "background_policy": plan.background_policy,
-                    "classifier_epochs": plan.classifier_epochs,
-                },
-            },
-        )
-        client.wait(generator["job_id"], on_progress=_Progress(), timeout=6 * 3600)
-        trained = client.request("GET", f"/v1/generators/{generator['generator_id']}")
-        curve = trained["loss_curve"]
-        click.echo(
-            f"\n  checkpoint sha256 {trained['checkpoint_sha256'][:16]}…, loss "
-            f"{curve[0][1]:.3f} → {curve[-1][1]:.3f}"
-        )
-        _table(
-            "quality probe (a real-data classifier's accuracy per class, on inpainted and on "
-            "real val images):",
-            {q["class_name"]: _quality_line(q) for q in trained["quality"]["per_class"]},
-        )
-
+        dataset = ingest_demo(client, plan)
+        generator_id = train_generator(client, plan, dataset["id"])
         counts = {name: plan.per_class for name in plan.rare_classes}
-        click.echo(f"\n3. synthesizing {counts} by inpainting, then OOD-filtering the candidates")
-        synthesis = client.request(
-            "POST",
-            "/v1/synthesis",
-            json={
-                "dataset_id": dataset["id"],
-                "generator_id": generator["generator_id"],
-                "counts": counts,
-                "sampling": {
-                    "num_inference_steps": plan.sampling_steps,
-                    "guidance_scale": plan.guidance_scale,
-                },
-                "background_policy": plan.background_policy,
-                "filter": classifier,
-            },
-        )
-        client.wait(synthesis["job_id"], on_progress=_Progress(), timeout=6 * 3600)
-        curated = client.request("GET", f"/v1/curated-sets/{synthesis['curated_set_id']}")
-        _table(
-            "curated set (generated → kept; rejected by reason):",
-            {
-                name: f"{e['generated']:>4} → {e['kept']:>4} kept; {e['rejected']}"
-                for name, e in curated["summary"].items()
-            },
-        )
+        curated = synthesize(client, plan, dataset["id"], generator_id, counts)
         archive = data_dir / "curated.zip"
         with archive.open("wb") as out:
             with client.http.stream("GET", f"/v1/curated-sets/{curated['id']}/archive") as response:
@@ -215,3 +146,178 @@ def run_demo(data_dir: Path, plan: DemoPlan, *, port: int) -> None:
                 for chunk in response.iter_bytes():
                     out.write(chunk)
         click.echo(f"\ncurated set downloaded to {archive} (ImageFolder layout + manifest.csv)")
+        run_experiment(client, data_dir, plan, dataset["id"], curated["id"])
+    click.echo(f"\ndemo finished in {_minutes(time.monotonic() - started)}")
+
+
+def _minutes(seconds: float) -> str:
+    return f"{int(seconds // 60)} min {int(seconds % 60):02d} s"
+
+
+def ingest_demo(client: TailsynthClient, plan: DemoPlan) -> dict[str, Any]:
+    """Step 1: build and ingest the long-tailed demo set; returns the dataset."""
+    click.echo(
+        f"1. building and ingesting the demo dataset ({plan.total} images, {plan.image_size} px)"
+    )
+    created = client.create_demo_dataset(
+        name="demo", total=plan.total, image_size=plan.image_size, seed=0
+    )
+    client.wait(created["job_id"], on_progress=_Progress())
+    dataset = client.dataset(created["dataset_id"])
+    _table("class counts (long-tailed, ISIC 2019 proportions):", dataset["class_counts"])
+    click.echo(f"  imbalance ratio {dataset['imbalance_ratio']:.1f}")
+    _table(
+        "split sizes (grouped by patient, seed-fixed):",
+        {split: sum(c.values()) for split, c in dataset["split_counts"].items()},
+    )
+    return dataset
+
+
+def train_generator(client: TailsynthClient, plan: DemoPlan, dataset_id: str) -> str:
+    """Step 2: train the inpainting generator with its quality probe; returns its id."""
+    click.echo(
+        f"\n2. training the inpainting diffusion generator ({plan.train_steps} steps, 32 px)"
+    )
+    generator = client.request(
+        "POST",
+        "/v1/generators",
+        json={
+            "dataset_id": dataset_id,
+            "training": {
+                "resolution": 32,
+                "max_train_steps": plan.train_steps,
+                "batch_size": 16,
+                "class_balance": 1.0,  # every class as often: the tail is the point
+            },
+            "quality_probe": {
+                "images_per_class": 16,
+                "guidance_scale": plan.guidance_scale,
+                "background_policy": plan.background_policy,
+                "classifier_epochs": plan.classifier_epochs,
+            },
+        },
+    )
+    client.wait(generator["job_id"], on_progress=_Progress(), timeout=6 * 3600)
+    trained = client.request("GET", f"/v1/generators/{generator['generator_id']}")
+    curve = trained["loss_curve"]
+    click.echo(
+        f"\n  checkpoint sha256 {trained['checkpoint_sha256'][:16]}…, loss "
+        f"{curve[0][1]:.3f} → {curve[-1][1]:.3f}"
+    )
+    _table(
+        "quality probe (a real-data classifier's accuracy per class, on inpainted and on "
+        "real val images):",
+        {q["class_name"]: _quality_line(q) for q in trained["quality"]["per_class"]},
+    )
+    health = trained["quality"].get("classifier_health")
+    if health:
+        click.echo(f"  the probe's own classifier: {health['message']}")
+    return str(generator["generator_id"])
+
+
+def synthesize(
+    client: TailsynthClient,
+    plan: DemoPlan,
+    dataset_id: str,
+    generator_id: str,
+    counts: dict[str, int],
+) -> dict[str, Any]:
+    """Step 3: inpaint candidates of the rare classes and OOD-filter them; returns the
+    curated set."""
+    click.echo(f"\n3. synthesizing {counts} by inpainting, then OOD-filtering the candidates")
+    synthesis = client.request(
+        "POST",
+        "/v1/synthesis",
+        json={
+            "dataset_id": dataset_id,
+            "generator_id": generator_id,
+            "counts": counts,
+            "sampling": {
+                "num_inference_steps": plan.sampling_steps,
+                "guidance_scale": plan.guidance_scale,
+            },
+            "background_policy": plan.background_policy,
+            "filter": {
+                "classifier_backbone": plan.classifier_backbone,
+                "classifier_epochs": plan.classifier_epochs,
+            },
+        },
+    )
+    client.wait(synthesis["job_id"], on_progress=_Progress(), timeout=6 * 3600)
+    curated: dict[str, Any] = client.request(
+        "GET", f"/v1/curated-sets/{synthesis['curated_set_id']}"
+    )
+    _table(
+        "curated set (generated → kept; rejected by reason):",
+        {
+            name: f"{e['generated']:>4} → {e['kept']:>4} kept; {e['rejected']}"
+            for name, e in curated["summary"].items()
+        },
+    )
+    return curated
+
+
+def run_experiment(
+    client: TailsynthClient,
+    data_dir: Path,
+    plan: DemoPlan,
+    dataset_id: str,
+    curated_id: str,
+    *,
+    baselines: tuple[str, ...] | None = None,
+    folds: int = 0,
+    **overrides: Any,
+) -> dict[str, Any]:
+    """Step 4: does the curated set help? Baselines, the curated set alone and with each
+    baseline loss, on the same split and seeds; prints verdicts, writes the HTML report,
+    returns the experiment."""
+    baselines = plan.baseline_arms if baselines is None else baselines
+    curated_arms = [{"curated_set_ids": [curated_id]}] + [
+        {"curated_set_ids": [curated_id], "loss": loss}
+        for loss in baselines
+        if loss not in ("balanced_sampler", "ce")
+    ]
+    body = {
+        "dataset_id": dataset_id,
+        "arms": [*baselines, *curated_arms],
+        "backbone": plan.experiment_backbone,
+        "image_size": plan.experiment_image_size,
+        "epochs": plan.experiment_epochs,
+        "seeds": plan.experiment_seeds,
+        "folds": folds,
+        **overrides,
+    }
+    protocol = f"{folds}-fold cross-validation" if folds else "scored on the real test split"
+    click.echo(
+        f"\n4. experiment: ce, {', '.join(baselines)} vs real + curated "
+        f"({body['backbone']}, {body['image_size']} px, {body['epochs']} epochs, "
+        f"{body['seeds']} seed(s); {protocol})"
+    )
+    created = client.create_experiment(**body)
+    client.wait(created["job_id"], on_progress=_Progress(), timeout=12 * 3600)
+    experiment = client.experiment(created["experiment_id"])
+    results = experiment["results"]
+    rare = results["task"]["rarest_classes"]
+    _table(
+        f"balanced accuracy and {' / '.join(rare)} recall per arm (95 % bootstrap intervals):",
+        {name: _arm_line(arm, rare) for name, arm in results["arms"].items()},
+    )
+    click.echo(f"\n  best non-generative arm: {results['best_baseline']}")
+    click.echo("\nverdicts:")
+    for line in results["verdicts"]:
+        click.echo(f"  {line}")
+    report = data_dir / "experiment-report.html"
+    report.write_text(client.experiment_report(created["experiment_id"]), encoding="utf-8")
+    click.echo(
+        f"\nreport: {report.resolve()} (GET /v1/experiments/{created['experiment_id']}/report)"
+    )
+    return experiment
+
+
+def _arm_line(arm: dict[str, Any], rare: list[str]) -> str:
+    def interval(value: dict[str, float]) -> str:
+        return f"{value['estimate']:.3f} [{value['low']:.3f}, {value['high']:.3f}]"
+
+    parts = [f"BA {interval(arm['metrics']['summary']['balanced_accuracy'])}"]
+    parts += [f"{name} {interval(arm['metrics']['per_class'][name]['recall'])}" for name in rare]
+    return "  ".join(parts)

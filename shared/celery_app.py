@@ -21,12 +21,14 @@ TASK_QUEUES: dict[str, str] = {
     "tailsynth.register_generator": "generate",
     "tailsynth.synthesize": "generate",
     "tailsynth.filter_candidates": "filter",
+    "tailsynth.run_experiment": "train",
 }
 
 TASK_MODULES = (
     "shared.ingest.tasks",
     "services.generator.tasks",
     "services.ood_filter.tasks",
+    "services.trainer.tasks",
 )
 
 

@@ -17,7 +17,7 @@ from fastapi import FastAPI
 
 from services.api.deps import AppState
 from services.api.problems import install_problem_handlers, problem
-from services.api.routers import datasets, generators, health, jobs, synthesis
+from services.api.routers import datasets, experiments, generators, health, jobs, synthesis
 from shared.celery_app import create_celery_app
 from shared.db import make_engine, make_session_factory
 from shared.errors import PayloadTooLarge
@@ -116,6 +116,6 @@ def create_app(settings: Settings | None = None, *, run_reaper: bool = True) -> 
     )
     install_problem_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
-    for module in (health, datasets, jobs, generators, synthesis):
+    for module in (health, datasets, jobs, generators, synthesis, experiments):
         app.include_router(module.router)
     return app

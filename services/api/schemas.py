@@ -95,17 +95,45 @@ class DatasetCreated(BaseModel):
 
 
 class DemoDatasetCreate(BaseModel):
-    """Ask for the built-in long-tailed dermoscopy-like demo set."""
+    """Ask for a built-in long-tailed demo set: dermoscopy-like (8 ISIC 2019 classes,
+    RGB) or chest-X-ray-like (normal vs opacity, grayscale)."""
 
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field("demo", min_length=1, max_length=200)
     total: int = Field(
-        2400, ge=40, le=50_000, description="number of images (at least 5 per class)"
+        2400, ge=40, le=50_000, description="number of images (at least min_per_class per class)"
     )
     image_size: int = Field(64, ge=16, le=512, description="side in pixels")
     seed: int = Field(0, ge=0)
     split_seed: int = Field(0, ge=0)
+    variant: str = Field(
+        "dermoscopy",
+        pattern="^(dermoscopy|chest_xray)$",
+        description="dermoscopy: 8 ISIC 2019 classes, RGB; chest_xray: normal vs opacity, "
+        "grayscale frontal radiographs",
+    )
+    imbalance: float | None = Field(
+        None,
+        ge=1.0,
+        le=1e6,
+        description="dermoscopy only: class counts fall geometrically from the head class "
+        "to the rarest with head/rarest = imbalance (floored at min_per_class); "
+        "unset: ISIC 2019 proportions",
+    )
+    min_per_class: int = Field(
+        5,
+        ge=3,
+        le=10_000,
+        description="fewest images of any class; 3 still leaves one image each for train, "
+        "val and test",
+    )
+    positive_fraction: float | None = Field(
+        None,
+        gt=0.0,
+        lt=0.5,
+        description="chest_xray only: fraction of opacity images (unset: 0.05)",
+    )
 
 
 class ComponentHealth(BaseModel):
@@ -290,3 +318,106 @@ class SyntheticImageRead(BaseModel):
     decision_reason: str | None
     ood_scores: list[dict[str, Any]] = Field(default_factory=list)
     created_at: datetime
+
+
+# ----------------------------------------------------------------- experiments
+
+
+class CuratedArm(BaseModel):
+    """Real images plus the kept images of one or more curated sets of the same dataset."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(
+        None,
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9_+.-]+$",
+        description='default "curated" or "curated+<loss>"',
+    )
+    curated_set_ids: list[uuid.UUID] = Field(min_length=1, max_length=20)
+    loss: str = Field(
+        "ce", max_length=32, description="ce, weighted_ce, focal, logit_adjusted, balanced_softmax"
+    )
+    balanced_sampling: bool = False
+    synthetic_ratio_cap: float | None = Field(
+        10.0,
+        gt=0,
+        le=1000,
+        description="at most this many synthetic images per real training image of a class "
+        "(gains flatten past ~10:1 in the dermatology literature); null = no cap",
+    )
+    synthetic_total: int | None = Field(
+        None,
+        ge=0,
+        description="at most this many synthetic images in all (per class in proportion)",
+    )
+    match_adaptive: bool = Field(
+        False, description="cap the total at what the adaptive arm added (equal synthetic totals)"
+    )
+
+
+class AdaptiveSettings(BaseModel):
+    """IOIS rounds: allocate each round's budget by validation accuracy, synthesize, train on."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    generator_id: uuid.UUID
+    rounds: int = Field(3, ge=1, le=50)
+    budget_per_round: int = Field(200, ge=1, le=100_000, description="N of the AAS rule")
+    epochs_per_round: int = Field(3, ge=1, le=200)
+    mode: str = Field("inpaint", pattern="^(inpaint|img2img|generate)$")
+    sampling: Sampling = Sampling()
+    background_policy: str = Field("any_class", pattern="^(any_class|same_class|head_classes)$")
+    oversample: float = Field(1.5, ge=1, le=10)
+    filter: FilterSettings = FilterSettings()
+
+
+class ExperimentCreate(BaseModel):
+    """Classifiers on real vs real + curated synthetic images, scored on real held-out images."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset_id: uuid.UUID
+    mode: str = Field("offline", pattern="^(offline|adaptive)$")
+    arms: list[str | CuratedArm] = Field(
+        default_factory=lambda: ["ce", "weighted_ce", "logit_adjusted"],
+        min_length=1,
+        max_length=20,
+        description="baseline names (ce, weighted_ce, balanced_sampler, focal, logit_adjusted, "
+        'balanced_softmax) and curated arms {"curated_set_ids": [...]}; ce is always added',
+    )
+    backbone: str = Field("resnet10t", min_length=1, max_length=100, description="any timm model")
+    image_size: int = Field(64, ge=16, le=512)
+    epochs: int = Field(10, ge=1, le=500)
+    min_train_steps: int = Field(
+        300, ge=0, le=1_000_000, description="floor on optimizer steps of every classifier"
+    )
+    batch_size: int = Field(64, ge=2, le=1024)
+    lr: float = Field(2e-3, gt=0, le=1)
+    folds: int = Field(
+        0, ge=0, le=20, description="0: the dataset's train/val/test split; k: grouped k-fold"
+    )
+    seeds: int = Field(1, ge=1, le=20, description="training seeds per arm and fold")
+    seed: int = Field(0, ge=0, lt=2**31)
+    n_resamples: int = Field(1000, ge=100, le=20_000, description="bootstrap resamples")
+    adaptive: AdaptiveSettings | None = None
+
+
+class ExperimentRead(BaseModel):
+    id: uuid.UUID
+    dataset_id: uuid.UUID
+    state: str
+    config: dict[str, Any]
+    results: dict[str, Any]
+    report_url: str | None
+    job_id: uuid.UUID | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class ExperimentCreated(BaseModel):
+    experiment_id: uuid.UUID
+    job_id: uuid.UUID
+    arms: list[str]
+    experiment: ExperimentRead

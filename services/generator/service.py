@@ -43,7 +43,11 @@ from services.generator.quality import (
 )
 from services.generator.sampling import load_generator
 from services.generator.training import train_generator
-from services.trainer.dataset_classifier import classifier_config_from, dataset_classifier
+from services.trainer.dataset_classifier import (
+    classifier_config_from,
+    dataset_classifier,
+    health_of,
+)
 from shared.dataset_arrays import SplitArrays, dataset_channels, load_split, ready_dataset
 from shared.errors import Conflict, InvalidInput, NotFound
 from shared.imaging import encode_png, sha256_bytes
@@ -286,10 +290,14 @@ def _quality_probe(
         feature_network=features,
         predict_proba=classifier.predict_proba,
     )
+    health = health_of(classifier)
     return {
         "probe": "inpaint held-out real val images; Frechet distance in the dataset classifier's "
         "feature space; that classifier's accuracy on the generated images",
         "classifier": asdict(classifier_config),
+        # The probe's figures mean something only if it recognises real images first.
+        "classifier_health": health,
+        **({"warning": f"quality probe: {health['message']}"} if health["ok"] is False else {}),
         "sampling": {
             "num_inference_steps": steps,
             "guidance_scale": guidance_scale,

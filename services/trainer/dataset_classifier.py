@@ -21,6 +21,7 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.trainer.classifier import ClassifierConfig, ImageClassifier, train_classifier
+from services.trainer.health import classifier_health
 from shared.dataset_arrays import SplitArrays, load_split
 from shared.models import Split
 from shared.settings import Settings
@@ -31,16 +32,31 @@ _CACHE_SIZE = 2
 _LOCK = threading.Lock()
 
 
+DEFAULT_MIN_TRAIN_STEPS = 300
+
+
 def classifier_config_from(params: dict[str, Any], channels: int) -> ClassifierConfig:
     """The dataset classifier a request asks for (``classifier_backbone``,
-    ``classifier_image_size``, ``classifier_epochs``); the same request → the same cache key."""
+    ``classifier_image_size``, ``classifier_epochs``, ``classifier_min_steps``); the same
+    request → the same cache key. The step floor keeps a small dataset (a few hundred
+    images: a handful of batches per epoch) from being "trained" for thirty steps."""
     return ClassifierConfig(
         backbone=params.get("classifier_backbone", "resnet18"),
         image_size=int(params.get("classifier_image_size", 64)),
         in_chans=channels,
         epochs=int(params.get("classifier_epochs", 8)),
+        min_train_steps=int(params.get("classifier_min_steps", DEFAULT_MIN_TRAIN_STEPS)),
         seed=0,
     )
+
+
+def health_of(classifier: ImageClassifier) -> dict[str, Any]:
+    """The classifier's own balanced accuracy on the real **val** split (its kept epoch),
+    against :func:`services.trainer.health.health_bar`."""
+    history = classifier.history
+    best = history.epochs[history.best_epoch - 1] if history.best_epoch else None
+    value = best.val_balanced_accuracy if best is not None else None
+    return classifier_health(value, classifier.num_classes, "real validation images")
 
 
 def classifier_key(dataset_id: uuid.UUID, config: ClassifierConfig) -> str:

@@ -37,6 +37,7 @@ from services.trainer.classifier import (
     LossName,
     train_classifier,
 )
+from services.trainer.health import classifier_health
 from services.trainer.metrics import (
     bootstrap_intervals,
     ensemble_predictions,
@@ -460,32 +461,17 @@ def gather(runs: Sequence[RunResult], data: RealData, *, test: bool) -> Scored |
     return Scored(data.labels[index], np.stack(columns, axis=1).astype(np.float32))
 
 
-def health_bar(num_classes: int) -> float:
-    chance = 1.0 / num_classes
-    return min(HEALTH_FACTOR * chance, chance + HEALTH_CAP_SHARE * (1.0 - chance))
-
-
-def classifier_health(
+def arm_health(
     runs: Sequence[RunResult], scored: Scored, class_names: Sequence[str]
 ) -> dict[str, Any]:
-    """The arm's own balanced accuracy on real validation images (held-out ones in k-fold)
-    against a bar of twice chance: below it the arm's figures describe a classifier that
-    has not learned the task, and the report says so."""
-    chance = 1.0 / len(class_names)
+    """The arm's own balanced accuracy on real validation images (held-out ones in k-fold,
+    where no validation split exists) against the bar of :mod:`.health`."""
     validation = [r.validation_balanced_accuracy for r in runs]
     if all(value is not None for value in validation):
         value = float(np.mean([v for v in validation if v is not None]))
-        source = "validation split"
-    else:
-        value = pooled_report(scored.y_true, scored.predictions, class_names).balanced_accuracy
-        source = "held-out images"
-    bar = health_bar(len(class_names))
-    ok = value >= bar
-    message = (
-        f"balanced accuracy {value:.3f} on the {source} (chance {chance:.3f}, bar {bar:.3f})"
-        + ("" if ok else ": this classifier has not learned the task; read its figures as noise")
-    )
-    return {"balanced_accuracy": value, "chance": chance, "bar": bar, "ok": ok, "message": message}
+        return classifier_health(value, len(class_names), "validation split")
+    report = pooled_report(scored.y_true, scored.predictions, class_names)
+    return classifier_health(report.balanced_accuracy, len(class_names), "held-out images")
 
 
 def arm_metrics(
@@ -626,7 +612,7 @@ def summarise(
                     for run in sorted(by_arm[arm.name], key=lambda r: (r.fold, r.seed))
                 ]
             },
-            "classifier_health": classifier_health(by_arm[arm.name], scored, names),
+            "classifier_health": arm_health(by_arm[arm.name], scored, names),
             "comparisons": {"vs_ce": None, "vs_best_baseline": None},
         }
 
