@@ -135,10 +135,13 @@ def run_demo(data_dir: Path, plan: DemoPlan, *, port: int) -> None:
     started = time.monotonic()
     with embedded_server(data_dir, port) as (url, key), TailsynthClient(url, key) as client:
         click.echo(f"tailsynth demo: embedded server at {url}, data in {data_dir.resolve()}")
-        dataset = ingest_demo(client, plan)
-        generator_id = train_generator(client, plan, dataset["id"])
+        with _timed("ingest"):
+            dataset = ingest_demo(client, plan)
+        with _timed("generator training and quality probe"):
+            generator_id = train_generator(client, plan, dataset["id"])
         counts = {name: plan.per_class for name in plan.rare_classes}
-        curated = synthesize(client, plan, dataset["id"], generator_id, counts)
+        with _timed("synthesis and filtering"):
+            curated = synthesize(client, plan, dataset["id"], generator_id, counts)
         archive = data_dir / "curated.zip"
         with archive.open("wb") as out:
             with client.http.stream("GET", f"/v1/curated-sets/{curated['id']}/archive") as response:
@@ -146,8 +149,16 @@ def run_demo(data_dir: Path, plan: DemoPlan, *, port: int) -> None:
                 for chunk in response.iter_bytes():
                     out.write(chunk)
         click.echo(f"\ncurated set downloaded to {archive} (ImageFolder layout + manifest.csv)")
-        run_experiment(client, data_dir, plan, dataset["id"], curated["id"])
+        with _timed("experiment"):
+            run_experiment(client, data_dir, plan, dataset["id"], curated["id"])
     click.echo(f"\ndemo finished in {_minutes(time.monotonic() - started)}")
+
+
+@contextmanager
+def _timed(step: str) -> Iterator[None]:
+    started = time.monotonic()
+    yield
+    click.echo(f"  [{step}: {_minutes(time.monotonic() - started)}]")
 
 
 def _minutes(seconds: float) -> str:
