@@ -13,21 +13,33 @@ Classes are meant to overlap (a featureless melanoma looks like a naevus, actini
 keratosis like squamous cell carcinoma) so that a small classifier shows the
 long-tail problem: rare classes are recalled far worse than head classes.
 
-Every image is a pure function of ``(seed, total, index, image_size)``: the dataset
-plan (labels, groups) comes from a generator seeded by ``seed`` alone, and each image
-and each patient draw from their own ``numpy`` generator seeded by ``(seed, stream,
-number)``. Images can therefore be made lazily, in any order or in parallel, and are
-identical bit for bit. Geometry is drawn in image-relative coordinates, so the same
-sample at 64 and 256 px shows the same lesion.
+Two options reshape it (both off by default, where the output is unchanged):
+
+- ``imbalance``: class counts fall geometrically from the head class to the rarest,
+  head/rarest = ``imbalance`` (see :func:`demo_class_counts`), for an extreme tail of
+  classes with a handful of images;
+- ``variant="chest_xray"``: a binary, grayscale set of frontal pediatric chest
+  radiographs, ``normal`` vs ``opacity`` (a pneumonia-like consolidation), with a
+  few percent positives (``positive_fraction``), after the binary chest X-ray tasks
+  of Rajaraman et al. (2024). Images are (H, W) uint8 and are written as mode "L"
+  PNGs, so the pipeline keeps one channel.
+
+Every image is a pure function of ``(seed, total, index, image_size)`` and those
+options: the dataset plan (labels, groups) comes from a generator seeded by ``seed``
+alone, and each image and each patient draw from their own ``numpy`` generator seeded
+by ``(seed, stream, number)``. Images can therefore be made lazily, in any order or in
+parallel, and are identical bit for bit. Geometry is drawn in image-relative
+coordinates, so the same sample at 64 and 256 px shows the same lesion.
 
 Cost, per image on one CPU core: about 4 ms at 64 px (2,400 images in ~10 s) and
 about 28 ms to draw plus 11 ms to PNG-encode at 256 px; ``workers`` spreads both
-over processes.
+over processes. Chest X-rays cost about 1.3-1.5 times as much.
 """
 
 from __future__ import annotations
 
 import csv
+import math
 import multiprocessing
 import os
 from collections import deque
@@ -45,6 +57,14 @@ from scipy import ndimage
 from shared.imaging import encode_png
 
 DEMO_CLASSES: tuple[str, ...] = ("NV", "MEL", "BCC", "BKL", "AK", "SCC", "VASC", "DF")
+CHEST_XRAY_CLASSES: tuple[str, ...] = ("normal", "opacity")
+
+# The looks the demo can draw, and the classes of each.
+DEMO_VARIANTS: tuple[str, ...] = ("dermoscopy", "chest_xray")
+_VARIANT_CLASSES: dict[str, tuple[str, ...]] = {
+    "dermoscopy": DEMO_CLASSES,
+    "chest_xray": CHEST_XRAY_CLASSES,
+}
 
 # ISIC 2019 training set, images per class (the proportions the demo reproduces).
 ISIC2019_COUNTS: dict[str, int] = {
@@ -61,6 +81,8 @@ ISIC2019_COUNTS: dict[str, int] = {
 DEFAULT_TOTAL = 2_400
 DEFAULT_IMAGE_SIZE = 64
 DEFAULT_MIN_PER_CLASS = 5  # a rare class needs a few images to be split at all
+DEFAULT_VARIANT = "dermoscopy"
+DEFAULT_POSITIVE_FRACTION = 0.05  # chest_xray: a few percent of images show an opacity
 
 DEMO_PNG_KEY = "tailsynth:demo_dataset"  # tEXt marker: made by this module (not by a generator)
 
@@ -68,10 +90,19 @@ DEMO_PNG_KEY = "tailsynth:demo_dataset"  # tEXt marker: made by this module (not
 _PLAN_STREAM = 0
 _PATIENT_STREAM = 1
 _IMAGE_STREAM = 2
+_CXR_PATIENT_STREAM = 3
+_CXR_IMAGE_STREAM = 4
 
 # Images per patient group: one lesion photographed 1-5 times.
 _GROUP_SIZES = np.array([1, 2, 3, 4, 5])
 _GROUP_SIZE_P = np.array([0.15, 0.25, 0.25, 0.2, 0.15])
+# Chest X-rays: one child radiographed 1-3 times (follow-up films).
+_CXR_GROUP_SIZES = np.array([1, 2, 3])
+_CXR_GROUP_SIZE_P = np.array([0.45, 0.35, 0.2])
+# Outside the ISIC default, every class keeps at least this many patients (or one per
+# image if it has fewer images), so a grouped split can give each of train, val and
+# test a patient of even the rarest class.
+_MIN_PATIENTS = 5
 
 Rgb = tuple[float, float, float]
 
@@ -102,9 +133,11 @@ class DemoDatasetCanceled(RuntimeError):
 class DemoSample:
     """One demo image.
 
-    ``image`` is (H, W, 3) uint8 RGB; ``mask`` is (H, W) uint8 with 255 on the lesion
-    and 0 elsewhere; ``label`` is one of :data:`DEMO_CLASSES`; ``group`` names the
-    patient (one lesion imaged several times).
+    ``image`` is (H, W, 3) uint8 RGB, or (H, W) uint8 grayscale for the chest X-ray
+    variant; ``mask`` is (H, W) uint8 with 255 on the lesion (or consolidation) and 0
+    elsewhere; ``label`` is one of the variant's classes (:data:`DEMO_CLASSES` or
+    :data:`CHEST_XRAY_CLASSES`); ``group`` names the patient (one lesion, or one
+    child's chest, imaged several times).
     """
 
     index: int
@@ -119,8 +152,9 @@ class DemoSample:
 class DemoArrays:
     """The whole demo set in memory.
 
-    ``images`` (N, H, W, 3) uint8; ``masks`` (N, H, W) uint8 in {0, 255}; ``labels``
-    (N,) int64 indices into ``class_names``; ``groups`` N patient ids.
+    ``images`` (N, H, W, 3) uint8, or (N, H, W) for the chest X-ray variant; ``masks``
+    (N, H, W) uint8 in {0, 255}; ``labels`` (N,) int64 indices into ``class_names``;
+    ``groups`` N patient ids.
     """
 
     images: np.ndarray
@@ -133,10 +167,12 @@ class DemoArrays:
 @dataclass(frozen=True)
 class DemoPlan:
     """Which class and patient each index is: ``labels`` (N,) int64 into
-    :data:`DEMO_CLASSES`, ``patients`` (N,) int64 patient numbers from 0."""
+    ``class_names`` (:data:`DEMO_CLASSES` unless the variant is ``chest_xray``),
+    ``patients`` (N,) int64 patient numbers from 0."""
 
     labels: np.ndarray
     patients: np.ndarray
+    class_names: tuple[str, ...] = DEMO_CLASSES
 
 
 # ---------------------------------------------------------------------------------
@@ -144,23 +180,66 @@ class DemoPlan:
 # ---------------------------------------------------------------------------------
 
 
-def demo_class_counts(total: int, *, min_per_class: int = DEFAULT_MIN_PER_CLASS) -> dict[str, int]:
-    """Split ``total`` images over the classes in ISIC 2019 proportions.
+def demo_classes(variant: str = DEFAULT_VARIANT) -> tuple[str, ...]:
+    """The class names of a demo variant, head class first."""
+    if variant not in _VARIANT_CLASSES:
+        raise ValueError(f"unknown demo variant {variant!r}; expected one of {DEMO_VARIANTS}")
+    return _VARIANT_CLASSES[variant]
 
-    Largest-remainder rounding keeps the sum exact; any class below ``min_per_class``
-    is raised to it with images taken from the largest class, so the rarest class can
-    still be split into train and test. Raises ``ValueError`` if ``total`` cannot give
-    every class ``min_per_class`` images.
+
+def demo_class_counts(
+    total: int,
+    *,
+    min_per_class: int = DEFAULT_MIN_PER_CLASS,
+    imbalance: float | None = None,
+    variant: str = DEFAULT_VARIANT,
+    positive_fraction: float = DEFAULT_POSITIVE_FRACTION,
+) -> dict[str, int]:
+    """Split ``total`` images over the classes of ``variant``, head class first.
+
+    Dermoscopy, ``imbalance=None``: ISIC 2019 proportions. With ``imbalance = r``
+    (>= 1) the counts instead fall geometrically from the head class (NV) to the
+    rarest (DF) in :data:`DEMO_CLASSES` order: class ``k`` of ``K = 8`` gets the quota
+
+        q_k = total * r ** (-k / (K - 1)) / sum_j r ** (-j / (K - 1)),
+
+    so each class has ``r ** (-1 / 7)`` times the images of the one before it and
+    q_0 / q_7 = r exactly (total 1,000, r = 100: quotas 485, 251, 130, 67, 35, 18, 9.4,
+    4.8). Chest X-ray: ``opacity`` gets ``round(total * positive_fraction)``, ``normal``
+    the rest.
+
+    Largest-remainder rounding keeps the sum exact (every count is within 1 of its
+    quota); then any class below ``min_per_class`` is raised to it with images taken
+    from the largest class, so the rarest class can still be split into train, val and
+    test. Where the geometric tail falls below ``min_per_class`` the floor wins and the
+    realised head/rarest ratio is smaller than ``imbalance``: an extreme ``imbalance``
+    with a low ``min_per_class`` (3-5) is how to get several classes with only 3-7
+    images (2-5 of them in train). Raises ``ValueError`` if ``total`` cannot give every
+    class ``min_per_class`` images, or for an ``imbalance`` below 1.
     """
+    names = demo_classes(variant)
     if min_per_class < 1:
         raise ValueError(f"min_per_class must be >= 1, got {min_per_class}")
-    if total < min_per_class * len(DEMO_CLASSES):
+    if total < min_per_class * len(names):
         raise ValueError(
-            f"total={total} is too small for {len(DEMO_CLASSES)} classes with at least "
+            f"total={total} is too small for {len(names)} classes with at least "
             f"{min_per_class} images each"
         )
-    isic = np.array([ISIC2019_COUNTS[name] for name in DEMO_CLASSES], dtype=np.float64)
-    quota = total * isic / isic.sum()
+    if variant == "chest_xray":
+        if imbalance is not None:
+            raise ValueError("imbalance applies to dermoscopy; chest_xray uses positive_fraction")
+        if not 0.0 < positive_fraction < 0.5:
+            raise ValueError(f"positive_fraction must be in (0, 0.5), got {positive_fraction}")
+        positives = max(min_per_class, int(np.floor(total * positive_fraction + 0.5)))
+        return {"normal": total - positives, "opacity": positives}
+    if imbalance is None:
+        weights = np.array([ISIC2019_COUNTS[name] for name in DEMO_CLASSES], dtype=np.float64)
+    else:
+        if not (math.isfinite(imbalance) and imbalance >= 1.0):
+            raise ValueError(f"imbalance must be a finite number >= 1, got {imbalance}")
+        steps = np.arange(len(DEMO_CLASSES), dtype=np.float64) / (len(DEMO_CLASSES) - 1)
+        weights = float(imbalance) ** -steps
+    quota = total * weights / weights.sum()
     counts = np.floor(quota).astype(np.int64)
     # Stable sort: equal remainders go to the class listed first.
     order = np.argsort(-(quota - counts), kind="stable")
@@ -173,19 +252,51 @@ def demo_class_counts(total: int, *, min_per_class: int = DEFAULT_MIN_PER_CLASS)
     return {name: int(n) for name, n in zip(DEMO_CLASSES, counts, strict=True)}
 
 
-def demo_plan(total: int = DEFAULT_TOTAL, seed: int = 0) -> DemoPlan:
+def demo_plan(
+    total: int = DEFAULT_TOTAL,
+    seed: int = 0,
+    *,
+    imbalance: float | None = None,
+    min_per_class: int = DEFAULT_MIN_PER_CLASS,
+    variant: str = DEFAULT_VARIANT,
+    positive_fraction: float = DEFAULT_POSITIVE_FRACTION,
+) -> DemoPlan:
     """Assign a class and a patient to each of ``total`` indices, from ``seed`` alone.
 
-    Patients hold 1-5 images of one class; indices are shuffled so classes and
-    patients interleave, and patients are numbered in order of first appearance so a
-    group id says nothing about the class.
+    Dermoscopy patients hold 1-5 images of one class, chest X-ray patients 1-3;
+    indices are shuffled so classes and patients interleave, and patients are numbered
+    in order of first appearance so a group id says nothing about the class. Counts as
+    in :func:`demo_class_counts`.
+
+    Except in the default ISIC-proportioned dermoscopy set (kept as it always was), a
+    class of ``n`` images is held by at least ``min(n, 5)`` patients: its patients
+    hold at most ``n // 5`` images each (one each below 10 images). A class of 5 images
+    is then 5 patients, and the grouped split can give train, val and test one each.
     """
+    counts = demo_class_counts(
+        total,
+        min_per_class=min_per_class,
+        imbalance=imbalance,
+        variant=variant,
+        positive_fraction=positive_fraction,
+    )
+    legacy = variant == "dermoscopy" and imbalance is None
+    group_sizes, group_p = (
+        (_CXR_GROUP_SIZES, _CXR_GROUP_SIZE_P)
+        if variant == "chest_xray"
+        else (_GROUP_SIZES, _GROUP_SIZE_P)
+    )
     rng = np.random.default_rng([seed, _PLAN_STREAM])
     labels: list[np.ndarray] = []
     patients: list[np.ndarray] = []
     next_patient = 0
-    for klass, count in enumerate(demo_class_counts(total).values()):
-        sizes = rng.choice(_GROUP_SIZES, size=count, p=_GROUP_SIZE_P)  # more than enough
+    for klass, count in enumerate(counts.values()):
+        sizes_allowed, p = group_sizes, group_p
+        if not legacy:
+            cap = max(1, count // _MIN_PATIENTS)
+            sizes_allowed = group_sizes[group_sizes <= cap]
+            p = group_p[: sizes_allowed.size] / group_p[: sizes_allowed.size].sum()
+        sizes = rng.choice(sizes_allowed, size=count, p=p)  # more than enough
         ends = np.cumsum(sizes)
         n_groups = int(np.searchsorted(ends, count)) + 1
         group_of_image = np.searchsorted(ends[:n_groups], np.arange(count), side="right")
@@ -198,17 +309,26 @@ def demo_plan(total: int = DEFAULT_TOTAL, seed: int = 0) -> DemoPlan:
     _, first_seen, inverse = np.unique(shuffled_patients, return_index=True, return_inverse=True)
     renumber = np.empty_like(first_seen)
     renumber[np.argsort(first_seen)] = np.arange(len(first_seen))
-    return DemoPlan(labels=shuffled_labels, patients=renumber[inverse].astype(np.int64))
+    return DemoPlan(
+        labels=shuffled_labels,
+        patients=renumber[inverse].astype(np.int64),
+        class_names=demo_classes(variant),
+    )
 
 
-def demo_image_id(index: int, seed: int) -> str:
-    """Stable image id, unique across seeds, e.g. ``demo_s0_000042``."""
-    return f"demo_s{seed}_{index:06d}"
+def demo_image_id(index: int, seed: int, variant: str = DEFAULT_VARIANT) -> str:
+    """Stable image id, unique across seeds and variants, e.g. ``demo_s0_000042``
+    (``demo_cxr_s0_000042`` for chest X-rays)."""
+    return f"{_id_prefix(variant)}_s{seed}_{index:06d}"
 
 
-def demo_group_id(patient: int, seed: int) -> str:
-    """Stable patient group id, e.g. ``demo_s0_p00017``."""
-    return f"demo_s{seed}_p{patient:05d}"
+def demo_group_id(patient: int, seed: int, variant: str = DEFAULT_VARIANT) -> str:
+    """Stable patient group id, e.g. ``demo_s0_p00017`` (``demo_cxr_s0_p00017``)."""
+    return f"{_id_prefix(variant)}_s{seed}_p{patient:05d}"
+
+
+def _id_prefix(variant: str) -> str:
+    return "demo" if variant == "dermoscopy" else "demo_cxr"
 
 
 # ---------------------------------------------------------------------------------
@@ -855,18 +975,31 @@ _PAINTERS: dict[str, Callable[[np.random.Generator, _LesionFrame, _LesionTraits]
 
 
 def render_demo_image(
-    label: str, patient: int, index: int, image_size: int, seed: int
+    label: str,
+    patient: int,
+    index: int,
+    image_size: int,
+    seed: int,
+    *,
+    variant: str = DEFAULT_VARIANT,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Draw one image and its mask: ((H, W, 3) uint8, (H, W) uint8 in {0, 255}).
 
     A pure function of its arguments. Patient traits (skin, hair, the lesion itself)
     come from the ``(seed, patient)`` stream, everything per view (placement,
     lighting, hairs, artefacts, noise) from the ``(seed, index)`` stream.
+
+    ``variant="chest_xray"`` draws a frontal chest radiograph instead, (H, W) uint8
+    grayscale; its mask is the consolidation of an ``opacity`` image, or an equally
+    sized patch of healthy lung in a ``normal`` one (what inpainting would repaint).
     """
-    if label not in _PAINTERS:
-        raise ValueError(f"unknown class {label!r}; expected one of {DEMO_CLASSES}")
+    classes = demo_classes(variant)
+    if label not in classes:
+        raise ValueError(f"unknown class {label!r}; expected one of {classes}")
     if image_size < 16:
         raise ValueError(f"image_size must be >= 16, got {image_size}")
+    if variant == "chest_xray":
+        return _render_chest_xray(label, patient, index, image_size, seed)
     patient_rng = np.random.default_rng([seed, _PATIENT_STREAM, patient])
     rng = np.random.default_rng([seed, _IMAGE_STREAM, index])
     skin_traits = _patient_skin(patient_rng)
@@ -922,8 +1055,330 @@ def _draw_arborising_vessels(
 
 
 # ---------------------------------------------------------------------------------
+# Chest X-rays
+# ---------------------------------------------------------------------------------
+#
+# A frontal (PA) pediatric chest radiograph, drawn as a density map D (bright = more
+# attenuation) in "body" coordinates u (across; the patient's left is +u, shown on the
+# image's right, as radiographs are read) and v (down), then exposed: soft tissue of
+# the thorax, two air-filled lungs that are dark, the mediastinum and heart between
+# them (the heart bulging to the patient's left), the spine, posterior and anterior
+# ribs, clavicles and the stomach's gas bubble under the left hemidiaphragm. Images
+# are never mirrored: laterality is part of the anatomy.
+
+
+@dataclass(frozen=True)
+class _Chest:
+    """A child's chest: body habitus, lungs, heart, bones and film exposure, and (for
+    ``opacity``) where the pneumonia sits: lung side, height and extent.
+
+    Lengths are in image half-widths of the body frame; ``density`` is how much of the
+    lung's air a consolidation replaces (0 for a normal chest).
+    """
+
+    body_width: float
+    lung_width: float
+    lung_top: float
+    lung_bottom: float
+    dome: float
+    mediastinum: float
+    heart_width: float
+    heart_height: float
+    heart_shift: float
+    rib_spacing: float
+    rib_start: float
+    tissue: float
+    air: float
+    markings: float
+    gastric_bubble: bool
+    brightness: float
+    contrast: float
+    gamma: float
+    side: int  # -1 the patient's right lung (image left), +1 the left lung
+    patch_v: float
+    patch_u: float  # across the lung, 0 medial .. 1 lateral
+    patch_radius: float
+    patches: int
+    density: float
+
+
+def _chest_traits(rng: np.random.Generator, label: str) -> _Chest:
+    lung_top = float(rng.uniform(-0.7, -0.6))
+    lung_height = float(rng.uniform(1.05, 1.25))
+    side = -1 if rng.random() < 0.55 else 1  # right-sided pneumonia is a little commoner
+    lobe = int(rng.integers(3))  # upper, middle, lower zone
+    zone = lung_top + lung_height * (0.22 + 0.24 * lobe)
+    return _Chest(
+        body_width=float(rng.uniform(0.8, 0.95)),
+        lung_width=float(rng.uniform(0.32, 0.39)),
+        lung_top=lung_top,
+        lung_bottom=lung_top + lung_height,
+        dome=float(rng.uniform(0.14, 0.26)),
+        mediastinum=float(rng.uniform(0.08, 0.13)),
+        heart_width=float(rng.uniform(0.44, 0.54)),
+        heart_height=float(rng.uniform(0.26, 0.32)),
+        heart_shift=float(rng.uniform(0.08, 0.16)),
+        rib_spacing=float(rng.uniform(0.115, 0.14)),
+        rib_start=float(rng.uniform(-0.08, 0.0)),
+        tissue=float(rng.uniform(0.55, 0.7)),
+        air=float(rng.uniform(0.36, 0.46)),
+        markings=float(rng.uniform(0.01, 0.045)),
+        gastric_bubble=bool(rng.random() < 0.6),
+        brightness=float(rng.uniform(0.0, 0.08)),
+        contrast=float(rng.uniform(1.05, 1.35)),
+        gamma=float(rng.uniform(0.8, 1.25)),
+        side=side,
+        patch_v=zone + float(rng.normal(0.0, 0.05)),
+        patch_u=float(rng.uniform(0.3, 0.72)),
+        patch_radius=float(rng.uniform(0.17, 0.28)),
+        patches=int(rng.integers(1, 3)) if label == "opacity" else 0,
+        density=float(rng.uniform(0.25, 0.8)) if label == "opacity" else 0.0,
+    )
+
+
+def _chest_lungs(c: _Chest, u: np.ndarray, v: np.ndarray, pixel: float) -> np.ndarray:
+    """Air in both lungs, (H, W) in [0, 1], before the heart is taken out of it."""
+    lungs = np.zeros_like(u)
+    for side in (-1, 1):
+        centre_u = side * (c.mediastinum + c.lung_width)
+        centre_v = 0.5 * (c.lung_top + c.lung_bottom)
+        half_height = 0.5 * (c.lung_bottom - c.lung_top)
+        du, dv = (u - centre_u) / c.lung_width, (v - centre_v) / half_height
+        # Round apex, squarer base: the lung widens downwards to the costophrenic angle.
+        power = 2.0 + 2.0 * _sigmoid(dv / 0.15)
+        du = du * (1.0 + 0.25 * np.clip(-dv, 0, None))
+        shape = 1.0 - np.abs(du) ** power - np.abs(dv) ** power
+        # The hemidiaphragm domes up under the lung; the right one (liver) sits higher.
+        base = c.lung_bottom - (0.05 if side < 0 else 0.0)
+        lateral = np.clip((u - centre_u) * side / c.lung_width, -1.0, 1.0)
+        diaphragm = base - c.dome * (1.0 - lateral**2) - 0.3 * c.dome * (lateral < 0)
+        medial = c.mediastinum + (0.05 * np.exp(-(((v + 0.3) / 0.08) ** 2)) if side > 0 else 0)
+        lung = (
+            _sigmoid(shape / 0.12)
+            * _sigmoid((diaphragm - v) / max(0.025, pixel))
+            * _sigmoid((u * side - medial) / max(0.03, pixel))
+        )
+        lungs = np.maximum(lungs, lung)
+    return lungs
+
+
+def _chest_heart(c: _Chest, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """The cardiac silhouette, (H, W) in [0, 1]: an ellipse on the diaphragm, apex to the
+    patient's left."""
+    centre_u = c.heart_shift
+    centre_v = c.lung_bottom - c.dome - 0.18  # resting on the diaphragm
+    angle = 0.45  # long axis tilted down towards the patient's left
+    du, dv = u - centre_u, v - centre_v
+    a = (np.cos(angle) * du + np.sin(angle) * dv) / c.heart_width
+    b = (-np.sin(angle) * du + np.cos(angle) * dv) / c.heart_height
+    return _sigmoid((1.0 - np.hypot(a, b)) / 0.08)
+
+
+def _chest_bones(
+    rng: np.random.Generator, c: _Chest, to_image: Callable[[np.ndarray], np.ndarray], size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Ribs and clavicles as strokes in body coordinates: (ribs, clavicles) opacity maps."""
+    ribs: list[_Stroke] = []
+    ink = np.ones(3, dtype=np.float32)
+    count = int((c.lung_bottom - c.lung_top) / c.rib_spacing) + 1
+    for side in (-1.0, 1.0):
+        for k in range(count):
+            top = c.lung_top + c.rib_start + k * c.rib_spacing
+            wobble = rng.normal(0.0, 0.01, 2)
+            # Posterior rib: from the spine, out and then down along the chest wall.
+            posterior = np.array(
+                [
+                    [side * 0.06, top],
+                    [side * 0.6, top - 0.1 + wobble[0]],
+                    [side * (c.body_width - 0.02), top + 0.32 + wobble[1]],
+                ],
+                dtype=np.float32,
+            )
+            ribs.append(_Stroke(to_image(_curve_points(posterior, size)), 1.0, ink, 1.0))
+            # Anterior rib, fainter: from the chest wall down towards the sternum.
+            anterior = np.array(
+                [
+                    [side * (c.body_width - 0.06), top + 0.12],
+                    [side * 0.55, top + 0.2],
+                    [side * 0.25, top + 0.42],
+                ],
+                dtype=np.float32,
+            )
+            ribs.append(_Stroke(to_image(_curve_points(anterior, size)), 0.8, ink, 0.45))
+    clavicles = []
+    for side in (-1.0, 1.0):
+        drop = float(rng.normal(0.0, 0.02))
+        control = np.array(
+            [
+                [side * 0.07, c.lung_top + 0.1 + drop],
+                [side * 0.35, c.lung_top + 0.06 + drop],
+                [side * 0.72, c.lung_top - 0.04],
+            ],
+            dtype=np.float32,
+        )
+        clavicles.append(_Stroke(to_image(_curve_points(control, size)), 1.4, ink, 1.0))
+    return _render_strokes(ribs, size)[0], _render_strokes(clavicles, size)[0]
+
+
+_CXR_PLACEMENT_GRID = 48  # patch centres are drawn on this grid, whatever the image size
+
+
+def _chest_patch(
+    rng: np.random.Generator,
+    c: _Chest,
+    u: np.ndarray,
+    v: np.ndarray,
+    lungs: np.ndarray,
+    placement: tuple[np.ndarray, np.ndarray, np.ndarray],
+) -> np.ndarray:
+    """A soft, lobulated region inside one lung field, (H, W) in [0, 1].
+
+    Where a pneumonia's consolidation is (``opacity``: near the patient's affected
+    zone), or an equally sized stretch of healthy lung (``normal``: anywhere in either
+    lung), so both classes get masks that inpainting can fill. The centre is drawn
+    among pixels at least half a patch radius inside the lung, so the patch is never
+    cut down to a sliver by the lung's border; it is drawn on ``placement``, the body
+    coordinates and lungs ``(u, v, lungs)`` on a fixed coarse grid, so the same sample
+    at 64 and 256 px has its patch in the same place.
+    """
+    size = u.shape[0]
+    radius = c.patch_radius * float(rng.uniform(0.85, 1.15))
+    grid_u, grid_v, grid_lungs = placement
+    depth = ndimage.distance_transform_edt(grid_lungs > 0.5) * (2.0 / grid_u.shape[0])
+    inside = depth >= min(0.5 * radius, 0.8 * float(depth.max()))
+    weights = inside.astype(np.float64)
+    if c.patches:
+        prefer_u = c.side * (c.mediastinum + 2.0 * c.lung_width * c.patch_u)
+        near = (grid_u - prefer_u) ** 2 + (grid_v - c.patch_v) ** 2
+        preferred = np.exp(-near / (2 * 0.1**2)) * inside
+        if preferred.sum() > 0:  # else the zone lies outside this view's lungs
+            weights = preferred
+    flat = weights.ravel()
+    pick = int(rng.choice(flat.size, p=flat / flat.sum()))
+    centre_u, centre_v = float(grid_u.ravel()[pick]), float(grid_v.ravel()[pick])
+    warp = 0.25 * np.clip(_value_noise(rng, 4, size), -1.2, 1.2)  # lobulated, never tiny
+    distance = np.hypot((u - centre_u) / radius, (v - centre_v) / (0.85 * radius))
+    region = _sigmoid((1.0 - distance + warp) / 0.18)
+    for _ in range(max(c.patches, 1) - 1):  # satellite patches nearby
+        du, dv = rng.normal(0.0, 1.3 * radius, 2)
+        satellite = np.hypot(
+            (u - centre_u - du) / (0.6 * radius), (v - centre_v - dv) / (0.6 * radius)
+        )
+        region = np.maximum(region, _sigmoid((1.0 - satellite + warp) / 0.2))
+    return region * lungs
+
+
+def _render_chest_xray(
+    label: str, patient: int, index: int, image_size: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """One chest radiograph and its mask: ((H, W) uint8, (H, W) uint8 in {0, 255})."""
+    patient_rng = np.random.default_rng([seed, _CXR_PATIENT_STREAM, patient])
+    rng = np.random.default_rng([seed, _CXR_IMAGE_STREAM, index])
+    c = _chest_traits(patient_rng, label)
+    pixel = 2.0 / image_size
+
+    # Positioning: the child is never quite centred, straight or equally inspired.
+    shift = rng.normal(0.0, 0.035, 2)
+    tilt = float(rng.normal(0.0, 0.04))
+    scale = float(rng.uniform(0.9, 1.04))
+    cos_t, sin_t = np.cos(tilt), np.sin(tilt)
+
+    def body_coordinates(size: int) -> tuple[np.ndarray, np.ndarray]:
+        x, y = _grid(size)
+        dx, dy = x - shift[0], y - shift[1]
+        u = ((cos_t * dx + sin_t * dy) / scale).astype(np.float32)
+        v = ((-sin_t * dx + cos_t * dy) / scale).astype(np.float32)
+        return u, v
+
+    u, v = body_coordinates(image_size)
+
+    def to_image(points: np.ndarray) -> np.ndarray:
+        pu, pv = points[:, 0] * scale, points[:, 1] * scale
+        out = np.stack([cos_t * pu - sin_t * pv + shift[0], sin_t * pu + cos_t * pv + shift[1]], 1)
+        return out.astype(np.float32)
+
+    # Soft tissue: neck, shoulders, a thorax thicker in the middle, the abdomen below.
+    half_width = 0.2 + (c.body_width - 0.2) * _sigmoid((v - c.lung_top + 0.05) / 0.07)
+    body = _sigmoid((half_width - np.abs(u)) / 0.035)
+    across = np.clip(np.abs(u) / np.maximum(half_width, 1e-3), 0.0, 1.0)
+    density = c.tissue * body * (0.7 + 0.3 * np.sqrt(1.0 - across**2))
+    spine = _sigmoid((0.06 - np.abs(u)) / 0.015)
+    density += 0.08 * spine * (1.0 + 0.3 * np.cos(2 * np.pi * v / c.rib_spacing))
+
+    lungs = _chest_lungs(c, u, v, pixel)
+    heart = _chest_heart(c, u, v)
+    inspiration = float(rng.uniform(0.92, 1.05))
+    lungs = lungs * (1.0 - 0.9 * heart)
+    # Lung markings: vessels fanning out from the hila, brighter near them.
+    hila = np.exp(-((np.abs(u) - c.mediastinum - 0.08) ** 2 + (v + 0.05) ** 2) / 0.06)
+    markings = (
+        c.markings
+        * (1.0 + 1.5 * hila)
+        * (_value_noise(rng, 12, image_size) + 0.6 * _value_noise(rng, 6, image_size))
+    )
+    air = c.air * inspiration * lungs * (1.0 - 0.35 * hila)
+    density = density - air + lungs * markings + 0.04 * heart * body
+    if c.gastric_bubble:
+        bubble_v = c.lung_bottom + 0.12 + float(rng.normal(0.0, 0.02))
+        bubble = np.hypot((u - 0.4) / 0.12, (v - bubble_v) / 0.07)
+        density -= 0.18 * _sigmoid((1.0 - bubble) / 0.2) * body
+
+    ribs, clavicles = _chest_bones(rng, c, to_image, image_size)
+    density += body * (0.07 * ribs * (0.5 + 0.5 * lungs) + 0.14 * clavicles)
+
+    grid_u, grid_v = body_coordinates(_CXR_PLACEMENT_GRID)
+    grid_lungs = _chest_lungs(c, grid_u, grid_v, 2.0 / _CXR_PLACEMENT_GRID) * (
+        1.0 - 0.9 * _chest_heart(c, grid_u, grid_v)
+    )
+    patch = _chest_patch(rng, c, u, v, lungs, (grid_u, grid_v, grid_lungs))
+    if c.patches:
+        texture = 0.55 + 0.45 * _sigmoid(2.5 * _value_noise(rng, 9, image_size))
+        consolidation = c.density * c.air * patch * texture
+        density = density + consolidation
+    mask_field = patch > 0.5
+    if not mask_field.any():  # a tiny image: keep the patch's core at least
+        mask_field = patch >= 0.9 * float(patch.max())
+    mask = np.where(mask_field, 255, 0).astype(np.uint8)
+
+    # Exposure and the detector: contrast, brightness, a tone curve, blur, noise.
+    contrast = c.contrast * float(rng.uniform(0.94, 1.06))
+    film = np.clip(c.brightness + contrast * density, 0.0, 1.0) ** (
+        c.gamma * rng.uniform(0.95, 1.05)
+    )
+    blur = rng.uniform(0.3, 0.8) * image_size / 64
+    film = ndimage.gaussian_filter(film.astype(np.float32), sigma=blur)
+    noise = rng.uniform(0.012, 0.03)
+    film = film + noise * rng.standard_normal(film.shape, dtype=np.float32)
+    image = np.clip(np.round(film * 255.0), 0, 255).astype(np.uint8)
+    return image, mask
+
+
+# ---------------------------------------------------------------------------------
 # The dataset
 # ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Spec:
+    """Everything that decides the dataset (picklable, for worker processes)."""
+
+    total: int
+    image_size: int
+    seed: int
+    imbalance: float | None = None
+    min_per_class: int = DEFAULT_MIN_PER_CLASS
+    variant: str = DEFAULT_VARIANT
+    positive_fraction: float = DEFAULT_POSITIVE_FRACTION
+
+    def plan(self) -> DemoPlan:
+        return demo_plan(
+            self.total,
+            self.seed,
+            imbalance=self.imbalance,
+            min_per_class=self.min_per_class,
+            variant=self.variant,
+            positive_fraction=self.positive_fraction,
+        )
 
 
 def generate_demo_samples(
@@ -932,23 +1387,30 @@ def generate_demo_samples(
     seed: int = 0,
     *,
     workers: int = 1,
+    imbalance: float | None = None,
+    min_per_class: int = DEFAULT_MIN_PER_CLASS,
+    variant: str = DEFAULT_VARIANT,
+    positive_fraction: float = DEFAULT_POSITIVE_FRACTION,
 ) -> Iterator[DemoSample]:
     """Yield the ``total`` demo samples in index order, drawing each lazily.
 
     With ``workers > 1`` images are drawn in that many processes, a bounded window of
     chunks ahead of the consumer; the samples are identical to ``workers=1``.
+    ``imbalance``, ``min_per_class``, ``variant`` and ``positive_fraction`` as in
+    :func:`demo_class_counts`.
     """
-    plan = demo_plan(total, seed)
-    drawn = _in_index_order(partial(_draw_chunk, total, image_size, seed), total, workers)
+    spec = _Spec(total, image_size, seed, imbalance, min_per_class, variant, positive_fraction)
+    plan = spec.plan()
+    drawn = _in_index_order(partial(_draw_chunk, spec), total, workers)
     for index, (image, mask) in enumerate(drawn):
         patient = int(plan.patients[index])
         yield DemoSample(
             index=index,
-            image_id=demo_image_id(index, seed),
+            image_id=demo_image_id(index, seed, variant),
             image=image,
             mask=mask,
-            label=DEMO_CLASSES[int(plan.labels[index])],
-            group=demo_group_id(patient, seed),
+            label=plan.class_names[int(plan.labels[index])],
+            group=demo_group_id(patient, seed, variant),
         )
 
 
@@ -956,33 +1418,37 @@ _CHUNK = 32  # images per task: amortises inter-process overhead, keeps progress
 _Chunk = TypeVar("_Chunk")
 
 
-def _draw_chunk(
-    total: int, image_size: int, seed: int, start: int, stop: int
-) -> list[tuple[np.ndarray, np.ndarray]]:
+def _draw_chunk(spec: _Spec, start: int, stop: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """Images and masks for indices ``start..stop-1`` (runs in worker processes)."""
-    plan = demo_plan(total, seed)  # cheap, and spares shipping the plan to every task
+    plan = spec.plan()  # cheap, and spares shipping the plan to every task
     drawn = []
     for index in range(start, stop):
-        label = DEMO_CLASSES[int(plan.labels[index])]
-        drawn.append(render_demo_image(label, int(plan.patients[index]), index, image_size, seed))
+        label = plan.class_names[int(plan.labels[index])]
+        patient = int(plan.patients[index])
+        drawn.append(
+            render_demo_image(
+                label, patient, index, spec.image_size, spec.seed, variant=spec.variant
+            )
+        )
     return drawn
 
 
-def _encode_chunk(
-    total: int, image_size: int, seed: int, start: int, stop: int
-) -> list[tuple[bytes, bytes]]:
+def _encode_chunk(spec: _Spec, start: int, stop: int) -> list[tuple[bytes, bytes]]:
     """PNG bytes of images (with the demo marker) and masks for ``start..stop-1``.
 
     Encoding a 256 px PNG costs about half as much as drawing it, so it is done in
-    the worker processes too rather than in the writer.
+    the worker processes too rather than in the writer. Chest X-rays are (H, W), so
+    they are written as grayscale ("L") PNGs.
     """
-    plan = demo_plan(total, seed)
+    plan = spec.plan()
     encoded = []
-    for offset, (image, mask) in enumerate(_draw_chunk(total, image_size, seed, start, stop)):
+    for offset, (image, mask) in enumerate(_draw_chunk(spec, start, stop)):
         index = start + offset
-        label = DEMO_CLASSES[int(plan.labels[index])]
-        marker = {DEMO_PNG_KEY: f"seed={seed};index={index};label={label}"}
-        encoded.append((encode_png(image, text=marker), encode_png(mask)))
+        label = plan.class_names[int(plan.labels[index])]
+        note = f"seed={spec.seed};index={index};label={label}"
+        if spec.variant != DEFAULT_VARIANT:
+            note += f";variant={spec.variant}"
+        encoded.append((encode_png(image, text={DEMO_PNG_KEY: note}), encode_png(mask)))
     return encoded
 
 
@@ -1023,28 +1489,45 @@ def load_demo_arrays(
     progress: Callable[[int, int], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
     workers: int = 1,
+    imbalance: float | None = None,
+    min_per_class: int = DEFAULT_MIN_PER_CLASS,
+    variant: str = DEFAULT_VARIANT,
+    positive_fraction: float = DEFAULT_POSITIVE_FRACTION,
 ) -> DemoArrays:
     """The whole demo set as arrays (see :class:`DemoArrays`); ~30 MB at the defaults.
 
     ``progress(done, total)`` is called after each image; ``should_cancel()`` is polled
     before each and raises :class:`DemoDatasetCanceled` when it returns True;
-    ``workers`` draws images in that many processes (same result).
+    ``workers`` draws images in that many processes (same result). The remaining
+    options as in :func:`demo_class_counts`.
     """
-    images = np.empty((total, image_size, image_size, 3), dtype=np.uint8)
+    class_names = demo_classes(variant)
+    channels = () if variant == "chest_xray" else (3,)
+    images = np.empty((total, image_size, image_size, *channels), dtype=np.uint8)
     masks = np.empty((total, image_size, image_size), dtype=np.uint8)
     labels = np.empty(total, dtype=np.int64)
     groups: list[str] = []
-    for sample in generate_demo_samples(total, image_size, seed, workers=workers):
+    samples = generate_demo_samples(
+        total,
+        image_size,
+        seed,
+        workers=workers,
+        imbalance=imbalance,
+        min_per_class=min_per_class,
+        variant=variant,
+        positive_fraction=positive_fraction,
+    )
+    for sample in samples:
         if should_cancel is not None and should_cancel():
             raise DemoDatasetCanceled(f"canceled after {sample.index} of {total} images")
         images[sample.index] = sample.image
         masks[sample.index] = sample.mask
-        labels[sample.index] = DEMO_CLASSES.index(sample.label)
+        labels[sample.index] = class_names.index(sample.label)
         groups.append(sample.group)
         if progress is not None:
             progress(sample.index + 1, total)
     return DemoArrays(
-        images=images, masks=masks, labels=labels, groups=groups, class_names=DEMO_CLASSES
+        images=images, masks=masks, labels=labels, groups=groups, class_names=class_names
     )
 
 
@@ -1057,6 +1540,10 @@ def write_demo_dataset(
     progress: Callable[[int, int], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
     workers: int = 1,
+    imbalance: float | None = None,
+    min_per_class: int = DEFAULT_MIN_PER_CLASS,
+    variant: str = DEFAULT_VARIANT,
+    positive_fraction: float = DEFAULT_POSITIVE_FRACTION,
 ) -> Path:
     """Write the demo set as a tailsynth CSV-manifest dataset and return the manifest path.
 
@@ -1064,23 +1551,27 @@ def write_demo_dataset(
     ``out_dir/manifest.csv`` with header ``path,label,mask,group`` (paths relative to
     ``out_dir``, POSIX separators). The manifest is written last and moved into place
     atomically, so a directory with a manifest is always complete. Callbacks and
-    ``workers`` as in :func:`load_demo_arrays`.
+    ``workers`` as in :func:`load_demo_arrays`; ``imbalance``, ``min_per_class``,
+    ``variant`` and ``positive_fraction`` as in :func:`demo_class_counts` (chest
+    X-rays are written as grayscale PNGs).
     """
+    spec = _Spec(total, image_size, seed, imbalance, min_per_class, variant, positive_fraction)
+    plan = spec.plan()  # validates the options before anything is written
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     (out_dir / "masks").mkdir(parents=True, exist_ok=True)
-    plan = demo_plan(total, seed)
-    encoded = _in_index_order(partial(_encode_chunk, total, image_size, seed), total, workers)
+    encoded = _in_index_order(partial(_encode_chunk, spec), total, workers)
     rows: list[tuple[str, str, str, str]] = []
     for index, (image_png, mask_png) in enumerate(encoded):
         if should_cancel is not None and should_cancel():
             raise DemoDatasetCanceled(f"canceled after {index} of {total} images")
-        image_id = demo_image_id(index, seed)
+        image_id = demo_image_id(index, seed, variant)
         image_rel, mask_rel = f"images/{image_id}.png", f"masks/{image_id}.png"
         (out_dir / image_rel).write_bytes(image_png)
         (out_dir / mask_rel).write_bytes(mask_png)
-        label = DEMO_CLASSES[int(plan.labels[index])]
-        rows.append((image_rel, label, mask_rel, demo_group_id(int(plan.patients[index]), seed)))
+        label = plan.class_names[int(plan.labels[index])]
+        group = demo_group_id(int(plan.patients[index]), seed, variant)
+        rows.append((image_rel, label, mask_rel, group))
         if progress is not None:
             progress(index + 1, total)
     manifest = out_dir / "manifest.csv"

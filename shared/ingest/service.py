@@ -211,21 +211,39 @@ def ingest_directory(
 
 
 def _write_demo(ctx: JobContext, root: Path) -> None:
-    from shared.demo_dataset import DemoDatasetCanceled, write_demo_dataset
+    from shared.demo_dataset import (
+        DEFAULT_MIN_PER_CLASS,
+        DEFAULT_POSITIVE_FRACTION,
+        DEFAULT_VARIANT,
+        DemoDatasetCanceled,
+        write_demo_dataset,
+    )
 
-    total = int(ctx.params["total"])
+    params = ctx.params
+    total = int(params["total"])
+    # Jobs queued before variant/imbalance existed lack those keys: the defaults apply.
+    imbalance = params.get("imbalance")
+    positive_fraction = params.get("positive_fraction")
     ctx.progress(0, total, "generating")
     try:
         write_demo_dataset(
             root,
             total=total,
-            image_size=int(ctx.params["image_size"]),
-            seed=int(ctx.params["seed"]),
+            image_size=int(params["image_size"]),
+            seed=int(params["seed"]),
             progress=lambda done, _total: ctx.progress(done) if done % 200 == 0 else None,
             should_cancel=ctx.should_cancel,
+            variant=str(params.get("variant") or DEFAULT_VARIANT),
+            imbalance=None if imbalance is None else float(imbalance),
+            min_per_class=int(params.get("min_per_class") or DEFAULT_MIN_PER_CLASS),
+            positive_fraction=(
+                DEFAULT_POSITIVE_FRACTION if positive_fraction is None else float(positive_fraction)
+            ),
         )
     except DemoDatasetCanceled as exc:
         raise JobCanceled() from exc
+    except ValueError as exc:  # options the demo cannot honour (the API checks them first)
+        raise InvalidInput(f"demo dataset: {exc}") from exc
 
 
 def run_ingest(

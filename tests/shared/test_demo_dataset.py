@@ -1,8 +1,10 @@
-"""The built-in demo dataset: proportions, determinism, masks, groups, files, looks."""
+"""The built-in demo dataset: proportions, determinism, masks, groups, files, looks;
+the extreme-tail option (``imbalance``) and the chest X-ray variant."""
 
 from __future__ import annotations
 
 import csv
+import hashlib
 from collections import Counter
 from pathlib import Path
 
@@ -11,11 +13,13 @@ import pytest
 from scipy import ndimage
 
 from shared.demo_dataset import (
+    CHEST_XRAY_CLASSES,
     DEMO_CLASSES,
     DEMO_PNG_KEY,
     ISIC2019_COUNTS,
     DemoDatasetCanceled,
     demo_class_counts,
+    demo_group_id,
     demo_plan,
     generate_demo_samples,
     load_demo_arrays,
@@ -23,6 +27,7 @@ from shared.demo_dataset import (
     write_demo_dataset,
 )
 from shared.imaging import SYNTHETIC_KEY, decode_image, read_png_text
+from shared.ingest.splits import assign_splits
 
 TINY_TOTAL = 48  # 8 classes x the minimum of 5, plus a few for the head
 TINY_SIZE = 32
@@ -248,3 +253,334 @@ def test_render_refuses_unknown_class_and_tiny_images() -> None:
         render_demo_image("ACK", 0, 0, 32, 0)
     with pytest.raises(ValueError, match="image_size"):
         render_demo_image("NV", 0, 0, 8, 0)
+
+
+def test_default_plan_is_pinned() -> None:
+    """The default ISIC plan is what it always was (the new options left it alone)."""
+    plan = demo_plan(2400, seed=0)
+    digest = hashlib.sha256(plan.labels.tobytes() + plan.patients.tobytes()).hexdigest()
+
+    assert digest == "620a6f8ad697358e2129bdb3bb58b07accd9e9ffbcdd469425d3cd9177f3e90b"
+    assert plan.class_names == DEMO_CLASSES
+
+
+# ---------------------------------------------------------------- extreme tail
+
+
+def _geometric_quota(total: int, imbalance: float) -> np.ndarray:
+    k = np.arange(8) / 7
+    weights = imbalance**-k
+    return total * weights / weights.sum()
+
+
+def test_imbalance_gives_a_geometric_tail_with_the_asked_head_to_rarest_ratio() -> None:
+    counts = list(demo_class_counts(1000, imbalance=100).values())
+    quota = _geometric_quota(1000, 100)
+
+    assert sum(counts) == 1000
+    assert quota[0] / quota[-1] == pytest.approx(100)
+    assert np.all(np.abs(np.array(counts) - quota) < 1.0)  # largest-remainder rounding
+    assert counts == sorted(counts, reverse=True)
+    assert counts[0] > 400 and counts[-1] <= 6
+    assert 80 <= counts[0] / counts[-1] <= 120
+    # Each class has about imbalance ** (-1/7) of the one before it.
+    ratios = np.array(counts[1:]) / np.array(counts[:-1])
+    assert np.all(np.abs(ratios - 100 ** (-1 / 7)) < 0.1)
+
+
+def test_imbalance_one_is_uniform_and_none_is_isic() -> None:
+    assert set(demo_class_counts(800, imbalance=1).values()) == {100}
+    assert demo_class_counts(2400, imbalance=None) == demo_class_counts(2400)
+
+
+def test_extreme_imbalance_is_floored_at_min_per_class() -> None:
+    counts = demo_class_counts(1000, imbalance=1000, min_per_class=3)
+
+    assert sum(counts.values()) == 1000
+    assert min(counts.values()) == 3
+    assert list(counts.values()) == sorted(counts.values(), reverse=True)
+    # The floor makes several classes tiny: the extreme tail the option is for.
+    assert sum(1 for n in counts.values() if n <= 5) >= 3
+    floored = demo_class_counts(1000, imbalance=1000, min_per_class=4)
+    assert min(floored.values()) == 4 and sum(floored.values()) == 1000
+
+
+def test_imbalance_is_validated() -> None:
+    for bad in (0.5, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="imbalance"):
+            demo_class_counts(1000, imbalance=bad)
+    with pytest.raises(ValueError, match="too small"):
+        demo_class_counts(30, imbalance=10, min_per_class=4)
+
+
+def test_imbalanced_plan_matches_counts_and_gives_rare_classes_one_patient_per_image() -> None:
+    plan = demo_plan(1000, seed=2, imbalance=1000, min_per_class=4)
+    counts = demo_class_counts(1000, imbalance=1000, min_per_class=4)
+
+    assert np.bincount(plan.labels, minlength=8).tolist() == list(counts.values())
+    for klass, count in enumerate(counts.values()):
+        patients = np.unique(plan.patients[plan.labels == klass])
+        assert patients.size >= min(count, 5)
+        if count < 10:
+            assert patients.size == count
+    for patient in np.unique(plan.patients):
+        assert np.unique(plan.labels[plan.patients == patient]).size == 1
+
+
+def test_grouped_split_keeps_training_images_of_the_rarest_classes() -> None:
+    """What ``shared.ingest.splits`` does with the tail: a class of n < 10 images (one
+    patient each) gets exactly one val and one test image and n - 2 training images, so
+    5 images leave 3 in train, 4 leave 2 and 3 (the API's smallest ``min_per_class``)
+    leave 1."""
+    counts = demo_class_counts(1000, imbalance=1000, min_per_class=4)
+    assert sorted(counts.values())[:3] == [4, 4, 5]
+    for seed in (0, 1):
+        plan = demo_plan(1000, seed, imbalance=1000, min_per_class=4)
+        labels = [plan.class_names[k] for k in plan.labels]
+        groups = [demo_group_id(int(p), seed) for p in plan.patients]
+        for split_seed in range(4):
+            splits = assign_splits(labels, groups, split_seed)
+            for name, n in counts.items():
+                if n >= 10:
+                    continue
+                of_class = Counter(s for lab, s in zip(labels, splits, strict=True) if lab == name)
+                assert of_class["val"] >= 1 and of_class["test"] >= 1, (name, of_class)
+                assert of_class["train"] == n - 2 >= 2, (name, of_class)
+    tiny = demo_plan(600, 0, imbalance=1000, min_per_class=3)
+    labels = [tiny.class_names[k] for k in tiny.labels]
+    splits = assign_splits(labels, [demo_group_id(int(p), 0) for p in tiny.patients], 0)
+    per_class = Counter((lab, s) for lab, s in zip(labels, splits, strict=True))
+    assert per_class[("DF", "train")] == 1 and per_class[("DF", "test")] == 1
+
+
+def test_imbalanced_samples_follow_the_plan() -> None:
+    samples = list(generate_demo_samples(60, 16, seed=1, imbalance=50, min_per_class=3))
+
+    assert Counter(s.label for s in samples) == Counter(
+        demo_class_counts(60, imbalance=50, min_per_class=3)
+    )
+    assert all(s.image.shape == (16, 16, 3) for s in samples)
+
+
+# ---------------------------------------------------------------- chest X-rays
+
+CXR_TOTAL = 40
+CXR_SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def cxr_samples() -> list:
+    return list(
+        generate_demo_samples(
+            CXR_TOTAL, CXR_SIZE, seed=5, variant="chest_xray", positive_fraction=0.3
+        )
+    )
+
+
+def test_chest_xray_counts_are_binary_with_a_few_percent_positives() -> None:
+    counts = demo_class_counts(4000, variant="chest_xray")
+
+    assert tuple(counts) == CHEST_XRAY_CLASSES == ("normal", "opacity")
+    assert counts == {"normal": 3800, "opacity": 200}
+    assert demo_class_counts(1000, variant="chest_xray", positive_fraction=0.2)["opacity"] == 200
+    assert demo_class_counts(40, variant="chest_xray")["opacity"] == 5  # floored
+    for bad in (0.0, 0.5, 0.7):
+        with pytest.raises(ValueError, match="positive_fraction"):
+            demo_class_counts(1000, variant="chest_xray", positive_fraction=bad)
+    with pytest.raises(ValueError, match="imbalance"):
+        demo_class_counts(1000, variant="chest_xray", imbalance=10)
+    with pytest.raises(ValueError, match="variant"):
+        demo_class_counts(1000, variant="fundus")
+
+
+def test_chest_xray_plan_has_positives_at_the_fraction_and_small_patient_groups() -> None:
+    plan = demo_plan(4000, seed=0, variant="chest_xray")
+
+    assert plan.class_names == CHEST_XRAY_CLASSES
+    assert plan.labels.mean() == pytest.approx(0.05, abs=0.002)
+    sizes = np.bincount(plan.patients)
+    assert sizes.min() >= 1 and sizes.max() <= 3
+    assert np.flatnonzero(plan.labels == 1).min() < 200  # interleaved
+    for patient in range(0, sizes.size, 29):
+        assert np.unique(plan.labels[plan.patients == patient]).size == 1
+
+
+def test_chest_xrays_are_grayscale_deterministic_and_drawable_alone(cxr_samples: list) -> None:
+    again = list(
+        generate_demo_samples(
+            CXR_TOTAL, CXR_SIZE, seed=5, variant="chest_xray", positive_fraction=0.3
+        )
+    )
+    assert {s.label for s in cxr_samples} == set(CHEST_XRAY_CLASSES)
+    assert Counter(s.label for s in cxr_samples)["opacity"] == 12
+    for first, second in zip(cxr_samples, again, strict=True):
+        assert first.image.shape == (CXR_SIZE, CXR_SIZE) and first.image.dtype == np.uint8
+        assert first.image.tobytes() == second.image.tobytes()
+        assert first.mask.tobytes() == second.mask.tobytes()
+        assert first.image_id.startswith("demo_cxr_s5_") and first.group.startswith("demo_cxr_s5_p")
+    plan = demo_plan(CXR_TOTAL, seed=5, variant="chest_xray", positive_fraction=0.3)
+    for index in (CXR_TOTAL - 1, 3):
+        label = plan.class_names[int(plan.labels[index])]
+        image, mask = render_demo_image(
+            label, int(plan.patients[index]), index, CXR_SIZE, 5, variant="chest_xray"
+        )
+        assert np.array_equal(image, cxr_samples[index].image)
+        assert np.array_equal(mask, cxr_samples[index].mask)
+    with pytest.raises(ValueError, match="unknown class"):
+        render_demo_image("NV", 0, 0, 32, 0, variant="chest_xray")
+
+
+def test_chest_xray_masks_are_lung_patches_inside_the_image(cxr_samples: list) -> None:
+    for sample in cxr_samples:
+        assert set(np.unique(sample.mask).tolist()) == {0, 255}
+        area = (sample.mask > 0).mean()
+        assert 0.005 < area < 0.2
+        border = np.concatenate(
+            [sample.mask[0], sample.mask[-1], sample.mask[:, 0], sample.mask[:, -1]]
+        )
+        assert not border.any()
+        rows = np.flatnonzero((sample.mask > 0).any(axis=1))
+        assert rows.min() > CXR_SIZE * 0.1 and rows.max() < CXR_SIZE * 0.85  # the lungs' span
+
+
+def test_same_chest_xray_at_two_resolutions_has_the_same_mask() -> None:
+    plan = demo_plan(100, seed=0, variant="chest_xray", positive_fraction=0.4)
+    for index in range(6):
+        label = plan.class_names[int(plan.labels[index])]
+        patient = int(plan.patients[index])
+        _, small = render_demo_image(label, patient, index, 32, 0, variant="chest_xray")
+        _, large = render_demo_image(label, patient, index, 64, 0, variant="chest_xray")
+        downsampled = large.reshape(32, 2, 32, 2).mean(axis=(1, 3)) > 127
+        overlap = (downsampled & (small > 0)).sum() / (downsampled | (small > 0)).sum()
+        assert overlap > 0.75
+
+
+def test_chest_xray_anatomy_is_never_mirrored() -> None:
+    """The heart bulges to the patient's left (the image's right): in the lower chest the
+    right half is brighter than the left on average."""
+    plan = demo_plan(200, seed=0, variant="chest_xray")
+    lower_left, lower_right = [], []
+    for index in range(24):
+        image, _ = render_demo_image(
+            "normal", int(plan.patients[index]), index, 32, 0, variant="chest_xray"
+        )
+        band = image[16:22].astype(np.float64)
+        lower_left.append(band[:, 4:14].mean())
+        lower_right.append(band[:, 18:28].mean())
+    assert np.mean(lower_right) > np.mean(lower_left) + 8
+    assert np.mean(np.array(lower_right) > np.array(lower_left)) > 0.8
+
+
+def test_opacity_brightens_its_mask_and_pixels_separate_the_classes() -> None:
+    """Learnable but not given away: the consolidation is brighter than the lung around
+    it, and a linear model on 16 x 16 pixels beats chance on held-out patients."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+    from sklearn.model_selection import GroupShuffleSplit
+
+    data = load_demo_arrays(400, 32, seed=2, variant="chest_xray", positive_fraction=0.45)
+    assert data.images.shape == (400, 32, 32) and data.class_names == CHEST_XRAY_CLASSES
+    contrast = []
+    for image, mask in zip(data.images, data.masks, strict=True):
+        inside = mask > 0
+        ring = ndimage.binary_dilation(inside, iterations=3) & ~ndimage.binary_dilation(
+            inside, iterations=1
+        )
+        contrast.append(image[inside].mean() - image[ring].mean())
+    assert roc_auc_score(data.labels, contrast) > 0.85
+
+    pixels = data.images.reshape(-1, 16, 2, 16, 2).mean(axis=(2, 4)).reshape(400, -1)
+    pixels = (pixels - pixels.mean(1, keepdims=True)) / pixels.std(1, keepdims=True)
+    scores = []
+    for split in range(3):
+        train, test = next(
+            GroupShuffleSplit(1, test_size=0.3, random_state=split).split(
+                pixels, data.labels, data.groups
+            )
+        )
+        model = LogisticRegression(C=1.0, max_iter=2000, class_weight="balanced")
+        model.fit(pixels[train], data.labels[train])
+        scores.append(balanced_accuracy_score(data.labels[test], model.predict(pixels[test])))
+    assert np.mean(scores) > 0.55
+
+
+def test_chest_xrays_are_written_as_grayscale_pngs(tmp_path: Path, cxr_samples: list) -> None:
+    manifest = write_demo_dataset(
+        tmp_path / "cxr",
+        CXR_TOTAL,
+        CXR_SIZE,
+        seed=5,
+        variant="chest_xray",
+        positive_fraction=0.3,
+        workers=2,
+    )
+
+    with manifest.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == CXR_TOTAL
+    for row, sample in zip(rows, cxr_samples, strict=True):
+        image_bytes = (manifest.parent / row["path"]).read_bytes()
+        decoded = decode_image(image_bytes)
+        assert decoded.mode == "L"
+        assert np.array_equal(decoded.pixels, sample.image)
+        mask = decode_image((manifest.parent / row["mask"]).read_bytes()).pixels
+        assert np.array_equal(mask, sample.mask)
+        assert (row["label"], row["group"]) == (sample.label, sample.group)
+        assert "variant=chest_xray" in read_png_text(image_bytes)[DEMO_PNG_KEY]
+
+
+def test_api_demo_requests_ingest_chest_xrays_and_an_extreme_tail(local_api) -> None:  # type: ignore[no-untyped-def]
+    """POST /v1/datasets/demo with the new fields, then the ingest job run in-process."""
+    from shared.db import make_engine, make_session_factory
+    from shared.ingest.service import run_ingest
+    from shared.jobs import run_job
+    from shared.models import RealImage
+    from shared.storage import make_store
+
+    client = local_api.client
+    for bad in (
+        {"variant": "chest_xray", "imbalance": 10},
+        {"positive_fraction": 0.1},
+        {"min_per_class": 2},
+        {"total": 40, "min_per_class": 6},
+        {"variant": "fundus"},
+        {"variant": "chest_xray", "positive_fraction": 0.5},
+    ):
+        assert client.post("/v1/datasets/demo", json=bad).status_code == 422, bad
+
+    body = {"total": 60, "image_size": 24, "variant": "chest_xray", "positive_fraction": 0.2}
+    created = client.post("/v1/datasets/demo", json=body)
+    assert created.status_code == 202, created.text
+    job_id, dataset_id = created.json()["job_id"], created.json()["dataset_id"]
+    params = client.get(f"/v1/jobs/{job_id}").json()["params"]
+    assert params["variant"] == "chest_xray" and params["positive_fraction"] == 0.2
+    assert params["imbalance"] is None and params["min_per_class"] == 5
+
+    settings = local_api.settings
+    engine = make_engine(settings)
+    factory = make_session_factory(engine)
+    store = make_store(settings)
+    run_job(factory, job_id, lambda ctx: run_ingest(ctx, factory, store, settings))
+    dataset = client.get(f"/v1/datasets/{dataset_id}").json()
+    assert dataset["state"] == "ready", dataset
+    assert dataset["class_names"] == ["normal", "opacity"]
+    assert dataset["class_counts"] == {"normal": 48, "opacity": 12}
+    with factory() as session:
+        channels = {row.channels for row in session.query(RealImage).all()}
+    assert channels == {1}
+
+    tail = client.post(
+        "/v1/datasets/demo", json={"total": 200, "imbalance": 100, "min_per_class": 3}
+    )
+    assert tail.status_code == 202, tail.text
+    tail_job = tail.json()["job_id"]
+    tail_params = client.get(f"/v1/jobs/{tail_job}").json()["params"]
+    assert tail_params["imbalance"] == 100 and tail_params["variant"] == "dermoscopy"
+    run_job(factory, tail_job, lambda ctx: run_ingest(ctx, factory, store, settings))
+    engine.dispose()
+    ingested = client.get(f"/v1/datasets/{tail.json()['dataset_id']}").json()
+    assert ingested["class_counts"] == demo_class_counts(200, imbalance=100, min_per_class=3)
+    splits = ingested["split_counts"]
+    # Every class is evaluated; the 4-image class keeps 2 training images, 3-image ones 1.
+    assert all(splits["val"][c] >= 1 and splits["test"][c] >= 1 for c in DEMO_CLASSES)
+    assert (splits["train"]["SCC"], splits["train"]["VASC"], splits["train"]["DF"]) == (2, 1, 1)

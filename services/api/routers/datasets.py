@@ -161,7 +161,14 @@ def create_demo_dataset(
     request: DemoDatasetCreate,
     idempotency_key: IdempotencyKeyDep = None,
 ) -> JSONResponse:
-    """Generate and ingest the built-in long-tailed dermoscopy-like demo dataset."""
+    """Generate and ingest a built-in long-tailed demo dataset.
+
+    ``variant`` dermoscopy (default: 8 ISIC 2019 classes, RGB; ``imbalance`` makes the
+    tail geometric and extreme) or chest_xray (normal vs opacity, grayscale, with
+    ``positive_fraction`` opacities). Options that do not fit the variant, or a total
+    too small for ``min_per_class`` images per class, answer 422 before anything runs.
+    """
+    positive_fraction = _check_demo_request(request)
     idempotency = Idempotency(
         session,
         tenant_id,
@@ -184,6 +191,10 @@ def create_demo_dataset(
                 "total": request.total,
                 "image_size": request.image_size,
                 "seed": request.seed,
+                "variant": request.variant,
+                "imbalance": request.imbalance,
+                "min_per_class": request.min_per_class,
+                "positive_fraction": positive_fraction,
             },
             total=request.total,
         )
@@ -199,6 +210,38 @@ def create_demo_dataset(
         return job.id, DatasetCreated(dataset_id=dataset_id, job_id=job.id, dataset=dataset)
 
     return submit_job(state, session, idempotency, create)
+
+
+def _check_demo_request(request: DemoDatasetCreate) -> float:
+    """Refuse options that do not fit the variant or the total (422); return the
+    positive fraction the job uses (0.05 when unset)."""
+    from shared.demo_dataset import DEFAULT_POSITIVE_FRACTION, demo_class_counts
+
+    if request.variant == "chest_xray" and request.imbalance is not None:
+        raise InvalidInput(
+            "imbalance applies to variant dermoscopy; chest_xray uses positive_fraction",
+            field="imbalance",
+        )
+    if request.variant != "chest_xray" and request.positive_fraction is not None:
+        raise InvalidInput(
+            "positive_fraction applies to variant chest_xray", field="positive_fraction"
+        )
+    positive_fraction = (
+        DEFAULT_POSITIVE_FRACTION
+        if request.positive_fraction is None
+        else request.positive_fraction
+    )
+    try:
+        demo_class_counts(
+            request.total,
+            min_per_class=request.min_per_class,
+            imbalance=request.imbalance,
+            variant=request.variant,
+            positive_fraction=positive_fraction,
+        )
+    except ValueError as exc:
+        raise InvalidInput(str(exc), field="total") from exc
+    return positive_fraction
 
 
 @router.get("", response_model=Page[DatasetRead])
