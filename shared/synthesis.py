@@ -4,6 +4,14 @@ Both the API (``POST /v1/synthesis``) and the trainer's adaptive (IOIS) rounds a
 synthetic images through :func:`add_synthesis`, so a round's request is validated and
 recorded exactly like a user's. Helpers here never commit: the caller does, then sends
 the job (rows first, then tasks).
+
+Before any GPU second is spent, :func:`add_synthesis` states how the OOD filter will
+serve each class (:func:`filter_mode`, the rule ``services.ood_filter.filter.plan_class``
+applies after generation): ``per_class`` with enough real images of its own, ``pooled``
+(borrowing strength from all classes) with at least one training image, ``skipped``
+otherwise. A class named in ``counts`` that would be skipped is refused (422, naming the
+classes and their counts); under ``fill_to_max`` it is left out of the counts, stays in
+the plan as ``skipped`` and the job ends ``partial`` with the reason.
 """
 
 from __future__ import annotations
@@ -23,6 +31,9 @@ from shared.jobs import create_job
 from shared.models import CuratedSet, Generator, Job, RealImage, Split, SynthesisRequest
 
 MAX_COUNT_PER_CLASS = 100_000
+# The OOD filter's defaults (services.ood_filter.service reads its settings with these).
+FILTER_MIN_TRAIN_PER_CLASS = 10
+FILTER_MIN_VALIDATION_PER_CLASS = 5
 
 
 @dataclass(frozen=True)
@@ -33,16 +44,80 @@ class SynthesisRows:
     curated_set: CuratedSet
     job: Job
     counts: dict[str, int]
+    #: Class -> ``per_class`` | ``pooled`` | ``skipped``: how the filter will serve it.
+    plan: dict[str, str]
 
 
 def train_class_counts(session: Session, dataset_id: uuid.UUID) -> Counter[str]:
     """Real **train** images per class name."""
+    return split_class_counts(session, dataset_id, Split.TRAIN)
+
+
+def split_class_counts(session: Session, dataset_id: uuid.UUID, split: Split) -> Counter[str]:
+    """Real images of one split per class name."""
     rows = session.execute(
         select(RealImage.label, func.count())
-        .where(RealImage.dataset_id == dataset_id, RealImage.split == Split.TRAIN)
+        .where(RealImage.dataset_id == dataset_id, RealImage.split == split)
         .group_by(RealImage.label)
     ).all()
     return Counter({str(label): int(count) for label, count in rows})
+
+
+def filter_mode(
+    n_train: int,
+    n_validation: int,
+    n_pooled_validation: int,
+    *,
+    min_train: int = FILTER_MIN_TRAIN_PER_CLASS,
+    min_validation: int = FILTER_MIN_VALIDATION_PER_CLASS,
+) -> str:
+    """How the OOD filter will serve a class with these real image counts.
+
+    ``n_pooled_validation`` counts the validation images of every class that has a
+    training image (what a ``pooled`` class is calibrated on).
+    """
+    if n_train >= min_train and n_validation >= min_validation:
+        return "per_class"
+    if n_train == 0 or n_pooled_validation < min_validation:
+        return "skipped"
+    return "pooled"
+
+
+def plan_filter(
+    session: Session,
+    dataset_id: uuid.UUID,
+    class_names: list[str],
+    filter_params: dict[str, Any],
+) -> tuple[dict[str, str], dict[str, str]]:
+    """Filter mode of every class, and why each ``skipped`` one is skipped.
+
+    Returns:
+        (class -> mode, class -> reason for the skipped ones).
+    """
+    train = split_class_counts(session, dataset_id, Split.TRAIN)
+    val = split_class_counts(session, dataset_id, Split.VAL)
+    min_train = int(filter_params.get("min_train_per_class", FILTER_MIN_TRAIN_PER_CLASS))
+    min_validation = int(
+        filter_params.get("min_validation_per_class", FILTER_MIN_VALIDATION_PER_CLASS)
+    )
+    pooled = sum(n for name, n in val.items() if train[name] > 0)
+    modes: dict[str, str] = {}
+    reasons: dict[str, str] = {}
+    for name in class_names:
+        modes[name] = filter_mode(
+            train[name], val[name], pooled, min_train=min_train, min_validation=min_validation
+        )
+        if modes[name] != "skipped":
+            continue
+        if train[name] == 0:
+            reasons[name] = f"{name!r} has 0 real training images (val {val[name]})"
+        else:
+            reasons[name] = (
+                f"{name!r} has {train[name]} training and {val[name]} validation images, and "
+                f"all classes together have {pooled} validation images, fewer than the "
+                f"{min_validation} the filter needs to calibrate"
+            )
+    return modes, reasons
 
 
 def resolve_counts(
@@ -104,8 +179,10 @@ def add_synthesis(
     Raises:
         NotFound: unknown dataset or generator (or another tenant's).
         Conflict: dataset or generator not ready.
-        InvalidInput: unknown class, out-of-range count, nothing to generate, or a
-            trained generator of another dataset.
+        InvalidInput: unknown class, out-of-range count, nothing to generate, a class
+            the OOD filter cannot serve named in ``counts`` (no real training image, or
+            too few validation images even pooled), or a trained generator of another
+            dataset.
     """
     dataset = ready_dataset(session, dataset_id, tenant_id)
     generator = get_owned(
@@ -122,6 +199,22 @@ def add_synthesis(
             field="generator_id",
         )
     resolved = resolve_counts(session, dataset.id, list(dataset.class_names), counts, target)
+    modes, reasons = plan_filter(session, dataset.id, list(dataset.class_names), filter_params)
+    unservable = [name for name in resolved if modes[name] == "skipped"]
+    if unservable and counts is not None:
+        raise InvalidInput(
+            "the OOD filter cannot serve "
+            + "; ".join(reasons[name] for name in unservable)
+            + ". Ask for the other classes, or add real images of these",
+            field=f"counts.{unservable[0]}",
+        )
+    plan = {name: modes[name] for name in resolved}
+    resolved = {name: n for name, n in resolved.items() if modes[name] != "skipped"}
+    if not resolved:
+        raise InvalidInput(
+            "nothing the OOD filter can serve: " + "; ".join(reasons[n] for n in unservable),
+            field="target",
+        )
     synthesis = SynthesisRequest(
         tenant_id=tenant_id,
         dataset_id=dataset.id,
@@ -129,7 +222,7 @@ def add_synthesis(
         mode=mode,
         counts=resolved,
         params=params,
-        filter_params=filter_params,
+        filter_params={**filter_params, "plan": plan},
         seed=seed,
     )
     session.add(synthesis)
@@ -153,4 +246,6 @@ def add_synthesis(
     synthesis.job_id = job.id
     synthesis.curated_set_id = curated.id
     session.flush()
-    return SynthesisRows(synthesis=synthesis, curated_set=curated, job=job, counts=resolved)
+    return SynthesisRows(
+        synthesis=synthesis, curated_set=curated, job=job, counts=resolved, plan=plan
+    )
