@@ -29,6 +29,17 @@ rare class, the threshold "lowest real score" passes 100 % of those 20 but only 
 20/21 of new real images per detector. When patient (group) ids are given it is
 leave-one-*group*-out: a patient's images resemble each other, and new candidates are
 painted into other patients' images too.
+
+**Pooled calibration (the extreme tail).** A class with too few validation images of
+its own is calibrated on the validation images of all classes, each scored against its
+own class model (:meth:`Detector.reference_scores`), with the same joint rule. Classes
+differ in where their real images score (a classifier is less sure of a rare class),
+so the pooled scores are shifted by the class's *shrunken offset*
+(:func:`shrunken_class_offsets`): the distance of the class's own validation median
+from the pooled median, multiplied by tau^2 / (tau^2 + v_c), with tau^2 how much class
+medians really differ (estimated from all classes, method of moments) and v_c the
+sampling variance of a median of the class's n_c images (pi/2 sigma^2 / n_c). With no
+image of its own the shift is 0; with many it is the class's own median.
 """
 
 from __future__ import annotations
@@ -197,3 +208,42 @@ def joint_thresholds(
         np.mean(np.all([matrix[d] >= thresholds[name] for d, name in enumerate(names)], axis=0))
     )
     return thresholds, best_level, best_rate, in_sample
+
+
+def shrunken_class_offsets(scores: np.ndarray, labels: np.ndarray) -> dict[int, float]:
+    """Empirical-Bayes shift of each class's scores relative to the pooled median.
+
+    Args:
+        scores: (M,) one detector's scores of pooled real validation images, each
+            against its own class model.
+        labels: (M,) their classes.
+
+    Returns:
+        Class -> offset to add to the pooled scores to describe that class (see the
+        module docstring); 0.0 when classes cannot be told apart from noise.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    pooled_median = float(np.median(scores))
+    classes, counts = np.unique(labels, return_counts=True)
+    medians = {int(c): float(np.median(scores[labels == c])) for c in classes}
+    with_spread = [int(c) for c, n in zip(classes, counts, strict=True) if n >= 2]
+    if not with_spread:
+        return dict.fromkeys(medians, 0.0)
+    residuals = np.concatenate(
+        [scores[labels == c] - medians[c] for c in with_spread]
+    )  # within-class deviations
+    sigma = 1.4826 * float(np.median(np.abs(residuals)))
+    size = {int(c): int(n) for c, n in zip(classes, counts, strict=True)}
+
+    def median_variance(c: int) -> float:
+        return np.pi / 2.0 * sigma**2 / size[c]
+
+    tau2 = max(
+        0.0,
+        float(
+            np.mean([(medians[c] - pooled_median) ** 2 - median_variance(c) for c in with_spread])
+        ),
+    )
+    if tau2 == 0.0:
+        return dict.fromkeys(medians, 0.0)
+    return {c: tau2 / (tau2 + median_variance(c)) * (medians[c] - pooled_median) for c in medians}

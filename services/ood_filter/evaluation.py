@@ -23,7 +23,12 @@ For each class that can be filtered the report gives:
   and ``near_copy_rate``: fraction flagged ``near_copy`` (the point for copies).
 
 ``overall`` gives the mean over classes, the pooled combined AUROC (percentiles are
-comparable across classes) and pooled keep and rejection rates.
+comparable across classes) and pooled keep and rejection rates. ``tail`` gives the same
+for the classes filtered in ``pooled`` mode alone (too few real images for statistics
+of their own; each ``per_class`` entry names its ``filter_mode``), so a good head does
+not hide a poor tail; it is None when every class was filtered per class. To measure
+the extreme tail on your own data, pass a training set in which some classes keep only
+a few images.
 """
 
 from __future__ import annotations
@@ -135,17 +140,14 @@ def evaluate_ood_filter(
     requested = list(classes) if classes is not None else [int(c) for c in np.unique(train.labels)]
     per_class: dict[str, Any] = {}
     skipped: dict[str, str] = {}
-    pooled_real: list[np.ndarray] = []
-    pooled_bad: list[np.ndarray] = []
-    pooled_kept: dict[str, list[np.ndarray]] = {"real": []}
-    pooled_near_copy: dict[str, list[np.ndarray]] = {}
+    arrays: dict[str, _ClassArrays] = {}
     for done, class_index in enumerate(requested):
         if should_cancel is not None and should_cancel():
             raise OodFilterCanceled(f"evaluation canceled after {done} classes")
         name = class_names[class_index] if class_names is not None else str(class_index)
         try:
             ood_filter.resolve_class(class_index)
-        except ValueError as error:  # too few real images to fit or calibrate: say so
+        except ValueError as error:  # skipped by the filter (no training image...): say so
             skipped[name] = str(error)
             continue
         real_images = heldout.images[heldout.labels == class_index]
@@ -177,28 +179,25 @@ def evaluate_ood_filter(
         }
         auroc[COMBINED] = _auroc(real.combined, np.concatenate([b.combined for b in ood_bad]))
         real_outcome = ood_filter.decide(real)
-        real_kept = np.array([record.kept for record in real_outcome.records])
-        rejection_rate: dict[str, float] = {}
-        near_copy_rate: dict[str, float] = {}
+        kept = {"real": np.array([record.kept for record in real_outcome.records])}
+        near_copy = {"real": np.array([r.reason == Reason.NEAR_COPY for r in real_outcome.records])}
         for kind, scored in bad.items():
             outcome = ood_filter.decide(scored)
-            kept = np.array([record.kept for record in outcome.records])
-            near_copy = np.array([record.reason == Reason.NEAR_COPY for record in outcome.records])
-            rejection_rate[kind] = float(1.0 - kept.mean())
-            near_copy_rate[kind] = float(near_copy.mean())
-            pooled_kept.setdefault(kind, []).append(kept)
-            pooled_near_copy.setdefault(kind, []).append(near_copy)
-        pooled_kept["real"].append(real_kept)
-        pooled_near_copy.setdefault("real", []).append(
-            np.array([record.reason == Reason.NEAR_COPY for record in real_outcome.records])
+            kept[kind] = np.array([record.kept for record in outcome.records])
+            near_copy[kind] = np.array([r.reason == Reason.NEAR_COPY for r in outcome.records])
+        arrays[name] = _ClassArrays(
+            real_combined=real.combined,
+            bad_combined=np.concatenate([b.combined for b in ood_bad]),
+            kept=kept,
+            near_copy=near_copy,
         )
-        pooled_real.append(real.combined)
-        pooled_bad.extend(b.combined for b in ood_bad)
         calibration = real_outcome.calibration
         per_class[name] = {
             "class_index": class_index,
+            "filter_mode": calibration.filter_mode,
             "n_train": calibration.n_train,
             "n_validation": calibration.n_validation,
+            "n_reference": calibration.n_reference,
             "n_heldout_real": len(real_images),
             "n_planted": {kind: len(images) for kind, images in planted.items()},
             "thresholds": calibration.thresholds,
@@ -208,47 +207,26 @@ def evaluate_ood_filter(
             "combined_auroc_by_kind": {
                 kind: _auroc(real.combined, bad[kind].combined) for kind in OOD_KINDS if kind in bad
             },
-            "real_keep_rate": float(real_kept.mean()),
+            "real_keep_rate": float(kept["real"].mean()),
             "real_reasons": real_outcome.counts,
-            "rejection_rate": rejection_rate,
-            "near_copy_rate": near_copy_rate,
+            "rejection_rate": {
+                kind: float(1.0 - values.mean()) for kind, values in kept.items() if kind != "real"
+            },
+            "near_copy_rate": {
+                kind: float(values.mean()) for kind, values in near_copy.items() if kind != "real"
+            },
         }
         if progress is not None:
             progress(done + 1, len(requested))
     detector_names = [*config.detectors, COMBINED]
-    overall: dict[str, Any] = {
-        "classes_evaluated": len(per_class),
-        "mean_auroc": {
-            detector: _mean([entry["auroc"][detector] for entry in per_class.values()])
-            for detector in detector_names
-        },
-        "pooled_combined_auroc": _auroc(np.concatenate(pooled_real), np.concatenate(pooled_bad))
-        if pooled_real
-        else None,
-        "real_keep_rate": float(np.concatenate(pooled_kept["real"]).mean())
-        if pooled_kept["real"]
-        else None,
-        "min_class_real_keep_rate": min(
-            (entry["real_keep_rate"] for entry in per_class.values()), default=None
-        ),
-        "rejection_rate": {
-            kind: float(1.0 - np.concatenate(values).mean())
-            for kind, values in pooled_kept.items()
-            if kind != "real"
-        },
-        "near_copy_rate": {
-            kind: float(np.concatenate(values).mean()) for kind, values in pooled_near_copy.items()
-        },
-    }
-    copies = [
-        np.concatenate(pooled_near_copy[kind]) for kind in COPY_KINDS if kind in pooled_near_copy
-    ]
-    overall["copy_rejection_rate"] = float(np.concatenate(copies).mean()) if copies else None
+    tail = [name for name, entry in per_class.items() if entry["filter_mode"] == "pooled"]
     return {
         "config": {
             "detectors": list(config.detectors),
             "knn_k": config.knn_k,
             "target_keep_rate": config.target_keep_rate,
+            "min_train_per_class": config.min_train_per_class,
+            "min_validation_per_class": config.min_validation_per_class,
             "copy_similarity_percentile": config.copy_similarity_percentile,
             "copy_similarity_margin": config.copy_similarity_margin,
             "max_phash_distance": config.max_phash_distance,
@@ -256,6 +234,67 @@ def evaluate_ood_filter(
             "seed": seed,
         },
         "per_class": per_class,
-        "overall": overall,
+        "overall": _aggregate(per_class, arrays, list(per_class), detector_names),
+        "tail": _aggregate(per_class, arrays, tail, detector_names) if tail else None,
         "skipped": skipped,
+    }
+
+
+@dataclass(frozen=True)
+class _ClassArrays:
+    """What one class contributes to pooled figures: combined scores of real held-out
+    and planted OOD candidates, and kept / near-copy flags by kind (``real`` included)."""
+
+    real_combined: np.ndarray
+    bad_combined: np.ndarray
+    kept: dict[str, np.ndarray]
+    near_copy: dict[str, np.ndarray]
+
+
+def _aggregate(
+    per_class: dict[str, Any],
+    arrays: dict[str, _ClassArrays],
+    names: list[str],
+    detector_names: list[str],
+) -> dict[str, Any]:
+    """Means over ``names`` and pooled rates over their candidates."""
+    entries = [per_class[name] for name in names]
+    parts = [arrays[name] for name in names]
+
+    def pooled(kind: str, field: str) -> np.ndarray | None:
+        values = [getattr(part, field)[kind] for part in parts if kind in getattr(part, field)]
+        return np.concatenate(values) if values else None
+
+    kinds = sorted({kind for part in parts for kind in part.kept if kind != "real"})
+    real_kept = pooled("real", "kept")
+    copies = [pooled(kind, "near_copy") for kind in COPY_KINDS]
+    present = [values for values in copies if values is not None]
+    return {
+        "classes_evaluated": len(names),
+        "classes": names,
+        "mean_auroc": {
+            detector: _mean([entry["auroc"].get(detector) for entry in entries])
+            for detector in detector_names
+        },
+        "pooled_combined_auroc": _auroc(
+            np.concatenate([part.real_combined for part in parts]),
+            np.concatenate([part.bad_combined for part in parts]),
+        )
+        if parts
+        else None,
+        "real_keep_rate": float(real_kept.mean()) if real_kept is not None else None,
+        "min_class_real_keep_rate": min(
+            (entry["real_keep_rate"] for entry in entries), default=None
+        ),
+        "rejection_rate": {
+            kind: float(1.0 - values.mean())
+            for kind in kinds
+            if (values := pooled(kind, "kept")) is not None
+        },
+        "near_copy_rate": {
+            kind: float(values.mean())
+            for kind in ["real", *kinds]
+            if (values := pooled(kind, "near_copy")) is not None
+        },
+        "copy_rejection_rate": float(np.concatenate(present).mean()) if present else None,
     }

@@ -11,6 +11,19 @@ Typical use (the lead wraps this in a Celery task; nothing here touches DB or st
 Detectors are fitted on the real **training** split; thresholds and percentiles come
 from the real **validation** split of the class; the test split is never used. Scores
 follow one convention: higher = more in-distribution (see :mod:`.records`).
+
+Every class is served in the best mode it can have (:meth:`OodFilter.plan`):
+
+* ``per_class``: at least ``min_train_per_class`` training and
+  ``min_validation_per_class`` validation images: thresholds from its own images.
+* ``pooled``: fewer (down to one training image and no validation image): the
+  detectors borrow strength from all classes (see :mod:`.detectors`) and the thresholds
+  come from the validation images of all classes, each scored against its own class
+  model, class-adjusted (see :mod:`.calibration`).
+* ``skipped``: no training image, or fewer than ``min_validation_per_class`` validation
+  images even pooled; asking to score it raises a ValueError with the reason.
+
+One small class never stops the others from being filtered.
 """
 
 from __future__ import annotations
@@ -20,7 +33,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from services.ood_filter.calibration import combined_score, joint_thresholds, percentile_scores
+from services.ood_filter.calibration import (
+    combined_score,
+    joint_thresholds,
+    percentile_scores,
+    shrunken_class_offsets,
+)
 from services.ood_filter.detectors import OFF_CLASS_DETECTOR, Detector, build_detector
 from services.ood_filter.features import (
     FeatureExtractor,
@@ -30,7 +48,14 @@ from services.ood_filter.features import (
     image_shape_of,
 )
 from services.ood_filter.memorisation import CopyCheck, MemorisationGuard
-from services.ood_filter.records import CandidateRecord, ClassCalibration, FilterOutcome, Reason
+from services.ood_filter.records import (
+    CandidateRecord,
+    ClassCalibration,
+    ClassPlan,
+    FilterMode,
+    FilterOutcome,
+    Reason,
+)
 from services.ood_filter.selection import SelectionRule, decide
 
 # Energy and maximum softmax are available but off by default: on the demo set they rate
@@ -58,8 +83,15 @@ class OodFilterConfig:
             (0, 1]. 0.97 rather than 0.95 because new patients differ from the validation
             ones more than the estimate can see: on the demo set 0.95 kept 90.0 % of
             held-out real images and 0.97 kept 94.2 %.
-        min_train_per_class: Real training images a class needs before it can be filtered.
-        min_validation_per_class: Real validation images a class needs for calibration.
+        min_train_per_class: Real training images a class needs for statistics of its own
+            (``per_class`` mode, and the copy guard's own similarity statistic); a class
+            with fewer but at least one is filtered ``pooled``.
+        min_validation_per_class: Real validation images a class needs for thresholds of
+            its own; fewer means ``pooled``, and the pooled validation set (images of
+            all classes with a training image) needs at least this many too.
+        pooled_validation_per_class: At most this many validation images of each class
+            enter the pooled reference set (a random subset), so large classes do not
+            drown the others and calibration stays cheap.
         copy_similarity_percentile: Percentile of train-to-nearest-other-train cosine
             similarities above which a candidate is a near copy.
         copy_similarity_margin: Fraction of the gap from that similarity to 1 (identical)
@@ -73,6 +105,7 @@ class OodFilterConfig:
     target_keep_rate: float = 0.97
     min_train_per_class: int = 10
     min_validation_per_class: int = 10
+    pooled_validation_per_class: int = 200
     copy_similarity_percentile: float = 99.0
     copy_similarity_margin: float = 0.5
     max_phash_distance: int = 6
@@ -87,6 +120,42 @@ class OodFilterConfig:
             raise ValueError("min_train_per_class must be >= 2 (the copy guard needs pairs)")
         if self.min_validation_per_class < 2:
             raise ValueError("min_validation_per_class must be >= 2 (leave-one-out calibration)")
+        if self.pooled_validation_per_class < 1:
+            raise ValueError("pooled_validation_per_class must be >= 1")
+
+
+def plan_class(
+    n_train: int, n_validation: int, n_pooled_validation: int, config: OodFilterConfig
+) -> tuple[FilterMode, str]:
+    """The filter mode a class with these real image counts gets, and why.
+
+    ``n_pooled_validation`` counts the validation images of every class that has a
+    training image. ``shared.synthesis`` states the same rule at ``POST /v1/synthesis``
+    (a test keeps the two in step).
+    """
+    if n_train >= config.min_train_per_class and n_validation >= config.min_validation_per_class:
+        return FilterMode.PER_CLASS, (
+            f"{n_train} real training and {n_validation} validation images of its own"
+        )
+    if n_train == 0:
+        return FilterMode.SKIPPED, (
+            "no real training image: there is nothing to compare its candidates with"
+        )
+    short = (
+        f"{n_train} real training image(s) (its own statistics need {config.min_train_per_class})"
+        if n_train < config.min_train_per_class
+        else f"{n_validation} real validation image(s) (its own thresholds need "
+        f"{config.min_validation_per_class})"
+    )
+    if n_pooled_validation < config.min_validation_per_class:
+        return FilterMode.SKIPPED, (
+            f"{short}, and all classes together have only {n_pooled_validation} validation "
+            f"image(s) to calibrate on, fewer than {config.min_validation_per_class}"
+        )
+    return FilterMode.POOLED, (
+        f"{short}: borrows the covariance, neighbour distances and spreads of all classes, "
+        f"thresholds from {n_pooled_validation} validation images of all classes"
+    )
 
 
 @dataclass(frozen=True)
@@ -164,6 +233,7 @@ class OodFilter:
         validation_counts: dict[int, int],
         references: dict[int, _ClassReference],
         class_names: Sequence[str] | None,
+        plans: dict[int, ClassPlan] | None = None,
     ) -> None:
         self.config = config
         self.detectors = detectors
@@ -174,6 +244,8 @@ class OodFilter:
         self.validation_counts = validation_counts
         self.references = references
         self.class_names = list(class_names) if class_names is not None else None
+        #: Class index -> how it is filtered, for every output of the classifier.
+        self.plans = plans or {}
 
     # ----------------------------------------------------------------- fitting
     @classmethod
@@ -201,9 +273,12 @@ class OodFilter:
                 when given, keep rates are estimated leave-one-patient-out, which is
                 what matters when several images share a patient (ISIC, HAM10000).
 
-        Classes with fewer than ``min_train_per_class`` training or
-        ``min_validation_per_class`` validation images are left unfitted; asking to
-        score them raises a ValueError naming the shortfall.
+        Never refuses a class for being small: each class gets the best mode it can
+        have (see the module docstring and :attr:`plans`); asking to score a
+        ``skipped`` class raises a ValueError with its reason.
+
+        Raises:
+            ValueError: Inconsistent inputs (shapes, labels), or no training image at all.
         """
         config = config or OodFilterConfig()
         train_labels = _check_labels(train_labels, len(train), "train")
@@ -218,6 +293,8 @@ class OodFilter:
                 f"validation images are {validation.image_shape}, training images are "
                 f"{train.image_shape}; both must be resampled to the same size and channels"
             )
+        if len(train) == 0:
+            raise ValueError("the OOD filter needs real training images; got none")
         n_logits = int(train.logits.shape[1])
         for name, labels in (("train", train_labels), ("validation", validation_labels)):
             if len(labels) and (labels.min() < 0 or labels.max() >= n_logits):
@@ -227,51 +304,46 @@ class OodFilter:
                 )
         train_counts = _counts(train_labels)
         validation_counts = _counts(validation_labels)
-        # Fit only on classes with enough images: a 1-image class would give a
-        # meaningless mean and break the copy guard's nearest-other statistic.
-        fittable = np.isin(
-            train_labels,
-            [c for c, n in train_counts.items() if n >= config.min_train_per_class],
-        )
-        if not fittable.any():
-            raise ValueError(
-                f"no class has the {config.min_train_per_class} real training images the "
-                f"OOD filter needs (counts by class: {train_counts})"
-            )
-        fit_train, fit_labels = train.subset(fittable), train_labels[fittable]
         detectors = {
-            name: build_detector(name, knn_k=config.knn_k).fit(fit_train, fit_labels)
+            name: build_detector(name, knn_k=config.knn_k).fit(train, train_labels)
             for name in config.detectors
         }
         guard = MemorisationGuard(
             percentile=config.copy_similarity_percentile,
             margin=config.copy_similarity_margin,
             max_phash_distance=config.max_phash_distance,
+            min_own_images=config.min_train_per_class,
             seed=config.seed,
         ).fit(train.features, train_labels, train.phashes)
+        poolable = np.isin(validation_labels, list(train_counts))
+        plans: dict[int, ClassPlan] = {}
+        for c in range(n_logits):
+            mode, reason = plan_class(
+                train_counts.get(c, 0), validation_counts.get(c, 0), int(poolable.sum()), config
+            )
+            plans[c] = ClassPlan(
+                c, mode, reason, train_counts.get(c, 0), validation_counts.get(c, 0)
+            )
         references: dict[int, _ClassReference] = {}
-        for class_index in np.unique(fit_labels):
-            c = int(class_index)
-            if validation_counts.get(c, 0) < config.min_validation_per_class:
-                continue
+        for c in (c for c, plan in plans.items() if plan.filter_mode == FilterMode.PER_CLASS):
             members = validation.subset(validation_labels == c)
             raw = {name: detector.score(members, c) for name, detector in detectors.items()}
             class_groups = None if groups is None else groups[validation_labels == c]
-            thresholds, level, expected, in_sample = joint_thresholds(
-                raw, config.target_keep_rate, class_groups
+            references[c] = _reference(
+                raw, config, class_groups, c, train_counts[c], validation_counts[c]
             )
-            references[c] = _ClassReference(
-                calibration=ClassCalibration(
-                    class_index=c,
-                    thresholds=thresholds,
-                    level=level,
-                    target_keep_rate=config.target_keep_rate,
-                    expected_keep_rate=expected,
-                    validation_keep_rate=in_sample,
-                    n_train=train_counts[c],
-                    n_validation=validation_counts[c],
-                ),
-                sorted_validation_scores={name: np.sort(values) for name, values in raw.items()},
+        pooled = [c for c, plan in plans.items() if plan.filter_mode == FilterMode.POOLED]
+        if pooled:
+            references |= _pooled_references(
+                pooled,
+                detectors,
+                validation,
+                validation_labels,
+                groups,
+                poolable,
+                config,
+                train_counts,
+                validation_counts,
             )
         return cls(
             config,
@@ -283,6 +355,7 @@ class OodFilter:
             validation_counts,
             references,
             class_names,
+            plans,
         )
 
     # ----------------------------------------------------------------- lookup
@@ -292,12 +365,15 @@ class OodFilter:
             return f"{self.class_names[class_index]!r} (index {class_index})"
         return f"index {class_index}"
 
-    def resolve_class(self, requested: int | str) -> int:
-        """The class index for a name or index, checked to be fitted.
+    def plan(self, requested: int | str) -> ClassPlan:
+        """How a class is filtered (``per_class``, ``pooled`` or ``skipped``) and why.
 
         Raises:
-            ValueError: Unknown to the classifier, or too few real images to filter.
+            ValueError: The class is unknown to the classifier.
         """
+        return self.plans[self._class_index(requested)]
+
+    def _class_index(self, requested: int | str) -> int:
         if isinstance(requested, str):
             if self.class_names is None or requested not in self.class_names:
                 raise ValueError(
@@ -312,18 +388,19 @@ class OodFilter:
                 f"class index {class_index} was never seen by the feature model, which has "
                 f"{self.n_logits} classes (0..{self.n_logits - 1})"
             )
-        label = self.class_label(class_index)
-        n_train = self.train_counts.get(class_index, 0)
-        if n_train < self.config.min_train_per_class:
-            raise ValueError(
-                f"class {label} has {n_train} real training image(s); the OOD filter needs at "
-                f"least {self.config.min_train_per_class} to fit its detectors"
-            )
-        n_validation = self.validation_counts.get(class_index, 0)
+        return class_index
+
+    def resolve_class(self, requested: int | str) -> int:
+        """The class index for a name or index, checked to be filterable.
+
+        Raises:
+            ValueError: Unknown to the classifier, or ``skipped`` (the reason says why).
+        """
+        class_index = self._class_index(requested)
         if class_index not in self.references:
             raise ValueError(
-                f"class {label} has {n_validation} real validation image(s); the OOD filter "
-                f"needs at least {self.config.min_validation_per_class} to calibrate thresholds"
+                f"class {self.class_label(class_index)} cannot be filtered: "
+                f"{self.plans[class_index].reason}"
             )
         return class_index
 
@@ -511,3 +588,106 @@ def _check_labels(labels: np.ndarray, n_rows: int, name: str) -> np.ndarray:
 def _counts(labels: np.ndarray) -> dict[int, int]:
     values, counts = np.unique(labels, return_counts=True)
     return {int(v): int(n) for v, n in zip(values, counts, strict=True)}
+
+
+def _reference(
+    raw: dict[str, np.ndarray],
+    config: OodFilterConfig,
+    groups: np.ndarray | None,
+    class_index: int,
+    n_train: int,
+    n_validation: int,
+    *,
+    filter_mode: FilterMode = FilterMode.PER_CLASS,
+    class_offsets: dict[str, float] | None = None,
+) -> _ClassReference:
+    """Thresholds and percentile references from real scores (M,) per detector."""
+    thresholds, level, expected, in_sample = joint_thresholds(raw, config.target_keep_rate, groups)
+    return _ClassReference(
+        calibration=ClassCalibration(
+            class_index=class_index,
+            thresholds=thresholds,
+            level=level,
+            target_keep_rate=config.target_keep_rate,
+            expected_keep_rate=expected,
+            validation_keep_rate=in_sample,
+            n_train=n_train,
+            n_validation=n_validation,
+            filter_mode=filter_mode.value,
+            n_reference=len(next(iter(raw.values()))),
+            class_offsets=class_offsets or {},
+        ),
+        sorted_validation_scores={name: np.sort(values) for name, values in raw.items()},
+    )
+
+
+def _pooled_references(
+    classes: list[int],
+    detectors: dict[str, Detector],
+    validation: ImageEmbeddings,
+    validation_labels: np.ndarray,
+    groups: np.ndarray | None,
+    poolable: np.ndarray,
+    config: OodFilterConfig,
+    train_counts: dict[int, int],
+    validation_counts: dict[int, int],
+) -> dict[int, _ClassReference]:
+    """References of ``pooled`` classes from the validation images of all classes.
+
+    The pooled set holds up to ``pooled_validation_per_class`` validation images of each
+    class that has a training image, each scored against its own class model; a
+    count-sensitive detector (KNN) scores it as if each class had the tail class's
+    number of training images. Each tail class's reference is that set shifted by its
+    shrunken offset (:func:`shrunken_class_offsets`).
+    """
+    rng = np.random.default_rng(config.seed)
+    rows = np.flatnonzero(poolable)
+    labels_of_rows = validation_labels[rows]
+    chosen = []
+    for c in np.unique(labels_of_rows):
+        members = rows[labels_of_rows == c]
+        if len(members) > config.pooled_validation_per_class:
+            members = rng.choice(members, config.pooled_validation_per_class, replace=False)
+        chosen.append(np.sort(members))
+    pool_rows = np.sort(np.concatenate(chosen))
+    pool = validation.subset(pool_rows)
+    pool_labels = validation_labels[pool_rows]
+    pool_groups = None if groups is None else groups[pool_rows]
+    fixed = {
+        name: detector.reference_scores(pool, pool_labels)
+        for name, detector in detectors.items()
+        if not detector.count_sensitive
+    }
+    by_size: dict[int, dict[str, np.ndarray]] = {}
+    references: dict[int, _ClassReference] = {}
+    for c in classes:
+        n_train = train_counts[c]
+        if n_train not in by_size:
+            by_size[n_train] = {
+                name: detector.reference_scores(
+                    pool,
+                    pool_labels,
+                    reference_size=n_train,
+                    rng=np.random.default_rng(config.seed + n_train),
+                )
+                for name, detector in detectors.items()
+                if detector.count_sensitive
+            }
+        scores = {
+            name: fixed[name] if name in fixed else by_size[n_train][name] for name in detectors
+        }
+        offsets = {
+            name: shrunken_class_offsets(values, pool_labels).get(c, 0.0)
+            for name, values in scores.items()
+        }
+        references[c] = _reference(
+            {name: values + offsets[name] for name, values in scores.items()},
+            config,
+            pool_groups,
+            c,
+            n_train,
+            validation_counts.get(c, 0),
+            filter_mode=FilterMode.POOLED,
+            class_offsets=offsets,
+        )
+    return references

@@ -19,6 +19,25 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 
+class FilterMode(StrEnum):
+    """How a class is filtered (see :mod:`.filter`).
+
+    * ``per_class``: its own training images fit its statistics and its own validation
+      images set its thresholds.
+    * ``pooled``: too few images of its own for that; its detectors borrow strength from
+      every class (the tied covariance, nearest-neighbour distances and sharpness spread
+      of all classes) and its thresholds come from all classes' validation images, each
+      scored against its own class model, shifted towards what the class's own
+      validation images show, as far as their number warrants.
+    * ``skipped``: cannot be filtered at all (no real training image, or too few
+      validation images even pooled); the reason says which.
+    """
+
+    PER_CLASS = "per_class"
+    POOLED = "pooled"
+    SKIPPED = "skipped"
+
+
 class Reason(StrEnum):
     """Why a candidate was kept or rejected (stored verbatim)."""
 
@@ -70,6 +89,25 @@ class CandidateRecord:
 
 
 @dataclass(frozen=True)
+class ClassPlan:
+    """How the fitted filter serves one class, and why.
+
+    Attributes:
+        class_index: The class.
+        filter_mode: ``per_class``, ``pooled`` or ``skipped`` (see :class:`FilterMode`).
+        reason: One sentence a user can act on (counts and what they fall short of).
+        n_train: Real training images of the class.
+        n_validation: Real validation images of the class.
+    """
+
+    class_index: int
+    filter_mode: FilterMode
+    reason: str
+    n_train: int
+    n_validation: int
+
+
+@dataclass(frozen=True)
 class ClassCalibration:
     """The thresholds one class was filtered with, and how they were set.
 
@@ -83,8 +121,15 @@ class ClassCalibration:
         expected_keep_rate: Leave-one-out estimate of that fraction on the validation
             images (>= target unless even the lowest level cannot reach it).
         validation_keep_rate: In-sample fraction of validation images that pass.
-        n_train: Real training images the detectors were fitted on.
-        n_validation: Real validation images the thresholds were set from.
+        n_train: Real training images of the class the detectors were fitted on.
+        n_validation: Real validation images of the class.
+        filter_mode: ``per_class`` (thresholds from the class's own validation images)
+            or ``pooled`` (from all classes' validation images, see :class:`FilterMode`).
+        n_reference: Validation images the thresholds were set from: ``n_validation``
+            per class, the size of the pooled reference set when pooled.
+        class_offsets: Pooled mode only: detector name -> shift added to the pooled
+            reference scores, the class's own validation median's distance from the
+            pooled median shrunk by how much its few images can tell (0 without any).
     """
 
     class_index: int
@@ -95,6 +140,9 @@ class ClassCalibration:
     validation_keep_rate: float
     n_train: int
     n_validation: int
+    filter_mode: str = FilterMode.PER_CLASS.value
+    n_reference: int = 0
+    class_offsets: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from services.ood_filter.evaluation import LabelledImages, evaluate_ood_filter
+from services.ood_filter.filter import OodFilterConfig
 from services.ood_filter.planted import blur, flip_or_rotate, plant_bad_candidates, shift_colour
 from tests.ood_filter.conftest import BlockColourExtractor, labels_for, make_images
 
@@ -91,15 +92,52 @@ def test_grayscale_colour_shift_is_a_gamma_curve() -> None:
     assert int(shifted[0, 0, 0, 0]) == pytest.approx(255 * (64 / 255) ** 0.4, abs=1)
 
 
-def test_evaluation_lists_classes_too_small_to_filter(extractor: BlockColourExtractor) -> None:
+def test_evaluation_reports_the_tail_apart_and_lists_classes_it_cannot_filter(
+    extractor: BlockColourExtractor,
+) -> None:
     rng = np.random.default_rng(24)
+    # NV and MEL have images of their own; DF only 4 (pooled); BCC none (skipped).
     train_labels = np.r_[np.zeros(20, int), np.ones(20, int), np.full(4, 2)]
     train = LabelledImages(make_images(rng, train_labels), train_labels)
     other = LabelledImages(make_images(rng, labels_for(12)), labels_for(12))
 
     report = evaluate_ood_filter(
-        extractor, train, other, other, class_names=["NV", "MEL", "DF"], planted_per_kind=5
+        extractor,
+        train,
+        other,
+        other,
+        config=OodFilterConfig(min_validation_per_class=10),
+        class_names=["NV", "MEL", "DF"],
+        classes=[0, 1, 2],
+        planted_per_kind=5,
+    )
+
+    assert set(report["per_class"]) == {"NV", "MEL", "DF"}
+    assert report["per_class"]["DF"]["filter_mode"] == "pooled"
+    assert report["per_class"]["NV"]["filter_mode"] == "per_class"
+    tail = report["tail"]
+    assert tail["classes"] == ["DF"] and tail["copy_rejection_rate"] == 1.0
+    assert report["overall"]["classes_evaluated"] == 3
+
+
+def test_evaluation_skips_a_class_without_training_images(
+    extractor: BlockColourExtractor,
+) -> None:
+    rng = np.random.default_rng(25)
+    train_labels = np.r_[np.zeros(20, int), np.ones(20, int)]
+    train = LabelledImages(make_images(rng, train_labels), train_labels)
+    other = LabelledImages(make_images(rng, labels_for(12)), labels_for(12))
+
+    report = evaluate_ood_filter(
+        extractor,
+        train,
+        other,
+        other,
+        class_names=["NV", "MEL", "DF"],
+        classes=[0, 1, 2],
+        planted_per_kind=5,
     )
 
     assert set(report["per_class"]) == {"NV", "MEL"}
-    assert "has 4 real training image(s)" in report["skipped"]["DF"]
+    assert "no real training image" in report["skipped"]["DF"]
+    assert report["tail"] is None

@@ -15,7 +15,7 @@ from services.ood_filter.features import (
     iter_image_batches,
 )
 from services.ood_filter.filter import CandidateScores, OodFilter, OodFilterConfig
-from services.ood_filter.records import Reason
+from services.ood_filter.records import FilterMode, Reason
 from tests.ood_filter.conftest import (
     BlockColourExtractor,
     GaussianWorld,
@@ -101,7 +101,7 @@ def test_unknown_class_is_refused(gaussian_filter: OodFilter) -> None:
         gaussian_filter.calibration("SCC")
 
 
-def test_class_with_too_few_training_images_says_how_many_are_needed(
+def test_class_with_too_few_training_images_is_filtered_pooled_not_refused(
     world: GaussianWorld,
 ) -> None:
     rng = np.random.default_rng(14)
@@ -115,14 +115,19 @@ def test_class_with_too_few_training_images_says_how_many_are_needed(
     )
     candidates = world.sample(rng, np.full(5, 2), n_hash_columns=1)
 
-    with pytest.raises(
-        ValueError, match=r"'DF' \(index 2\) has 4 real training image\(s\).*at least 10"
-    ):
-        ood_filter.score(candidates, "DF")
-    assert ood_filter.calibration("NV").n_train == 30  # other classes still work
+    plan = ood_filter.plan("DF")
+    assert plan.filter_mode == FilterMode.POOLED
+    assert "4 real training image(s) (its own statistics need 10)" in plan.reason
+    assert ood_filter.score(candidates, "DF").class_index == 2
+    calibration = ood_filter.calibration("DF")
+    assert calibration.filter_mode == "pooled" and calibration.n_reference == 60
+    assert ood_filter.calibration("NV").n_train == 30  # other classes still per class
+    assert ood_filter.calibration("NV").filter_mode == "per_class"
 
 
-def test_class_with_too_few_validation_images_is_refused(world: GaussianWorld) -> None:
+def test_class_with_too_few_validation_images_is_calibrated_on_the_pool(
+    world: GaussianWorld,
+) -> None:
     rng = np.random.default_rng(15)
     validation_labels = np.r_[np.zeros(20, int), np.ones(20, int), np.full(3, 2)]
     ood_filter = OodFilter.fit(
@@ -132,19 +137,28 @@ def test_class_with_too_few_validation_images_is_refused(world: GaussianWorld) -
         validation_labels,
     )
 
-    with pytest.raises(ValueError, match="index 2 has 3 real validation.*at least 10"):
-        ood_filter.calibration(2)
+    plan = ood_filter.plan(2)
+    assert plan.filter_mode == FilterMode.POOLED
+    assert "3 real validation image(s) (its own thresholds need 10)" in plan.reason
+    assert ood_filter.calibration(2).n_validation == 3
+    assert ood_filter.calibration(2).n_reference == 43
 
 
-def test_no_class_large_enough_is_refused_at_fit(world: GaussianWorld) -> None:
+def test_classes_too_small_even_pooled_are_skipped_with_the_reason(world: GaussianWorld) -> None:
     rng = np.random.default_rng(16)
-    with pytest.raises(ValueError, match="no class has the 10 real training images"):
-        OodFilter.fit(
-            world.sample(rng, labels_for(3), n_hash_columns=8),
-            labels_for(3),
-            world.sample(rng, labels_for(3), n_hash_columns=1),
-            labels_for(3),
-        )
+    ood_filter = OodFilter.fit(
+        world.sample(rng, labels_for(3), n_hash_columns=8),
+        labels_for(3),
+        world.sample(rng, labels_for(3), n_hash_columns=1),
+        labels_for(3),
+        class_names=NAMES,
+    )
+
+    assert {plan.filter_mode for plan in ood_filter.plans.values()} == {FilterMode.SKIPPED}
+    with pytest.raises(
+        ValueError, match=r"'DF' \(index 2\) cannot be filtered: .*only 9 validation image"
+    ):
+        ood_filter.calibration("DF")
 
 
 def test_candidates_of_another_size_or_channel_count_are_refused(
