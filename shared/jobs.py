@@ -27,6 +27,11 @@ from shared.models import Job, JobState, utcnow
 
 log = logging.getLogger(__name__)
 
+#: A work result with ``{PARTIAL: True}`` ends its job ``partial`` instead of
+#: ``succeeded``: it finished, but some part of it could not be served (the result says
+#: which, e.g. a synthesis class without real training images).
+PARTIAL = "partial"
+
 
 class JobCanceled(Exception):
     """Raised inside a task when the user asked to cancel; finished work is kept."""
@@ -184,7 +189,8 @@ def run_job(
 
     A job already final is left alone (a duplicate delivery); a job already running is
     resumed (its worker died and the task came back); ``work`` must itself skip what
-    an earlier attempt finished and recorded.
+    an earlier attempt finished and recorded. A result with a true :data:`PARTIAL` key
+    ends the job ``partial`` rather than ``succeeded``.
     """
     jid = uuid.UUID(job_id)
     with factory.begin() as session:
@@ -221,7 +227,8 @@ def run_job(
         if isinstance(result, NextStage):
             _hand_over(factory, jid, result, celery)
         else:
-            _end(factory, jid, JobState.SUCCEEDED, "done", result=result)
+            state = JobState.PARTIAL if result.get(PARTIAL) else JobState.SUCCEEDED
+            _end(factory, jid, state, "done", result=result)
 
 
 def _hand_over(
@@ -265,7 +272,7 @@ def _end(
         job.error = error
         if result is not None:
             job.result = {**job.result, **result}
-            if job.total and state == JobState.SUCCEEDED:
+            if job.total and state in (JobState.SUCCEEDED, JobState.PARTIAL):
                 job.done = job.total
 
 

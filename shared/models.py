@@ -69,15 +69,19 @@ def _enum(enum_cls: type[enum.Enum]) -> Enum:
 
 
 class JobState(enum.StrEnum):
+    """``partial``: the job finished, but some of its parts (classes of a synthesis) could
+    not be served or fell short; its result says which and why (DESIGN.md §5)."""
+
     QUEUED = "queued"
     RUNNING = "running"
     SUCCEEDED = "succeeded"
+    PARTIAL = "partial"
     FAILED = "failed"
     CANCELED = "canceled"
 
     @property
     def is_final(self) -> bool:
-        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELED)
+        return self in (JobState.SUCCEEDED, JobState.PARTIAL, JobState.FAILED, JobState.CANCELED)
 
 
 class DatasetState(enum.StrEnum):

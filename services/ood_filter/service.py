@@ -5,6 +5,14 @@ real **val** split (never test), through the dataset's fine-tuned classifier. Re
 embeddings are cached in storage per dataset and classifier. Candidates stream through
 in batches; each gets its scores per detector, thresholds, decision and reason in
 Postgres, written idempotently, and the curated set is the kept ones.
+
+Classes are isolated: each is filtered in the best mode it can have (``per_class`` or
+``pooled``, see :mod:`services.ood_filter.filter`) or ends ``skipped`` with its reason,
+and one class's trouble never fails the others. The curated set's ``summary[class]``
+says ``status`` (``kept`` | ``flagged`` | ``skipped``), ``filter_mode`` and ``reason``;
+a class that keeps nothing, or under half of what was asked, is ``flagged`` with its
+``dominant_rejection``. When any class is skipped or flagged the job ends ``partial``
+(its result: ``partial: true`` and a one-line ``summary``).
 """
 
 from __future__ import annotations
@@ -30,17 +38,19 @@ from services.ood_filter import (
     embed_images,
     iter_image_batches,
 )
-from services.ood_filter.records import CandidateRecord
+from services.ood_filter.records import CandidateRecord, FilterMode
 from services.trainer.classifier import ImageClassifier
 from services.trainer.dataset_classifier import classifier_config_from, dataset_classifier
 from shared.dataset_arrays import SplitArrays, dataset_channels, load_split
 from shared.errors import InvalidInput, NotFound
 from shared.imaging import decode_image, resize_square
-from shared.jobs import JobCanceled, JobContext
+from shared.jobs import PARTIAL, JobCanceled, JobContext
 from shared.models import CuratedSet, OodScore, Split, SynthesisRequest, SyntheticImage
 from shared.runtime import Runtime
+from shared.synthesis import FILTER_MIN_TRAIN_PER_CLASS, FILTER_MIN_VALIDATION_PER_CLASS
 
 BATCH = 64
+REJECTIONS = ("ood", "off_class", "near_copy")
 
 
 def _cached_embeddings(
@@ -239,15 +249,17 @@ def filter_candidates_job(ctx: JobContext, runtime: Runtime) -> dict[str, Any]:
             val.labels,
             OodFilterConfig(
                 target_keep_rate=float(params.get("target_keep_rate", 0.97)),
-                min_train_per_class=int(params.get("min_train_per_class", 10)),
-                min_validation_per_class=int(params.get("min_validation_per_class", 5)),
+                min_train_per_class=int(
+                    params.get("min_train_per_class", FILTER_MIN_TRAIN_PER_CLASS)
+                ),
+                min_validation_per_class=int(
+                    params.get("min_validation_per_class", FILTER_MIN_VALIDATION_PER_CLASS)
+                ),
             ),
             class_names=train.class_names,
             validation_groups=val.groups,
         )
-        for class_name in request.counts:
-            ood.calibration(class_name)  # refuse a class it cannot filter before any work
-    except ValueError as exc:
+    except ValueError as exc:  # nothing to fit at all (no training image)
         raise InvalidInput(f"OOD filter: {exc}") from exc
 
     with runtime.sessions() as session:
@@ -263,11 +275,25 @@ def filter_candidates_job(ctx: JobContext, runtime: Runtime) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     thresholds: dict[str, Any] = {}
     done = 0
-    for class_name in request.counts:
+    # Every class asked for, and those the POST already planned to skip (fill_to_max).
+    for class_name in dict.fromkeys([*request.counts, *params.get("plan", {})]):
         rows = [row for row in candidates if row.label == class_name]
-        if not rows:
+        requested = int(request.counts.get(class_name, 0))
+        entry = _entry(requested, len(rows))
+        summary[class_name] = entry
+        try:
+            plan = ood.plan(class_name)
+        except ValueError as exc:  # unknown to the classifier
+            _skip(runtime, entry, rows, str(exc))
             continue
-        rule = selection_rule(params, int(request.counts[class_name]))
+        entry.update(n_train=plan.n_train, n_validation=plan.n_validation)
+        if plan.filter_mode == FilterMode.SKIPPED:
+            _skip(runtime, entry, rows, plan.reason)
+            continue
+        if not rows:
+            _skip(runtime, entry, rows, "no candidates were generated for this class")
+            continue
+        rule = selection_rule(params, requested)
         try:
             chunks = list(
                 ood.score_batches(
@@ -280,6 +306,11 @@ def filter_candidates_job(ctx: JobContext, runtime: Runtime) -> dict[str, Any]:
             )
         except OodFilterCanceled as exc:
             raise JobCanceled() from exc
+        except ValueError as exc:  # this class's candidates cannot be scored; others can
+            _skip(runtime, entry, rows, f"candidates could not be scored: {exc}")
+            done += len(rows)
+            ctx.progress(done)
+            continue
         reasons: Counter[str] = Counter()
         offset = 0
         for outcome in ood.decide_chunks(chunks, rule):
@@ -292,14 +323,10 @@ def filter_candidates_job(ctx: JobContext, runtime: Runtime) -> dict[str, Any]:
             ctx.progress(done)
             calibration = outcome.calibration
         thresholds[class_name] = {**asdict(calibration), "rule": rule.describe()}
-        summary[class_name] = {
-            "requested": int(request.counts[class_name]),
-            "generated": len(rows),
-            "kept": reasons.get("kept", 0),
-            "rejected": {
-                reason: reasons.get(reason, 0) for reason in ("ood", "off_class", "near_copy")
-            },
-        }
+        entry["kept"] = reasons.get("kept", 0)
+        entry["rejected"] = {reason: reasons.get(reason, 0) for reason in REJECTIONS}
+        entry["filter_mode"] = plan.filter_mode.value
+        _judge(entry, plan.reason)
     with runtime.sessions.begin() as session:
         curated = session.get(CuratedSet, curated_set_id)
         assert curated is not None
@@ -307,4 +334,74 @@ def filter_candidates_job(ctx: JobContext, runtime: Runtime) -> dict[str, Any]:
         curated.thresholds = {"classifier": key, "classes": thresholds}
         curated.state = "ready"
     kept = sum(entry["kept"] for entry in summary.values())
-    return {"curated_set_id": str(curated_set_id), "generated": total, "kept": kept}
+    attention = [name for name, entry in summary.items() if entry["status"] != "kept"]
+    return {
+        "curated_set_id": str(curated_set_id),
+        "generated": total,
+        "kept": kept,
+        PARTIAL: bool(attention),
+        "summary": _one_line(summary, attention),
+        "classes": {name: entry["status"] for name, entry in summary.items()},
+    }
+
+
+def _entry(requested: int, generated: int) -> dict[str, Any]:
+    """A class's curated-set summary before filtering (filled in as it goes)."""
+    return {
+        "requested": requested,
+        "generated": generated,
+        "kept": 0,
+        "rejected": dict.fromkeys(REJECTIONS, 0),
+        "status": "skipped",
+        "filter_mode": FilterMode.SKIPPED.value,
+        "reason": "",
+    }
+
+
+def _skip(runtime: Runtime, entry: dict[str, Any], rows: list[SyntheticImage], reason: str) -> None:
+    """End a class ``skipped``; its candidates stay out of the curated set, saying why."""
+    entry.update(status="skipped", filter_mode=FilterMode.SKIPPED.value, reason=reason)
+    if rows:
+        with runtime.sessions.begin() as session:
+            session.execute(
+                update(SyntheticImage)
+                .where(SyntheticImage.id.in_([row.id for row in rows]))
+                .values(decision_reason=f"not filtered: {reason}", curated_set_id=None)
+            )
+
+
+def _judge(entry: dict[str, Any], mode_reason: str) -> None:
+    """``kept``, or ``flagged`` when nothing or under half of what was asked was kept."""
+    kept, requested = entry["kept"], entry["requested"]
+    if kept > 0 and 2 * kept >= requested:
+        entry.update(status="kept", reason=mode_reason)
+        return
+    dominant, count = max(entry["rejected"].items(), key=lambda item: item[1])
+    entry.update(
+        status="flagged",
+        dominant_rejection=dominant if count else None,
+        reason=(
+            f"kept {kept} of {requested} asked ({entry['generated']} generated); "
+            + (f"most rejected as {dominant} ({count})" if count else "none rejected")
+            + f"; filter: {mode_reason}"
+        ),
+    )
+
+
+def _one_line(summary: dict[str, Any], attention: list[str]) -> str:
+    """E.g. ``2 of 3 classes kept; DF flagged (kept 0 of 9 asked; mostly ood)``."""
+    head = f"{len(summary) - len(attention)} of {len(summary)} classes kept"
+    if not attention:
+        return head
+    parts = []
+    for name in attention:
+        entry = summary[name]
+        if entry["status"] == "flagged":
+            dominant = entry.get("dominant_rejection")
+            why = f"kept {entry['kept']} of {entry['requested']} asked" + (
+                f"; mostly {dominant}" if dominant else ""
+            )
+        else:
+            why = entry["reason"]
+        parts.append(f"{name} {entry['status']} ({why})")
+    return head + "; " + "; ".join(parts)
