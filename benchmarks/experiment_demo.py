@@ -97,6 +97,9 @@ def main() -> None:
     parser.add_argument("--train-steps", type=int, default=2400)
     parser.add_argument("--per-class", type=int, default=150, help="asked per rare class")
     parser.add_argument("--rare-classes", nargs="+", default=["AK", "SCC", "VASC", "DF"])
+    parser.add_argument("--variant", default="dermoscopy", choices=["dermoscopy", "chest_xray"])
+    parser.add_argument("--positive-fraction", type=float, default=None)
+    parser.add_argument("--mode", default="inpaint", choices=["inpaint", "img2img", "generate"])
     parser.add_argument("--guidance-scale", type=float, default=6.0)
     parser.add_argument("--sampling-steps", type=int, default=20)
     parser.add_argument("--background-policy", default="same_class")
@@ -115,6 +118,9 @@ def main() -> None:
 
     plan = DemoPlan(
         total=args.total,
+        variant=args.variant,
+        positive_fraction=args.positive_fraction,
+        synthesis_mode=args.mode,
         train_steps=args.train_steps,
         sampling_steps=args.sampling_steps,
         guidance_scale=args.guidance_scale,

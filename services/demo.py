@@ -113,6 +113,11 @@ class DemoPlan:
     image_size: int = 64
     train_steps: int = 2400
     rare_classes: tuple[str, ...] = ("AK", "SCC", "VASC", "DF")
+    # "chest_xray": the binary grayscale variant (normal vs opacity), where synthesis runs
+    # in img2img mode as in the chest X-ray paper.
+    variant: str = "dermoscopy"
+    positive_fraction: float | None = None
+    synthesis_mode: str = "inpaint"
     per_class: int = 24
     sampling_steps: int = 25
     guidance_scale: float = 6.0  # the best of 3 and 6 in benchmarks/generator_demo_quality.py
@@ -170,12 +175,15 @@ def ingest_demo(client: TailsynthClient, plan: DemoPlan) -> dict[str, Any]:
     click.echo(
         f"1. building and ingesting the demo dataset ({plan.total} images, {plan.image_size} px)"
     )
+    extra: dict[str, Any] = {"variant": plan.variant}
+    if plan.positive_fraction is not None:
+        extra["positive_fraction"] = plan.positive_fraction
     created = client.create_demo_dataset(
-        name="demo", total=plan.total, image_size=plan.image_size, seed=0
+        name="demo", total=plan.total, image_size=plan.image_size, seed=0, **extra
     )
     client.wait(created["job_id"], on_progress=_Progress())
     dataset = client.dataset(created["dataset_id"])
-    _table("class counts (long-tailed, ISIC 2019 proportions):", dataset["class_counts"])
+    _table("class counts:", dataset["class_counts"])
     click.echo(f"  imbalance ratio {dataset['imbalance_ratio']:.1f}")
     _table(
         "split sizes (grouped by patient, seed-fixed):",
@@ -235,7 +243,9 @@ def synthesize(
 ) -> dict[str, Any]:
     """Step 3: inpaint candidates of the rare classes and OOD-filter them; returns the
     curated set."""
-    click.echo(f"\n3. synthesizing {counts} by inpainting, then OOD-filtering the candidates")
+    click.echo(
+        f"\n3. synthesizing {counts} ({plan.synthesis_mode}), then OOD-filtering the candidates"
+    )
     synthesis = client.request(
         "POST",
         "/v1/synthesis",
@@ -243,6 +253,7 @@ def synthesize(
             "dataset_id": dataset_id,
             "generator_id": generator_id,
             "counts": counts,
+            "mode": plan.synthesis_mode,
             "sampling": {
                 "num_inference_steps": plan.sampling_steps,
                 "guidance_scale": plan.guidance_scale,
