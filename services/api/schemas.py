@@ -371,6 +371,13 @@ class AdaptiveSettings(BaseModel):
     background_policy: str = Field("any_class", pattern="^(any_class|same_class|head_classes)$")
     oversample: float = Field(1.5, ge=1, le=10)
     filter: FilterSettings = FilterSettings()
+    classifier_guidance_scale: float = Field(
+        0.0,
+        ge=0,
+        le=100,
+        description="from round 2, steer sampling with the classifier being trained (IOIS "
+        "uses 1.0); 0 = off; needs a generator trained by tailsynth",
+    )
 
 
 class ExperimentCreate(BaseModel):

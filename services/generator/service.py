@@ -43,6 +43,7 @@ from services.generator.quality import (
 )
 from services.generator.sampling import load_generator
 from services.generator.training import train_generator
+from services.trainer.classifier import ImageClassifier
 from services.trainer.dataset_classifier import (
     classifier_config_from,
     dataset_classifier,
@@ -412,6 +413,7 @@ def generate_candidates_job(ctx: JobContext, runtime: Runtime) -> NextStage:
     todo = [p for p in plans if p.index not in recorded]
     sampling = request.params.get("sampling", {})
     batch_size = int(sampling.get("batch_size", 16))
+    guidance = _guidance_classifier(runtime, generator, request.params.get("classifier_guidance"))
     ctx.progress(len(plans) - len(todo), len(plans), "generating")
     checkpoint_sha = generator.checkpoint_sha256 or ""
     for start in range(0, len(todo), batch_size):
@@ -429,6 +431,7 @@ def generate_candidates_job(ctx: JobContext, runtime: Runtime) -> NextStage:
             "num_inference_steps": int(sampling.get("num_inference_steps", 25)),
             "guidance_scale": float(sampling.get("guidance_scale", 2.0)),
             "batch_size": batch_size,
+            **guidance,
         }
         if request.mode == "inpaint":
             images = train.images[sources]
@@ -504,6 +507,33 @@ def generate_candidates_job(ctx: JobContext, runtime: Runtime) -> NextStage:
             _insert_candidates(session, rows)
         ctx.progress(len(plans) - len(todo) + start + len(chunk))
     return NextStage("tailsynth.filter_candidates", "filtering", {"candidates": len(plans)})
+
+
+def _guidance_classifier(
+    runtime: Runtime, generator: Generator, settings: dict[str, Any] | None
+) -> dict[str, Any]:
+    """Sampler arguments for classifier guidance (IOIS: the classifier being trained steers
+    generation towards its class), from a stored classifier checkpoint; {} when off."""
+    if not settings or float(settings.get("scale", 0.0)) <= 0:
+        return {}
+    if generator.kind != "trained":
+        raise InvalidInput(
+            "classifier guidance needs a generator trained by tailsynth; pretrained pipelines "
+            "take prompts instead",
+            field="classifier_guidance",
+        )
+    key = str(settings["checkpoint_key"])
+    local = (runtime.settings.data_dir / "cache" / key).resolve()
+    if not local.is_file():
+        partial = local.with_name(local.name + ".part")
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        runtime.store.download_to(key, partial)
+        partial.replace(local)  # a killed download never leaves a file that looks complete
+    classifier = ImageClassifier.load(local)
+    return {
+        "classifier": classifier.guidance_module(),
+        "classifier_scale": float(settings["scale"]),
+    }
 
 
 def register_pretrained_job(ctx: JobContext, runtime: Runtime) -> dict[str, Any]:

@@ -422,6 +422,11 @@ class ImageClassifier:
         history = TrainingHistory.from_dict(metadata.get("history", {}))
         return cls(model, config, class_names, history)
 
+    def guidance_module(self) -> nn.Module:
+        """A differentiable module mapping float (B, C, H, W) images in [0, 1] (any size) to
+        (B, K) logits, for classifier guidance of a diffusion sampler (IOIS)."""
+        return _UnitPixelClassifier(self.model, self._mean, self._std, self.config.image_size)
+
     def _normalise(self, pixels: torch.Tensor) -> torch.Tensor:
         """uint8 (B, C, S, S) -> float32 normalised with the backbone's mean/std, on device."""
         scaled = pixels.to(self.device, non_blocking=True).float().div_(255.0)
@@ -435,6 +440,26 @@ class ImageClassifier:
 
     def _autocast(self) -> torch.autocast:
         return _autocast(self.device, self.config.mixed_precision)
+
+
+class _UnitPixelClassifier(nn.Module):
+    """A trained classifier on [0, 1] float pixels: resampled and normalised in torch, so
+    gradients reach the input."""
+
+    def __init__(self, model: nn.Module, mean: torch.Tensor, std: torch.Tensor, size: int) -> None:
+        super().__init__()
+        self.model = model.eval()
+        self.register_buffer("mean", mean)
+        self.register_buffer("std", std)
+        self.size = size
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        if pixels.shape[-1] != self.size or pixels.shape[-2] != self.size:
+            pixels = F.interpolate(
+                pixels, size=(self.size, self.size), mode="bilinear", align_corners=False
+            )
+        logits: torch.Tensor = self.model((pixels - self.mean) / self.std)
+        return logits
 
 
 def read_checkpoint_metadata(path: Path) -> dict[str, Any]:

@@ -400,8 +400,25 @@ def run_adaptive_arm(
             allocation = recorded.get("allocation") or aas_allocation(
                 int(settings["budget_per_round"]), accuracy, accuracy_source="validation"
             )
+            guidance = None
+            if checkpoint is not None and float(settings.get("classifier_guidance_scale", 0)):
+                guidance = {
+                    "checkpoint_key": store.key(
+                        f"adaptive/seed{seed}-round{number - 1}.safetensors"
+                    ),
+                    "scale": float(settings["classifier_guidance_scale"]),
+                }
             curated_set_id = recorded.get("curated_set_id") or _synthesize_round(
-                ctx, runtime, store, key, settings, allocation, seed, number, tenant_id, dataset_id
+                ctx,
+                runtime,
+                store,
+                key,
+                {**settings, "classifier_guidance": guidance},
+                allocation,
+                seed,
+                number,
+                tenant_id,
+                dataset_id,
             )
             ctx.progress(progress.base, stage=f"adaptive {number}/{rounds}: synthesis")
             outcome = _wait_for_synthesis(ctx, runtime, store.rounds[key]["job_id"])
@@ -433,6 +450,12 @@ def run_adaptive_arm(
                 raise JobCanceled() from exc
             checkpoint = Path(scratch) / f"round{number}.safetensors"
             classifier.save(checkpoint)
+            with checkpoint.open("rb") as handle:  # the next round's guidance reads it
+                runtime.store.put_stream(
+                    store.key(f"adaptive/seed{seed}-round{number}.safetensors"),
+                    handle,
+                    checkpoint.stat().st_size,
+                )
             assert fold.val is not None
             val_pred = classifier.predict(data.images[fold.val])
             used_accuracy = dict(accuracy)
@@ -493,6 +516,7 @@ def _synthesize_round(
                     "sampling": settings.get("sampling", {}),
                     "background_policy": settings.get("background_policy", "any_class"),
                     "oversample": settings.get("oversample", 1.5),
+                    "classifier_guidance": settings.get("classifier_guidance"),
                 },
                 filter_params=settings.get("filter", {}),
                 seed=seed * 1_000 + number,

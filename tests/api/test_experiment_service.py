@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import select
 
 from shared.db import make_engine, make_session_factory
-from shared.models import Experiment, Job, RealImage, Split, SyntheticImage
+from shared.models import Experiment, Job, RealImage, Split, SynthesisRequest, SyntheticImage
 from tests.api.test_synthesis_service import TINY_FILTER, TINY_PROBE, TINY_TRAINING
 from tests.conftest import ApiHarness, _harness
 from tests.fixtures.archives import manifest_files, samples, write_zip
@@ -323,6 +323,7 @@ def test_adaptive_rounds_synthesize_through_the_real_workers(
                 "epochs_per_round": 1,
                 "sampling": {"num_inference_steps": 2, "batch_size": 6},
                 "filter": {**TINY_FILTER, "target_keep_rate": 0.5},
+                "classifier_guidance_scale": 1.0,
             },
             **TINY_EXPERIMENT,
         },
@@ -344,6 +345,18 @@ def test_adaptive_rounds_synthesize_through_the_real_workers(
         api, select(Job.state).where(Job.id.in_([uuid.UUID(r["job_id"]) for r in rounds]))
     )
     assert len(synthesis_jobs) == 3
+    # From round 2 on, the classifier being trained steers sampling (IOIS).
+    guidance = [
+        params.get("classifier_guidance")
+        for (params,) in _rows(
+            api,
+            select(SynthesisRequest.params)
+            .join(Job, Job.id == SynthesisRequest.job_id)
+            .where(Job.id.in_([uuid.UUID(r["job_id"]) for r in rounds]))
+            .order_by(SynthesisRequest.created_at),
+        )
+    ]
+    assert guidance[0] is None and all(g and g["scale"] == 1.0 for g in guidance[1:])
     adaptive = results["arms"]["adaptive"]
     kept_total = sum(sum(r["kept"].values()) for r in rounds)
     assert sum(adaptive["training"]["runs"][0]["synthetic_images"].values()) == kept_total
