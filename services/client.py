@@ -123,14 +123,16 @@ class TailsynthClient:
         poll: float = 1.0,
         on_progress: Callable[[dict[str, Any]], None] | None = None,
     ) -> dict[str, Any]:
-        """Poll until the job is final; raise :class:`JobFailed` unless it succeeded."""
+        """Poll until the job is final; raise :class:`JobFailed` when it failed or was
+        canceled. A ``partial`` job (some classes skipped or flagged, the rest delivered) is
+        returned like a succeeded one: its result says which parts fell short."""
         deadline = time.monotonic() + timeout
         while True:
             job = self.job(job_id)
             if on_progress:
                 on_progress(job)
             if job["state"] in FINAL_STATES:
-                if job["state"] != "succeeded":
+                if job["state"] not in ("succeeded", "partial"):
                     raise JobFailed(job)
                 return job
             if time.monotonic() > deadline:

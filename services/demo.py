@@ -20,7 +20,7 @@ from typing import Any
 import click
 import httpx
 
-from services.client import TailsynthClient
+from services.client import FINAL_STATES, TailsynthClient
 
 
 @contextmanager
@@ -78,7 +78,7 @@ class _Progress:
         )
         if self.tty:
             click.echo(
-                "\r" + line, nl=job["state"] in ("succeeded", "failed", "canceled"), err=True
+                "\r" + line, nl=job["state"] in FINAL_STATES, err=True
             )
             return
         mark = (job["stage"], int(p["percent"] // 10))
