@@ -77,9 +77,7 @@ class _Progress:
             f"{p['percent']:5.1f}%"
         )
         if self.tty:
-            click.echo(
-                "\r" + line, nl=job["state"] in FINAL_STATES, err=True
-            )
+            click.echo("\r" + line, nl=job["state"] in FINAL_STATES, err=True)
             return
         mark = (job["stage"], int(p["percent"] // 10))
         if mark != self.last:
