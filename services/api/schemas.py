@@ -388,7 +388,7 @@ class ExperimentCreate(BaseModel):
     dataset_id: uuid.UUID
     mode: str = Field("offline", pattern="^(offline|adaptive)$")
     arms: list[str | CuratedArm] = Field(
-        default_factory=lambda: ["ce", "weighted_ce", "logit_adjusted"],
+        default_factory=lambda: list[str | CuratedArm](["ce", "weighted_ce", "logit_adjusted"]),
         min_length=1,
         max_length=20,
         description="baseline names (ce, weighted_ce, balanced_sampler, focal, logit_adjusted, "
