@@ -202,6 +202,18 @@ _DEMO = DemoPlan()  # the demo's defaults live in one place
 )
 @click.option("--sampling-steps", type=int, default=_DEMO.sampling_steps, show_default=True)
 @click.option("--classifier-epochs", type=int, default=_DEMO.classifier_epochs, show_default=True)
+@click.option(
+    "--classifier-min-steps",
+    type=int,
+    default=_DEMO.classifier_min_steps,
+    show_default=True,
+    help="floor on the filter's and the probe's classifier optimizer steps",
+)
+@click.option("--experiment-epochs", type=int, default=_DEMO.experiment_epochs, show_default=True)
+@click.option(
+    "--experiment-min-steps", type=int, default=_DEMO.experiment_min_steps, show_default=True
+)
+@click.option("--experiment-seeds", type=int, default=_DEMO.experiment_seeds, show_default=True)
 @click.option("--port", type=int, default=8765, show_default=True)
 def demo(
     data_dir: str,
@@ -211,11 +223,16 @@ def demo(
     per_class: int,
     sampling_steps: int,
     classifier_epochs: int,
+    classifier_min_steps: int,
+    experiment_epochs: int,
+    experiment_min_steps: int,
+    experiment_seeds: int,
     port: int,
 ) -> None:
     """The main job on the embedded default, end to end over HTTP: start ``serve``,
     ingest the long-tailed demo dataset, train a generator, synthesize the rare classes,
-    filter the candidates and download the curated set."""
+    filter the candidates, download the curated set, and measure with an experiment whether
+    the curated images help a classifier (verdicts and an HTML report)."""
     from services.client import ApiError, JobFailed
     from services.demo import run_demo
 
@@ -226,6 +243,10 @@ def demo(
         per_class=per_class,
         sampling_steps=sampling_steps,
         classifier_epochs=classifier_epochs,
+        classifier_min_steps=classifier_min_steps,
+        experiment_epochs=experiment_epochs,
+        experiment_min_steps=experiment_min_steps,
+        experiment_seeds=experiment_seeds,
     )
     # A plain `kill` of the demo unwinds it, so its embedded server is stopped too.
     signal.signal(signal.SIGTERM, _exit_on_signal)

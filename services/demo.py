@@ -124,10 +124,12 @@ class DemoPlan:
     background_policy: str = "same_class"
     classifier_backbone: str = "resnet18"
     classifier_epochs: int = 6
+    classifier_min_steps: int = 300
     # The closing experiment: every arm on the dataset's split, scored on its test images.
     experiment_backbone: str = "resnet10t"
     experiment_image_size: int = 32
     experiment_epochs: int = 8
+    experiment_min_steps: int = 300
     experiment_seeds: int = 1
     baseline_arms: tuple[str, ...] = ("weighted_ce", "logit_adjusted")
 
@@ -211,6 +213,7 @@ def train_generator(client: TailsynthClient, plan: DemoPlan, dataset_id: str) ->
                 "guidance_scale": plan.guidance_scale,
                 "background_policy": plan.background_policy,
                 "classifier_epochs": plan.classifier_epochs,
+                "classifier_min_steps": plan.classifier_min_steps,
             },
         },
     )
@@ -260,6 +263,7 @@ def synthesize(
             "filter": {
                 "classifier_backbone": plan.classifier_backbone,
                 "classifier_epochs": plan.classifier_epochs,
+                "classifier_min_steps": plan.classifier_min_steps,
             },
         },
     )
@@ -303,6 +307,7 @@ def run_experiment(
         "backbone": plan.experiment_backbone,
         "image_size": plan.experiment_image_size,
         "epochs": plan.experiment_epochs,
+        "min_train_steps": plan.experiment_min_steps,
         "seeds": plan.experiment_seeds,
         "folds": folds,
         **overrides,

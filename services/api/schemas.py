@@ -186,6 +186,9 @@ class QualityProbe(BaseModel):
         description="which val images receive the probe's lesions (as in synthesis)",
     )
     classifier_epochs: int = Field(8, ge=1, le=200)
+    classifier_min_steps: int = Field(
+        300, ge=0, le=1_000_000, description="floor on the probe classifier's optimizer steps"
+    )
 
 
 class GeneratorCreate(BaseModel):
@@ -254,6 +257,9 @@ class FilterSettings(BaseModel):
     classifier_backbone: str = Field("resnet18", max_length=64)
     classifier_image_size: int = Field(64, ge=16, le=512)
     classifier_epochs: int = Field(8, ge=1, le=200)
+    classifier_min_steps: int = Field(
+        300, ge=0, le=1_000_000, description="floor on the filter classifier's optimizer steps"
+    )
 
 
 class SynthesisCreate(BaseModel):
