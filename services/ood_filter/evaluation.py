@@ -27,13 +27,13 @@ comparable across classes) and pooled keep and rejection rates. ``tail`` gives t
 for the classes filtered in ``pooled`` mode alone (too few real images for statistics
 of their own; each ``per_class`` entry names its ``filter_mode``), so a good head does
 not hide a poor tail; it is None when every class was filtered per class. To measure
-the extreme tail on your own data, pass a training set in which some classes keep only
-a few images.
+the extreme tail on your own data, cut some classes down with :func:`shrink_classes`
+(and fit the feature model on what is left).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,6 +61,71 @@ class LabelledImages:
     images: np.ndarray
     labels: np.ndarray
     groups: np.ndarray | None = None
+
+
+def shrink_classes(
+    train: LabelledImages,
+    validation: LabelledImages,
+    heldout: LabelledImages,
+    sizes: Mapping[int, tuple[int, int]],
+    *,
+    seed: int = 0,
+) -> tuple[LabelledImages, LabelledImages, LabelledImages]:
+    """Simulate the extreme tail: keep only a few training and validation images of some
+    classes; images of theirs from other patients join the held-out set.
+
+    Args:
+        train, validation, heldout: Disjoint real sets (see :func:`evaluate_ood_filter`).
+        sizes: Class -> (training images to keep, validation images to keep).
+        seed: Which images are kept.
+
+    Returns:
+        (train, validation, heldout) with those classes cut down. A dropped image whose
+        patient (group) still has a kept image is discarded rather than held out, so the
+        held-out set never holds a sibling of a training image.
+    """
+    rng = np.random.default_rng(seed)
+    keep = {"train": np.ones(len(train.labels), bool), "val": np.ones(len(validation.labels), bool)}
+    moved: list[tuple[LabelledImages, np.ndarray]] = []
+    for class_index, (n_train, n_validation) in sizes.items():
+        kept_groups: set[Any] = set()
+        dropped: list[tuple[LabelledImages, np.ndarray]] = []
+        for name, images, n_keep in (("train", train, n_train), ("val", validation, n_validation)):
+            rows = np.flatnonzero(images.labels == class_index)
+            chosen = rng.choice(rows, size=min(n_keep, len(rows)), replace=False)
+            rest = np.setdiff1d(rows, chosen)
+            keep[name][rest] = False
+            if images.groups is not None:
+                kept_groups |= set(images.groups[chosen].tolist())
+            dropped.append((images, rest))
+        for images, rest in dropped:
+            if images.groups is not None:
+                rest = rest[[group not in kept_groups for group in images.groups[rest]]]
+            moved.append((images, rest))
+
+    def part(images: LabelledImages, rows: np.ndarray) -> LabelledImages:
+        return LabelledImages(
+            images.images[rows],
+            images.labels[rows],
+            None if images.groups is None else images.groups[rows],
+        )
+
+    pieces = [heldout, *(part(images, rows) for images, rows in moved)]
+    groups = (
+        None
+        if any(piece.groups is None for piece in pieces)
+        else np.concatenate([piece.groups for piece in pieces if piece.groups is not None])
+    )
+    extended = LabelledImages(
+        np.concatenate([piece.images for piece in pieces]),
+        np.concatenate([piece.labels for piece in pieces]),
+        groups,
+    )
+    return (
+        part(train, np.flatnonzero(keep["train"])),
+        part(validation, np.flatnonzero(keep["val"])),
+        extended,
+    )
 
 
 def _auroc(positive: np.ndarray, negative: np.ndarray) -> float | None:

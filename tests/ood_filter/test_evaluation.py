@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from services.ood_filter.evaluation import LabelledImages, evaluate_ood_filter
+from services.ood_filter.evaluation import LabelledImages, evaluate_ood_filter, shrink_classes
 from services.ood_filter.filter import OodFilterConfig
 from services.ood_filter.planted import blur, flip_or_rotate, plant_bad_candidates, shift_colour
 from tests.ood_filter.conftest import BlockColourExtractor, labels_for, make_images
@@ -141,3 +141,24 @@ def test_evaluation_skips_a_class_without_training_images(
     assert set(report["per_class"]) == {"NV", "MEL"}
     assert "no real training image" in report["skipped"]["DF"]
     assert report["tail"] is None
+
+
+def test_shrink_classes_cuts_the_tail_and_holds_out_what_it_drops() -> None:
+    rng = np.random.default_rng(26)
+    labels = labels_for(10)
+    groups = np.array([f"p{i}" for i in range(len(labels))])
+    groups[20:22] = "shared"  # two DF images of one patient
+    sets = [
+        LabelledImages(make_images(rng, labels), labels, np.char.add(groups, suffix))
+        for suffix in ("", "v", "h")
+    ]
+    sets[0].groups[20:22] = "shared"
+
+    train, validation, heldout = shrink_classes(*sets, {2: (2, 1)}, seed=0)
+
+    assert np.bincount(train.labels).tolist() == [10, 10, 2]
+    assert np.bincount(validation.labels).tolist() == [10, 10, 1]
+    kept = set(train.groups[train.labels == 2]) | set(validation.groups[validation.labels == 2])
+    moved = heldout.groups[len(sets[2].labels) :]
+    assert len(moved) > 0 and not set(moved) & kept  # no sibling of a kept image
+    assert np.all(heldout.labels[len(sets[2].labels) :] == 2)
