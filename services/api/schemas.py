@@ -284,6 +284,10 @@ class SynthesisCreated(BaseModel):
     job_id: uuid.UUID
     curated_set_id: uuid.UUID
     counts: dict[str, int]
+    plan: dict[str, str] = Field(
+        default_factory=dict,
+        description="how the OOD filter will serve each class: per_class, pooled or skipped",
+    )
 
 
 class CuratedSetRead(BaseModel):

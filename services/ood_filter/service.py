@@ -38,9 +38,15 @@ from services.ood_filter import (
     embed_images,
     iter_image_batches,
 )
+from services.ood_filter.detectors import OFF_CLASS_DETECTOR
+from services.ood_filter.filter import DEFAULT_DETECTORS
 from services.ood_filter.records import CandidateRecord, FilterMode
 from services.trainer.classifier import ImageClassifier
-from services.trainer.dataset_classifier import classifier_config_from, dataset_classifier
+from services.trainer.dataset_classifier import (
+    classifier_config_from,
+    dataset_classifier,
+    health_of,
+)
 from shared.dataset_arrays import SplitArrays, dataset_channels, load_split
 from shared.errors import InvalidInput, NotFound
 from shared.imaging import decode_image, resize_square
@@ -241,6 +247,17 @@ def filter_candidates_job(ctx: JobContext, runtime: Runtime) -> dict[str, Any]:
     )
     train_embeddings = _cached_embeddings(runtime, classifier, key, train, "train")
     val_embeddings = _cached_embeddings(runtime, classifier, key, val, "val")
+    # A classifier that does not recognise real images cannot say a candidate is off-class:
+    # without it the filter keeps the detectors that do not read its class scores.
+    health = health_of(classifier)
+    detectors = DEFAULT_DETECTORS
+    if health["ok"] is False:
+        detectors = tuple(name for name in DEFAULT_DETECTORS if name != OFF_CLASS_DETECTOR)
+        health = {
+            **health,
+            "fallback": "class_probability dropped (no off_class rejections); distribution "
+            "and copy checks kept",
+        }
     try:
         ood = OodFilter.fit(
             train_embeddings,
@@ -248,6 +265,7 @@ def filter_candidates_job(ctx: JobContext, runtime: Runtime) -> dict[str, Any]:
             val_embeddings,
             val.labels,
             OodFilterConfig(
+                detectors=detectors,
                 target_keep_rate=float(params.get("target_keep_rate", 0.97)),
                 min_train_per_class=int(
                     params.get("min_train_per_class", FILTER_MIN_TRAIN_PER_CLASS)
@@ -334,7 +352,11 @@ def filter_candidates_job(ctx: JobContext, runtime: Runtime) -> dict[str, Any]:
         curated = session.get(CuratedSet, curated_set_id)
         assert curated is not None
         curated.summary = summary
-        curated.thresholds = {"classifier": key, "classes": thresholds}
+        curated.thresholds = {
+            "classifier": key,
+            "classifier_health": health,
+            "classes": thresholds,
+        }
         curated.state = "ready"
     kept = sum(entry["kept"] for entry in summary.values())
     attention = [name for name, entry in summary.items() if entry["status"] != "kept"]
@@ -345,6 +367,7 @@ def filter_candidates_job(ctx: JobContext, runtime: Runtime) -> dict[str, Any]:
         PARTIAL: bool(attention),
         "summary": _one_line(summary, attention),
         "classes": {name: entry["status"] for name, entry in summary.items()},
+        "classifier_health": health,
     }
 
 

@@ -127,7 +127,8 @@ def test_synthesis_generates_filters_and_streams_the_curated_set(
     assert created.status_code == 202, created.text
     body = created.json()
     job = api.wait_job(body["job_id"], timeout=600)
-    assert job["state"] == "succeeded", job
+    # A tiny generator's class may be flagged (kept under half): the job then ends partial.
+    assert job["state"] in ("succeeded", "partial"), job
     assert job["result"]["generated"] == 12  # 4 per class x oversample 1.5
 
     curated = api.client.get(f"/v1/curated-sets/{body['curated_set_id']}").json()
@@ -137,6 +138,13 @@ def test_synthesis_generates_filters_and_streams_the_curated_set(
         assert entry["generated"] == 6 and entry["kept"] + sum(entry["rejected"].values()) == 6
         assert curated["thresholds"]["classes"][name]["thresholds"]
     kept = sum(e["kept"] for e in curated["summary"].values())
+    # The filter's classifier reports whether it learned anything; when it did not, its
+    # class scores are not used to call a candidate off-class.
+    health = curated["thresholds"]["classifier_health"]
+    assert health["bar"] == pytest.approx(1 / 3 + 0.25 * (2 / 3))  # 3 classes
+    if health["ok"] is False:
+        assert "fallback" in health and job["result"]["classifier_health"] == health
+        assert all(e["rejected"]["off_class"] == 0 for e in curated["summary"].values())
 
     manifest = api.client.get(
         f"/v1/curated-sets/{body['curated_set_id']}/manifest", params={"format": "jsonl"}
@@ -231,6 +239,7 @@ def test_fill_to_max_and_bad_requests(api: ApiHarness, trained: dict[str, Any]) 
         headers={"Idempotency-Key": "fill-1"},
     )
     assert fill.status_code == 202, fill.text
+    assert set(fill.json()["plan"]) == {"MEL", "BCC"}  # the filter's mode per class
     counts = fill.json()["counts"]  # filled towards NV, the head class of the train split
     assert set(counts) == {"MEL", "BCC"} and all(v > 0 for v in counts.values())
     assert api.client.post(f"/v1/jobs/{fill.json()['job_id']}/cancel").status_code in (202, 409)
@@ -291,7 +300,7 @@ def test_pretrained_pipeline_registers_and_generates_in_every_mode(
             },
         ).json()
         done = api.wait_job(synthesis["job_id"], timeout=600)
-        assert done["state"] == "succeeded", (mode, done)
+        assert done["state"] in ("succeeded", "partial"), (mode, done)
         assert done["result"]["generated"] == 3
         curated = api.client.get(f"/v1/curated-sets/{synthesis['curated_set_id']}").json()
         assert curated["summary"]["MEL"]["generated"] == 3

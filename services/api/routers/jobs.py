@@ -27,7 +27,7 @@ def list_jobs(
     session: SessionDep,
     tenant_id: TenantDep,
     state: Annotated[
-        str | None, Query(description="queued|running|succeeded|failed|canceled")
+        str | None, Query(description="queued|running|succeeded|partial|failed|canceled")
     ] = None,
     kind: Annotated[str | None, Query(max_length=32)] = None,
     limit: LimitDep = 50,

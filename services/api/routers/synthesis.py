@@ -95,6 +95,7 @@ def create_synthesis(
             job_id=rows.job.id,
             curated_set_id=rows.curated_set.id,
             counts=rows.counts,
+            plan=rows.plan,
         )
 
     return submit_job(state, session, idempotency, create)
