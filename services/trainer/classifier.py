@@ -449,6 +449,8 @@ class _UnitPixelClassifier(nn.Module):
     def __init__(self, model: nn.Module, mean: torch.Tensor, std: torch.Tensor, size: int) -> None:
         super().__init__()
         self.model = model.eval()
+        self.mean: torch.Tensor
+        self.std: torch.Tensor
         self.register_buffer("mean", mean)
         self.register_buffer("std", std)
         self.size = size

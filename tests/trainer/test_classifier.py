@@ -326,3 +326,17 @@ def test_a_failed_save_leaves_the_previous_checkpoint_intact(
         trained.save(path)
     assert hashlib.sha256(path.read_bytes()).hexdigest() == first_digest
     assert [p.name for p in tmp_path.iterdir()] == ["classifier.safetensors"]  # no temp left
+
+
+def test_guidance_module_matches_scoring_and_passes_gradients(
+    trained: ImageClassifier, val_set: Split
+) -> None:
+    images, _ = val_set
+    module = trained.guidance_module()
+    pixels = torch.from_numpy(images[:4]).permute(0, 3, 1, 2).float().div(255.0)
+    pixels.requires_grad_(True)
+    logits = module(pixels)  # resampled from 24 px to the classifier's 16 px in torch
+    assert logits.shape == (4, 3)
+    assert (logits.argmax(dim=1).numpy() == trained.predict(images[:4])).mean() >= 0.75
+    logits[:, 0].sum().backward()
+    assert pixels.grad is not None and float(pixels.grad.abs().sum()) > 0
