@@ -54,6 +54,27 @@ class ApiHarness:
         wait_for(final, timeout, f"job {job_id}", interval=interval)
         return state
 
+    def rows(self, query: Any) -> list[Any]:
+        """The result rows of a SQLAlchemy ``query`` on this harness's database."""
+        engine = make_engine(self.settings)
+        try:
+            with make_session_factory(engine)() as session:
+                return list(session.execute(query).all())
+        finally:
+            engine.dispose()
+
+    def upload_zip(self, archive: Path, name: str, **form: str) -> str:
+        """Upload a dataset archive, wait for its ingest to succeed; its dataset id."""
+        with archive.open("rb") as handle:
+            created = self.client.post(
+                "/v1/datasets",
+                data={"name": name, **form},
+                files={"file": (archive.name, handle, "application/zip")},
+            ).json()
+        job = self.wait_job(created["job_id"], timeout=600)
+        assert job["state"] == "succeeded", job
+        return str(created["dataset_id"])
+
     def new_tenant_headers(self) -> dict[str, str]:
         key = issue_key(self.settings, tenant=f"other-{uuid.uuid4().hex[:8]}")
         return {"Authorization": f"Bearer {key}"}

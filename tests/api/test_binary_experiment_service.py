@@ -12,14 +12,12 @@ import math
 import uuid
 import zipfile
 from collections.abc import Iterator
-from typing import Any
 
 import numpy as np
 import pytest
 from PIL import Image
 from sqlalchemy import select
 
-from shared.db import make_engine, make_session_factory
 from shared.imaging import SYNTHETIC_KEY, read_png_text
 from shared.models import RealImage, Split, SyntheticImage
 from shared.storage import make_store
@@ -45,15 +43,6 @@ BINARY_METRICS = (
 @pytest.fixture(scope="module")
 def api(service_settings, service_worker) -> Iterator[ApiHarness]:  # type: ignore[no-untyped-def]
     yield from _harness(service_settings)
-
-
-def _rows(api: ApiHarness, query: Any) -> list[Any]:
-    engine = make_engine(api.settings)
-    try:
-        with make_session_factory(engine)() as session:
-            return list(session.execute(query).all())
-    finally:
-        engine.dispose()
 
 
 @pytest.fixture(scope="module")
@@ -129,8 +118,7 @@ def test_chest_xray_demo_is_binary_grayscale_and_imbalanced_as_asked(
     assert dataset["imbalance_ratio"] == pytest.approx((TOTAL - OPACITIES) / OPACITIES)
     for split in ("train", "val", "test"):
         assert dataset["split_counts"][split]["opacity"] >= 1, dataset["split_counts"]
-    channels = _rows(
-        api,
+    channels = api.rows(
         select(RealImage.channels).where(RealImage.dataset_id == uuid.UUID(dataset_id)).distinct(),
     )
     assert {value for (value,) in channels} == {1}
@@ -149,8 +137,7 @@ def test_img2img_opacities_are_kept_as_grayscale_pngs(
     assert entry["requested"] == 8 and entry["generated"] == 12  # oversample 1.5
     assert entry["kept"] + sum(entry["rejected"].values()) == entry["generated"]
 
-    candidates = _rows(
-        api,
+    candidates = api.rows(
         select(
             SyntheticImage.mode,
             SyntheticImage.strength,
@@ -253,8 +240,7 @@ def test_binary_experiment_reports_sensitivity_specificity_and_paired_gains(
 
     # Synthetic images entered training only: every arm scored exactly the real test
     # images, and no kept image was painted from a real test image.
-    test_images = _rows(
-        api,
+    test_images = api.rows(
         select(RealImage.id).where(
             RealImage.dataset_id == uuid.UUID(dataset_id), RealImage.split == Split.TEST
         ),
@@ -262,16 +248,14 @@ def test_binary_experiment_reports_sensitivity_specificity_and_paired_gains(
     assert results["protocol"]["images"] == len(test_images)
     for name, arm in results["arms"].items():
         assert arm["metrics"]["images"] == len(test_images), name
-    kept = _rows(
-        api,
+    kept = api.rows(
         select(SyntheticImage.source_image_id).where(
             SyntheticImage.curated_set_id == uuid.UUID(curated_set_id)
         ),
     )
     assert not {source for (source,) in kept} & {image for (image,) in test_images}
     train_count = len(
-        _rows(
-            api,
+        api.rows(
             select(RealImage.id).where(
                 RealImage.dataset_id == uuid.UUID(dataset_id), RealImage.split == Split.TRAIN
             ),

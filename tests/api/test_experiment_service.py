@@ -14,11 +14,10 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from shared.db import make_engine, make_session_factory
 from shared.models import Experiment, Job, RealImage, Split, SynthesisRequest, SyntheticImage
 from tests.api.test_synthesis_service import TINY_FILTER, TINY_PROBE, TINY_TRAINING
 from tests.conftest import ApiHarness, _harness
-from tests.fixtures.archives import manifest_files, samples, write_zip
+from tests.fixtures.archives import manifest_files, pick_samples, write_zip
 from tests.fixtures.services import ManagedProcess, start_worker, wait_for
 
 pytestmark = pytest.mark.service
@@ -41,21 +40,10 @@ def api(service_settings, service_worker) -> Iterator[ApiHarness]:  # type: igno
 @pytest.fixture(scope="module")
 def dataset_id(api: ApiHarness, tmp_path_factory: pytest.TempPathFactory) -> str:
     """Three classes (72 NV, 36 MEL, 24 BCC; 32 px, with masks): a small long tail."""
-    wanted = {"NV": 72, "MEL": 36, "BCC": 24}
-    picked: dict[str, list[Any]] = {name: [] for name in wanted}
-    for sample in samples(total=1600, image_size=32, seed=5):
-        if sample.label in picked and len(picked[sample.label]) < wanted[sample.label]:
-            picked[sample.label].append(sample)
+    picked = pick_samples({"NV": 72, "MEL": 36, "BCC": 24}, total=1600, seed=5)
     demo = [s for group in picked.values() for s in group]
     archive = write_zip(tmp_path_factory.mktemp("exp") / "tail.zip", manifest_files(demo))
-    with archive.open("rb") as handle:
-        created = api.client.post(
-            "/v1/datasets",
-            data={"name": "tail"},
-            files={"file": ("tail.zip", handle, "application/zip")},
-        ).json()
-    assert api.wait_job(created["job_id"], timeout=600)["state"] == "succeeded"
-    return str(created["dataset_id"])
+    return api.upload_zip(archive, "tail")
 
 
 @pytest.fixture(scope="module")
@@ -89,15 +77,6 @@ def curated_set_id(api: ApiHarness, dataset_id: str, generator_id: str) -> str:
     job = api.wait_job(created["job_id"], timeout=600)
     assert job["state"] in ("succeeded", "partial"), job
     return str(created["curated_set_id"])
-
-
-def _rows(api: ApiHarness, query: Any) -> list[Any]:
-    engine = make_engine(api.settings)
-    try:
-        with make_session_factory(engine)() as session:
-            return list(session.execute(query).all())
-    finally:
-        engine.dispose()
 
 
 def test_experiment_reports_every_arm_with_intervals_and_a_report_page(
@@ -145,8 +124,7 @@ def test_experiment_reports_every_arm_with_intervals_and_a_report_page(
 
     # Synthetic images entered training only: every arm scored exactly the real test
     # images, and only curated arms trained on more than the real train split.
-    test_images = _rows(
-        api,
+    test_images = api.rows(
         select(RealImage.id).where(
             RealImage.dataset_id == uuid.UUID(dataset_id), RealImage.split == Split.TEST
         ),
@@ -154,15 +132,13 @@ def test_experiment_reports_every_arm_with_intervals_and_a_report_page(
     assert results["protocol"]["images"] == len(test_images)
     train_count = sum(
         1
-        for _ in _rows(
-            api,
+        for _ in api.rows(
             select(RealImage.id).where(
                 RealImage.dataset_id == uuid.UUID(dataset_id), RealImage.split == Split.TRAIN
             ),
         )
     )
-    kept = _rows(
-        api,
+    kept = api.rows(
         select(SyntheticImage.source_image_id).where(
             SyntheticImage.curated_set_id == uuid.UUID(curated_set_id)
         ),
@@ -257,14 +233,14 @@ def test_a_killed_trainer_resumes_without_retraining_recorded_runs(
         interval=0.1,
     )
     experiment_id = uuid.UUID(created["experiment_id"])
-    ((before,),) = _rows(api, select(Experiment.results).where(Experiment.id == experiment_id))
+    ((before,),) = api.rows(select(Experiment.results).where(Experiment.id == experiment_id))
     assert len(before["runs"]) >= 2
     for pid in service_worker.children():
         os.kill(pid, signal.SIGKILL)
     job = api.wait_job(job_id, timeout=900)
     assert job["state"] == "succeeded", job
     assert job["attempts"] >= 2
-    ((after,),) = _rows(api, select(Experiment.results).where(Experiment.id == experiment_id))
+    ((after,),) = api.rows(select(Experiment.results).where(Experiment.id == experiment_id))
     for key, run in before["runs"].items():
         assert after["runs"][key] == run  # recorded once, not re-trained
     assert len(after["runs"]) == 4
@@ -341,15 +317,14 @@ def test_adaptive_rounds_synthesize_through_the_real_workers(
         assert sum(entry["allocation"].values()) <= 6
         assert entry["synthesis_state"] in ("succeeded", "partial")
         assert 0.0 <= entry["balanced_accuracy"] <= 1.0
-    synthesis_jobs = _rows(
-        api, select(Job.state).where(Job.id.in_([uuid.UUID(r["job_id"]) for r in rounds]))
+    synthesis_jobs = api.rows(
+        select(Job.state).where(Job.id.in_([uuid.UUID(r["job_id"]) for r in rounds]))
     )
     assert len(synthesis_jobs) == 3
     # From round 2 on, the classifier being trained steers sampling (IOIS).
     guidance = [
         params.get("classifier_guidance")
-        for (params,) in _rows(
-            api,
+        for (params,) in api.rows(
             select(SynthesisRequest.params)
             .join(Job, Job.id == SynthesisRequest.job_id)
             .where(Job.id.in_([uuid.UUID(r["job_id"]) for r in rounds]))

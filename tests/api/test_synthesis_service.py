@@ -16,7 +16,7 @@ import pytest
 
 from shared.imaging import SYNTHETIC_KEY, read_png_text
 from tests.conftest import ApiHarness, _harness
-from tests.fixtures.archives import manifest_files, samples, write_zip
+from tests.fixtures.archives import manifest_files, pick_samples, write_zip
 from tests.fixtures.pipelines import save_tiny_pipeline
 from tests.fixtures.services import ManagedProcess, wait_for
 
@@ -55,21 +55,10 @@ def api(service_settings, service_worker) -> Iterator[ApiHarness]:  # type: igno
 @pytest.fixture(scope="module")
 def dataset_id(api: ApiHarness, tmp_path_factory: pytest.TempPathFactory) -> str:
     """Three classes (60 NV, 48 MEL, 48 BCC; 32 px, with masks): enough to calibrate each."""
-    wanted = {"NV": 60, "MEL": 48, "BCC": 48}
-    picked: dict[str, list[Any]] = {name: [] for name in wanted}
-    for sample in samples(total=1200, image_size=32, seed=21):
-        if sample.label in picked and len(picked[sample.label]) < wanted[sample.label]:
-            picked[sample.label].append(sample)
+    picked = pick_samples({"NV": 60, "MEL": 48, "BCC": 48}, total=1200, seed=21)
     demo = [s for group in picked.values() for s in group]
     archive = write_zip(tmp_path_factory.mktemp("synth") / "three.zip", manifest_files(demo))
-    with archive.open("rb") as handle:
-        created = api.client.post(
-            "/v1/datasets",
-            data={"name": "three"},
-            files={"file": ("three.zip", handle, "application/zip")},
-        ).json()
-    assert api.wait_job(created["job_id"], timeout=600)["state"] == "succeeded"
-    return str(created["dataset_id"])
+    return api.upload_zip(archive, "three")
 
 
 @pytest.fixture(scope="module")

@@ -9,16 +9,14 @@ import csv
 import io
 import uuid
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 from sqlalchemy import select
 
-from shared.db import make_engine, make_session_factory
 from shared.imaging import encode_png
 from shared.models import SynthesisRequest
 from tests.conftest import ApiHarness, _harness
-from tests.fixtures.archives import samples, write_zip
+from tests.fixtures.archives import pick_samples, write_zip
 
 pytestmark = pytest.mark.service
 
@@ -56,10 +54,7 @@ def api(service_settings, service_worker) -> Iterator[ApiHarness]:  # type: igno
 def _tail_archive_files() -> dict[str, bytes]:
     """A CSV manifest with the splits given (so DF keeps exactly 3 training images)."""
     wanted = {name: sum(splits.values()) for name, splits in SPLITS.items()}
-    picked: dict[str, list[Any]] = {name: [] for name in SPLITS}
-    for sample in samples(total=900, image_size=32, seed=41):
-        if sample.label in picked and len(picked[sample.label]) < wanted[sample.label]:
-            picked[sample.label].append(sample)
+    picked = pick_samples(wanted, total=900, seed=41)
     assert {name: len(group) for name, group in picked.items()} == wanted
     files: dict[str, bytes] = {}
     manifest = io.StringIO()
@@ -86,18 +81,11 @@ def _tail_archive_files() -> dict[str, bytes]:
 @pytest.fixture(scope="module")
 def dataset_id(api: ApiHarness, tmp_path_factory: pytest.TempPathFactory) -> str:
     archive = write_zip(tmp_path_factory.mktemp("tail") / "tail.zip", _tail_archive_files())
-    with archive.open("rb") as handle:
-        created = api.client.post(
-            "/v1/datasets",
-            data={"name": "tail", "format": "csv"},
-            files={"file": ("tail.zip", handle, "application/zip")},
-        ).json()
-    job = api.wait_job(created["job_id"], timeout=600)
-    assert job["state"] == "succeeded", job
-    dataset = api.client.get(f"/v1/datasets/{created['dataset_id']}").json()
+    dataset_id = api.upload_zip(archive, "tail", format="csv")
+    dataset = api.client.get(f"/v1/datasets/{dataset_id}").json()
     assert dataset["split_counts"]["train"].get("DF") == 3
     assert not dataset["split_counts"]["train"].get("VASC")
-    return str(created["dataset_id"])
+    return dataset_id
 
 
 @pytest.fixture(scope="module")
@@ -117,17 +105,9 @@ def generator_id(api: ApiHarness, dataset_id: str) -> str:
 
 
 def _stored_plan(api: ApiHarness, synthesis_id: str) -> dict[str, str]:
-    engine = make_engine(api.settings)
-    try:
-        with make_session_factory(engine)() as session:
-            params = session.scalar(
-                select(SynthesisRequest.filter_params).where(
-                    SynthesisRequest.id == uuid.UUID(synthesis_id)
-                )
-            )
-    finally:
-        engine.dispose()
-    assert params is not None
+    ((params,),) = api.rows(
+        select(SynthesisRequest.filter_params).where(SynthesisRequest.id == uuid.UUID(synthesis_id))
+    )
     return dict(params["plan"])
 
 
