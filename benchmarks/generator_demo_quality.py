@@ -47,6 +47,8 @@ def main() -> None:
     parser.add_argument("--resolution", type=int, default=32)
     parser.add_argument("--train-steps", type=int, default=1500)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--learning-rate", type=float, default=5e-4)
+    parser.add_argument("--ema-decay", type=float, default=0.995)
     parser.add_argument("--per-class", type=int, default=24, help="candidates per class")
     parser.add_argument("--inference-steps", type=int, default=25)
     parser.add_argument("--guidance-scale", type=float, nargs="+", default=[3.0],
@@ -100,8 +102,8 @@ def main() -> None:
         resolution=args.resolution, channels=3, num_classes=len(names),
         block_out_channels=(32, 64, 64), attention_levels=(2,), batch_size=args.batch_size,
         max_train_steps=args.train_steps, checkpoint_every=max(args.train_steps // 4, 1),
-        learning_rate=5e-4, lr_warmup_steps=50, ema_decay=0.995, seed=args.seed,
-        class_balance=args.class_balance,
+        learning_rate=args.learning_rate, lr_warmup_steps=50, ema_decay=args.ema_decay,
+        seed=args.seed, class_balance=args.class_balance,
     )
     checkpoint_dir = args.checkpoint_dir or Path(tempfile.mkdtemp(prefix="gen-demo-"))
     start = time.perf_counter()

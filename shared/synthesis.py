@@ -155,6 +155,14 @@ def resolve_counts(
     return resolved
 
 
+def filter_image_size(generator: Generator) -> int:
+    """The filter's classifier sees candidates at the trained generator's resolution,
+    like its quality probe (so both use one classifier); 64 px for pretrained weights."""
+    if generator.kind == "trained":
+        return int(generator.config.get("training", {}).get("resolution", 32))
+    return 64
+
+
 def add_synthesis(
     session: Session,
     *,
@@ -222,7 +230,12 @@ def add_synthesis(
         mode=mode,
         counts=resolved,
         params=params,
-        filter_params={**filter_params, "plan": plan},
+        filter_params={
+            **filter_params,
+            "classifier_image_size": filter_params.get("classifier_image_size")
+            or filter_image_size(generator),
+            "plan": plan,
+        },
         seed=seed,
     )
     session.add(synthesis)

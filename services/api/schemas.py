@@ -254,8 +254,16 @@ class FilterSettings(BaseModel):
     min_validation_per_class: int = Field(
         5, ge=2, le=1000, description="real val images a class needs for calibration"
     )
+    # The defaults ask for the same classifier as a trained generator's quality probe
+    # (its resolution, balanced sampling), so the filter reuses the probe's cached model
+    # and keeps what the probe would recognise.
     classifier_backbone: str = Field("resnet18", max_length=64)
-    classifier_image_size: int = Field(64, ge=16, le=512)
+    classifier_image_size: int | None = Field(
+        None, ge=16, le=512, description="default: the generator's resolution (64 pretrained)"
+    )
+    classifier_balanced_sampling: bool = Field(
+        True, description="train the filter's classifier on class-balanced batches"
+    )
     classifier_epochs: int = Field(8, ge=1, le=200)
     classifier_min_steps: int = Field(
         300, ge=0, le=1_000_000, description="floor on the filter classifier's optimizer steps"

@@ -17,7 +17,7 @@ import logging
 import math
 import shutil
 import uuid
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -218,11 +218,10 @@ def _quality_probe(
     # Balanced sampling: a probe trained as the data falls recognises almost no tail image,
     # real or generated, and would say nothing about the classes synthesis is for. It sees
     # images at the generator's resolution unless told otherwise.
-    classifier_config = replace(
-        classifier_config_from({"classifier_image_size": size, **probe}, channels),
-        balanced_sampling=True,
+    classifier_config = classifier_config_from(
+        {"classifier_image_size": size, **probe, "classifier_balanced_sampling": True}, channels
     )
-    classifier, _ = dataset_classifier(
+    classifier, classifier_key = dataset_classifier(
         runtime.sessions,
         runtime.store,
         runtime.settings,
@@ -296,6 +295,8 @@ def _quality_probe(
         "probe": "inpaint held-out real val images; Frechet distance in the dataset classifier's "
         "feature space; that classifier's accuracy on the generated images",
         "classifier": asdict(classifier_config),
+        # The synthesis filter's default asks for this same model (one cache entry).
+        "classifier_key": classifier_key,
         # The probe's figures mean something only if it recognises real images first.
         "classifier_health": health,
         **({"warning": f"quality probe: {health['message']}"} if health["ok"] is False else {}),

@@ -37,15 +37,19 @@ DEFAULT_MIN_TRAIN_STEPS = 300
 
 def classifier_config_from(params: dict[str, Any], channels: int) -> ClassifierConfig:
     """The dataset classifier a request asks for (``classifier_backbone``,
-    ``classifier_image_size``, ``classifier_epochs``, ``classifier_min_steps``); the same
-    request → the same cache key. The step floor keeps a small dataset (a few hundred
-    images: a handful of batches per epoch) from being "trained" for thirty steps."""
+    ``classifier_image_size``, ``classifier_epochs``, ``classifier_min_steps``,
+    ``classifier_balanced_sampling``); the same request → the same cache key, so a
+    generator's quality probe and the filter of its candidates, asking alike, share one
+    model (and agree on what looks like which class). The step floor keeps a small
+    dataset (a few hundred images: a handful of batches per epoch) from being "trained"
+    for thirty steps."""
     return ClassifierConfig(
         backbone=params.get("classifier_backbone", "resnet18"),
-        image_size=int(params.get("classifier_image_size", 64)),
+        image_size=int(params.get("classifier_image_size") or 64),
         in_chans=channels,
         epochs=int(params.get("classifier_epochs", 8)),
         min_train_steps=int(params.get("classifier_min_steps", DEFAULT_MIN_TRAIN_STEPS)),
+        balanced_sampling=bool(params.get("classifier_balanced_sampling", False)),
         seed=0,
     )
 

@@ -187,6 +187,30 @@ def test_synthesis_generates_filters_and_streams_the_curated_set(
         } <= detectors
 
 
+def test_filter_defaults_to_the_quality_probes_classifier(
+    api: ApiHarness, trained: dict[str, Any]
+) -> None:
+    """Asked alike (backbone, epochs, steps), the filter reuses the probe's classifier at
+    the generator's resolution: one model trained once, and the two agree on classes."""
+    created = api.client.post(
+        "/v1/synthesis",
+        json={
+            "dataset_id": trained["generator"]["dataset_id"],
+            "generator_id": trained["generator_id"],
+            "counts": {"MEL": 2},
+            "sampling": {"num_inference_steps": 1},
+            "filter": {"classifier_epochs": TINY_PROBE["classifier_epochs"]},
+        },
+    )
+    assert created.status_code == 202, created.text
+    job = api.wait_job(created.json()["job_id"], timeout=600)
+    assert job["state"] in ("succeeded", "partial"), job
+    curated = api.client.get(f"/v1/curated-sets/{created.json()['curated_set_id']}").json()
+    probe = api.client.get(f"/v1/generators/{trained['generator_id']}").json()["quality"]
+    # The same storage key: dataset_classifier found the probe's model instead of training.
+    assert curated["thresholds"]["classifier"] == probe["classifier_key"]
+
+
 def test_fill_to_max_and_bad_requests(api: ApiHarness, trained: dict[str, Any]) -> None:
     base = {
         "dataset_id": trained["generator"]["dataset_id"],
