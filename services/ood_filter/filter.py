@@ -39,7 +39,12 @@ from services.ood_filter.calibration import (
     percentile_scores,
     shrunken_class_offsets,
 )
-from services.ood_filter.detectors import OFF_CLASS_DETECTOR, Detector, build_detector
+from services.ood_filter.detectors import (
+    OFF_CLASS_DETECTOR,
+    ClassProbabilityDetector,
+    Detector,
+    build_detector,
+)
 from services.ood_filter.features import (
     FeatureExtractor,
     ImageEmbeddings,
@@ -177,6 +182,8 @@ class CandidateScores:
         percentiles: Detector name -> percentile among real validation images, (0, 1).
         combined: Lowest percentile over detectors, (0, 1).
         copy_check: Memorisation-guard results.
+        phashes: (N,) uint64 pHash of each candidate as given (for the duplicate guard).
+        class_probability: (N,) the classifier's probability of the class, [0, 1].
     """
 
     class_index: int
@@ -185,6 +192,8 @@ class CandidateScores:
     percentiles: dict[str, np.ndarray]
     combined: np.ndarray
     copy_check: CopyCheck
+    phashes: np.ndarray
+    class_probability: np.ndarray
 
     def __len__(self) -> int:
         return int(self.combined.shape[0])
@@ -216,6 +225,8 @@ class CandidateScores:
                 phash_threshold=checks[0].phash_threshold,
                 is_copy=join(check.is_copy for check in checks),
             ),
+            phashes=join(chunk.phashes for chunk in chunks),
+            class_probability=join(chunk.class_probability for chunk in chunks),
         )
 
 
@@ -242,6 +253,7 @@ class OodFilter:
         references: dict[int, _ClassReference],
         class_names: Sequence[str] | None,
         plans: dict[int, ClassPlan] | None = None,
+        class_probability: Detector | None = None,
     ) -> None:
         self.config = config
         self.detectors = detectors
@@ -254,6 +266,9 @@ class OodFilter:
         self.class_names = list(class_names) if class_names is not None else None
         #: Class index -> how it is filtered, for every output of the classifier.
         self.plans = plans or {}
+        #: The classifier's probability of a class, reported with every candidate (and
+        #: compared with chance) even when ``class_probability`` is not a detector.
+        self.class_probability = class_probability or ClassProbabilityDetector()
 
     # ----------------------------------------------------------------- fitting
     @classmethod
@@ -366,6 +381,10 @@ class OodFilter:
             references,
             class_names,
             plans,
+            detectors.get(OFF_CLASS_DETECTOR)
+            or build_detector(
+                OFF_CLASS_DETECTOR, prior_correction=config.class_prior_correction
+            ).fit(train, train_labels),
         )
 
     # ----------------------------------------------------------------- lookup
@@ -456,6 +475,8 @@ class OodFilter:
             percentiles=percentiles,
             combined=combined_score(percentiles),
             copy_check=self.guard.check(candidates.features, candidates.phashes),
+            phashes=np.ascontiguousarray(candidates.phashes[:, 0]),
+            class_probability=self.class_probability.score(candidates, class_index),
         )
 
     def score_batches(
@@ -500,29 +521,41 @@ class OodFilter:
                 progress(done, total or 0)
 
     # ----------------------------------------------------------------- decisions
-    def decide(self, scored: CandidateScores, rule: SelectionRule | None = None) -> FilterOutcome:
+    def decide(
+        self,
+        scored: CandidateScores,
+        rule: SelectionRule | None = None,
+        *,
+        backgrounds: np.ndarray | None = None,
+    ) -> FilterOutcome:
         """Keep/reject every scored candidate and record why.
 
         With the default calibrated rule each chunk can be decided on its own as it is
-        scored; ranked rules (keep fraction, target count) rank all candidates of the
-        class, so pass them all (joined with :meth:`CandidateScores.concatenate`), or use
-        :meth:`decide_chunks` to get the records one chunk at a time.
+        scored; ranked rules (keep fraction, target count) and capped ones
+        (:meth:`SelectionRule.capped`) rank all candidates of the class, so pass them all
+        (joined with :meth:`CandidateScores.concatenate`), or use :meth:`decide_chunks`
+        to get the records one chunk at a time. ``backgrounds``: (N,) source image id per
+        candidate (< 0 for none), for a rule with ``background_share``.
         """
         rule = rule or SelectionRule.calibrated()
-        kept, reasons = self._decisions(scored, rule)
+        kept, reasons = self._decisions(scored, rule, backgrounds)
         return self._outcome(scored, rule, kept, reasons)
 
     def decide_chunks(
-        self, chunks: Sequence[CandidateScores], rule: SelectionRule | None = None
+        self,
+        chunks: Sequence[CandidateScores],
+        rule: SelectionRule | None = None,
+        *,
+        backgrounds: np.ndarray | None = None,
     ) -> Iterator[FilterOutcome]:
         """Decide all chunks of one class together, yielding one outcome per chunk.
 
-        The ranking behind a keep-fraction or target-count rule needs every candidate's
-        scores (a few floats each), but the records are built one chunk at a time, so
-        100,000 candidates never hold 100,000 record objects at once.
+        The ranking behind a keep-fraction, target-count or capped rule needs every
+        candidate's scores (a few floats each), but the records are built one chunk at a
+        time, so 100,000 candidates never hold 100,000 record objects at once.
         """
         rule = rule or SelectionRule.calibrated()
-        kept, reasons = self._decisions(CandidateScores.concatenate(chunks), rule)
+        kept, reasons = self._decisions(CandidateScores.concatenate(chunks), rule, backgrounds)
         offset = 0
         for chunk in chunks:
             rows = slice(offset, offset + len(chunk))
@@ -530,7 +563,7 @@ class OodFilter:
             offset += len(chunk)
 
     def _decisions(
-        self, scored: CandidateScores, rule: SelectionRule
+        self, scored: CandidateScores, rule: SelectionRule, backgrounds: np.ndarray | None
     ) -> tuple[np.ndarray, list[Reason]]:
         thresholds = self.references[scored.class_index].calibration.thresholds
         failed = {name: scored.scores[name] < thresholds[name] for name in scored.scores}
@@ -543,6 +576,8 @@ class OodFilter:
             is_copy=scored.copy_check.is_copy,
             off_class=off_class,
             ood=ood,
+            phashes=scored.phashes,
+            backgrounds=backgrounds,
         )
 
     def _outcome(
@@ -556,6 +591,7 @@ class OodFilter:
         thresholds = calibration.thresholds
         check = scored.copy_check
         names = list(scored.scores)
+        chance = 1.0 / self.n_logits
         records = [
             CandidateRecord(
                 index=scored.start_index + row,
@@ -571,6 +607,8 @@ class OodFilter:
                 phash_threshold=int(check.phash_threshold),
                 kept=bool(kept[row]),
                 reason=reasons[row],
+                class_probability=float(scored.class_probability[row]),
+                below_chance=bool(scored.class_probability[row] < chance),
             )
             for row in range(len(scored))
         ]

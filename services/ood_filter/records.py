@@ -11,6 +11,10 @@ Reason precedence, when several checks fail at once, is
 privacy leak whatever else is true of it, an image of the wrong class is a label error
 even if it looks in-distribution, and ``ood`` covers every remaining detector failure
 (including "ranked below the keep cut" under a keep-fraction or target-count rule).
+A candidate that passes every check can still be left out to keep the curated set what
+was asked (see :mod:`.selection`): ``surplus`` (the class already has its count),
+``duplicate`` (a near duplicate of a better kept candidate) or ``background`` (its
+source image already carries its share of the class).
 """
 
 from __future__ import annotations
@@ -45,6 +49,12 @@ class Reason(StrEnum):
     NEAR_COPY = "near_copy"
     OFF_CLASS = "off_class"
     OOD = "ood"
+    #: Passed, but the class already holds the count asked (better ones were kept).
+    SURPLUS = "surplus"
+    #: Passed, but its pHash is within a few bits of a better kept candidate of its class.
+    DUPLICATE = "duplicate"
+    #: Passed, but its source background already carries its share of the class.
+    BACKGROUND = "background"
 
 
 @dataclass(frozen=True)
@@ -71,6 +81,11 @@ class CandidateRecord:
         phash_threshold: Hamming distance at or below which the candidate is a near copy.
         kept: Whether the candidate is in the curated set.
         reason: Why (see module docstring for precedence).
+        class_probability: The classifier's probability of the class the candidate was
+            generated for, in [0, 1] (prior-corrected like the ``class_probability``
+            detector; computed even when that detector is not used).
+        below_chance: ``class_probability`` is under chance (1 / number of classes):
+            a kept one looks off-class to the classifier although it passed.
     """
 
     index: int
@@ -86,6 +101,8 @@ class CandidateRecord:
     phash_threshold: int
     kept: bool
     reason: Reason
+    class_probability: float = float("nan")
+    below_chance: bool = False
 
 
 @dataclass(frozen=True)
@@ -154,7 +171,7 @@ class FilterOutcome:
         rule: Human-readable selection rule, e.g. ``"calibrated"`` or ``"keep_fraction=0.4"``.
         calibration: Thresholds in force.
         records: One record per candidate, in input order.
-        counts: Reason -> number of candidates (all four reasons present).
+        counts: Reason -> number of candidates (every reason present).
     """
 
     class_index: int
