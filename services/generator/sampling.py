@@ -53,6 +53,11 @@ ProgressCallback = Callable[[int, int], None]
 CancelCallback = Callable[[], bool]
 
 MAX_INFERENCE_STEPS = 1000
+# PNDM's first step (a Runge-Kutta-like warm-up) evaluates the model at the second
+# timestep, which with 2 steps is t = 0: there eps = (x - a x0) / sqrt(1 - alpha_bar_0)
+# turns a 1 % error of the network into ~50 grey levels of noise in the final image
+# (tests/generator/test_schedulers.py).
+MIN_INFERENCE_STEPS = {"pndm": 3}
 MAX_GUIDANCE_SCALE = 30.0
 _CACHE_SIZE = 2
 
@@ -349,6 +354,10 @@ def check_request(
                          f"{', '.join(scheduler_names)}")
     if not 1 <= params.num_inference_steps <= MAX_INFERENCE_STEPS:
         raise ValueError(f"num_inference_steps must be in [1, {MAX_INFERENCE_STEPS}], got "
+                         f"{params.num_inference_steps}")
+    fewest = MIN_INFERENCE_STEPS.get(params.scheduler, 1)
+    if params.num_inference_steps < fewest:
+        raise ValueError(f"num_inference_steps must be >= {fewest} with {params.scheduler}, got "
                          f"{params.num_inference_steps}")
     if not 0.0 <= params.guidance_scale <= MAX_GUIDANCE_SCALE:
         raise ValueError(f"guidance_scale must be in [0, {MAX_GUIDANCE_SCALE}], got "

@@ -3,6 +3,21 @@
 The names are the ones users type in a synthesis request and that provenance records.
 Every scheduler here predicts with epsilon (the training target), shares the training
 betas, and exposes ``alphas_cumprod`` (used by classifier guidance).
+
+The last step of every scheduler lands on alpha_bar = 1, so no predicted noise is left
+in the image: DDIM's ``set_alpha_to_one`` is True by default, PNDM's is not (it would
+end on alpha_bar[0] < 1), so it is set here; the others end on sigma = 0.
+
+Timesteps stay spaced ``"leading"`` (diffusers' default), not ``"trailing"`` as Lin et
+al. ("Common Diffusion Noise Schedules and Sample Steps are Flawed", 2023) recommend for
+schedules with zero terminal SNR: they pair it with v-prediction, and these generators
+predict epsilon on the cosine schedule, whose last timestep has alpha_bar ~ 2e-9. There
+an x0 estimate is (x_t - sqrt(1 - alpha_bar) eps) / sqrt(alpha_bar): an error of 1 % in
+the predicted noise becomes ~200 in x0, and with "trailing" spacing (first step at
+t = T - 1) every scheduler returned saturated noise (tests/generator/test_schedulers.py).
+"Leading" spacing starts at t = T - T / steps (960 of 1000 with 25 steps, alpha_bar
+~ 0.004, still noise as sampled) and leaves no residual noise; with very few steps
+(2-4) it starts lower and returns images smoother than the data, not noisier.
 """
 
 from __future__ import annotations
@@ -41,8 +56,11 @@ def make_scheduler(name: str, num_train_timesteps: int, beta_schedule: str) -> S
     Raises:
         ValueError: unknown name (the message lists the known ones).
     """
-    base = DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule)
-    return scheduler_from_config(name, {**base.config, "prediction_type": "epsilon"})
+    base = DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule,
+                         timestep_spacing="leading")
+    return scheduler_from_config(
+        name, {**base.config, "prediction_type": "epsilon", "set_alpha_to_one": True}
+    )
 
 
 def scheduler_from_config(name: str, base_config: Mapping[str, Any]) -> SchedulerMixin:

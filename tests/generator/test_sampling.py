@@ -116,7 +116,7 @@ def test_every_named_scheduler_samples(
 ) -> None:
     images, masks = _inputs(dataset)
     out = generator.inpaint(images[:2], masks[:2], CLASSES[:2], SEEDS[:2], scheduler=name,
-                            num_inference_steps=2)
+                            num_inference_steps=3)
     assert out.images.shape == (2, SIZE, SIZE, 3) and out.parameters.scheduler == name
     assert type(make_scheduler(name, 100, "linear")).__name__ == EXPECTED_SCHEDULERS[name]
 
