@@ -163,6 +163,26 @@ def filter_image_size(generator: Generator) -> int:
     return 64
 
 
+def check_generator_mode(generator: Generator, mode: str) -> None:
+    """Refuse a synthesis mode a trained generator was not trained for (422 on ``mode``).
+
+    ``img2img`` and ``generate`` sample with nothing known, a path an inpaint-only
+    generator saw in a tenth of its training examples: its candidates are noise the
+    filter rejects, so they are refused before any GPU second. Pretrained pipelines
+    serve every mode. Generators trained before ``training.modes`` existed served every
+    mode and keep doing so (no request that worked before is refused now).
+    """
+    if generator.kind != "trained":
+        return
+    served = generator.config.get("training", {}).get("modes", ["inpaint", "img2img", "generate"])
+    if mode not in served:
+        raise InvalidInput(
+            f"generator {generator.id} was trained for {', '.join(served)}, not {mode}; ask "
+            f"for one of those, or train a generator with {mode!r} in training.modes",
+            field="mode",
+        )
+
+
 def add_synthesis(
     session: Session,
     *,
@@ -189,8 +209,8 @@ def add_synthesis(
         Conflict: dataset or generator not ready.
         InvalidInput: unknown class, out-of-range count, nothing to generate, a class
             the OOD filter cannot serve named in ``counts`` (no real training image, or
-            too few validation images even pooled), or a trained generator of another
-            dataset.
+            too few validation images even pooled), a trained generator of another
+            dataset, or a mode the generator was not trained for.
     """
     dataset = ready_dataset(session, dataset_id, tenant_id)
     generator = get_owned(
@@ -206,6 +226,7 @@ def add_synthesis(
             "cannot be filtered against this one",
             field="generator_id",
         )
+    check_generator_mode(generator, mode)
     resolved = resolve_counts(session, dataset.id, list(dataset.class_names), counts, target)
     modes, reasons = plan_filter(session, dataset.id, list(dataset.class_names), filter_params)
     unservable = [name for name in resolved if modes[name] == "skipped"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -171,6 +171,20 @@ class GeneratorTraining(BaseModel):
     checkpoint_every: int = Field(250, ge=1)
     mixed_precision: str = Field("bf16", pattern="^(no|bf16)$")
     seed: int = Field(0, ge=0)
+    modes: list[Literal["inpaint", "img2img", "generate"]] = Field(
+        ["inpaint"],
+        min_length=1,
+        max_length=3,
+        description="synthesis modes the generator must serve; the others are refused. "
+        "Share of training examples with nothing known: a tenth for inpaint alone, half "
+        "with img2img or generate too, all without inpaint",
+    )
+    augment: Literal["auto", "dermoscopy", "none"] = Field(
+        "auto",
+        description="dermoscopy: flips and 90 degree rotations; none: no augmentation "
+        "(chest X-ray laterality); auto: dermoscopy for a colour dataset of modality "
+        "dermoscopy, else none",
+    )
 
 
 class QualityProbe(BaseModel):

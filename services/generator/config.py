@@ -16,6 +16,48 @@ from typing import Any, Literal
 MIN_RESOLUTION = 32
 MAX_RESOLUTION = 256
 
+SynthesisMode = Literal["inpaint", "img2img", "generate"]
+SYNTHESIS_MODES: tuple[SynthesisMode, ...] = ("inpaint", "img2img", "generate")
+# Modes that sample with an all-ones mask (no known pixel).
+WHOLE_IMAGE_MODES = frozenset({"img2img", "generate"})
+
+Augmentation = Literal["dermoscopy", "none"]
+AUGMENTATIONS: tuple[Augmentation, ...] = ("dermoscopy", "none")
+
+
+def full_mask_share(modes: tuple[str, ...]) -> float:
+    """Share of training examples with an all-ones mask for a generator serving ``modes``.
+
+    - inpaint only: 0.1. Inpainting never samples with a full mask, but the full-mask
+      examples are the only ones where the network must invent content with no known
+      pixel at all (the unmasked region is given unnoised, so there it learns to copy);
+      that keeps it a usable whole-image denoiser for large masks. 0.1 is also the share
+      every generator before ``modes`` was trained with, so an inpaint generator trains
+      exactly as it did.
+    - inpaint and img2img/generate: 0.5, each sampling path gets half of the examples.
+    - img2img/generate only: 1.0, every example trains the one path served.
+    """
+    whole = any(mode in WHOLE_IMAGE_MODES for mode in modes)
+    if not whole:
+        return 0.1
+    return 0.5 if "inpaint" in modes else 1.0
+
+
+def resolve_augment(augment: str, *, modality: str, channels: int) -> Augmentation:
+    """The training augmentation of ``augment`` (``"auto"``, ``"dermoscopy"`` or ``"none"``).
+
+    ``"auto"`` gives dihedral augmentation (flips and 90 degree rotations) to colour
+    dermoscopy, where a lesion seen from above has no up, down, left or right, and none
+    to everything else: a chest X-ray has a laterality (heart on the patient's left) that
+    a flip would break, a fundus image a left or right eye, and a grayscale dataset is a
+    radiograph more often than not.
+    """
+    if augment == "auto":
+        return "dermoscopy" if modality == "dermoscopy" and channels == 3 else "none"
+    if augment not in AUGMENTATIONS:
+        raise ValueError(f"augment must be 'auto', 'dermoscopy' or 'none', got {augment!r}")
+    return augment  # type: ignore[return-value]
+
 
 @dataclass(frozen=True)
 class GeneratorConfig:
@@ -44,9 +86,16 @@ class GeneratorConfig:
         beta_schedule: diffusers beta schedule name.
         class_dropout: probability, 0-1, that a training label is replaced by the null
             class so the same network learns p(x) and p(x|y) (classifier-free guidance).
+        modes: the synthesis modes the generator is trained to serve, a non-empty
+            subset of :data:`SYNTHESIS_MODES`; the service refuses the others.
         full_mask_probability: probability, 0-1, that a training example gets an
-            all-ones mask (nothing known), so the model also serves unconditional
-            "generate" and "img2img" modes.
+            all-ones mask (nothing known), the mask "generate" and "img2img" sample
+            with; ``None`` follows ``modes`` (:func:`full_mask_share`) and is replaced
+            by that value, so the dumped config says what training used.
+        augment: ``"dermoscopy"`` (random flips and 90 degree rotations of each
+            training example) or ``"none"`` (for modalities with a laterality, such as
+            chest X-rays); see :func:`resolve_augment`. Pixel space only: a VAE latent
+            of a flipped image is not the flipped latent.
         class_balance: exponent b in [0, 1] of class-balanced batch sampling: an image
             of a class with n images is drawn with weight n ** -b, so classes are seen in
             proportion to n ** (1 - b) (0 = as in the data, 1 = every class equally
@@ -78,7 +127,9 @@ class GeneratorConfig:
     num_train_timesteps: int = 1000
     beta_schedule: str = "squaredcos_cap_v2"
     class_dropout: float = 0.1
-    full_mask_probability: float = 0.1
+    modes: tuple[SynthesisMode, ...] = ("inpaint",)
+    full_mask_probability: float | None = None
+    augment: Augmentation = "dermoscopy"
     class_balance: float = 0.5
     mask_loss_weight: float = 4.0
     learning_rate: float = 2e-4
@@ -98,8 +149,10 @@ class GeneratorConfig:
     def __post_init__(self) -> None:
         # Tuples survive a JSON round trip as lists; normalise so equality holds.
         for name in ("block_out_channels", "attention_levels", "vae_block_out_channels",
-                     "class_names"):
+                     "class_names", "modes"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
+        if self.full_mask_probability is None:
+            object.__setattr__(self, "full_mask_probability", full_mask_share(self.modes))
         self.validate()
 
     @property
@@ -156,6 +209,14 @@ class GeneratorConfig:
                 f"attention_levels {self.attention_levels} out of range for "
                 f"{len(self.block_out_channels)} levels"
             )
+        if not self.modes or len(set(self.modes)) != len(self.modes):
+            raise ValueError(f"modes must be distinct and not empty, got {list(self.modes)}")
+        unknown = [m for m in self.modes if m not in SYNTHESIS_MODES]
+        if unknown:
+            raise ValueError(f"unknown mode {unknown[0]!r} in modes; choose from "
+                             f"{', '.join(SYNTHESIS_MODES)}")
+        if self.augment not in AUGMENTATIONS:
+            raise ValueError(f"augment must be 'dermoscopy' or 'none', got {self.augment!r}")
         for name in ("class_dropout", "full_mask_probability", "class_balance"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")

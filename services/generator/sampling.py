@@ -3,8 +3,10 @@
 All three modes run the same loop with the same argument names (diffusers' habit):
 ``inpaint(images, masks, class_ids, seeds, ...)``, ``img2img(images, class_ids, strength,
 seeds, ...)``, ``generate(class_ids, seeds, ...)``. ``generate`` and ``img2img`` use an
-all-ones mask (nothing known), which the model saw during training
-(``full_mask_probability``).
+all-ones mask (nothing known), which the model saw in ``full_mask_probability`` of its
+training examples: half of them (all, without inpaint) when it was trained with those
+modes in ``config.modes``, a tenth for an inpaint-only generator (the service refuses
+the modes a generator was not trained for).
 
 Determinism. Every image has its own seeded CPU ``torch.Generator`` for its initial noise
 and any scheduler noise, so an image depends on its seed, the model and the device - not

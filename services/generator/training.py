@@ -14,7 +14,11 @@ known region during sampling).
 
 Classifier-free guidance. With probability ``class_dropout`` a label is replaced by the
 null class ``num_classes``; with probability ``full_mask_probability`` the mask covers
-the whole image (nothing known), which teaches unconditional-background generation.
+the whole image (nothing known), the path "generate" and "img2img" sample with; the
+share follows the modes the generator serves (:func:`~.config.full_mask_share`).
+
+Augmentation follows the modality (``config.augment``): flips and quarter turns for
+dermoscopy, nothing for images with a laterality such as chest X-rays.
 
 Resuming. Everything random is drawn from one seeded CPU ``torch.Generator`` whose state
 is checkpointed with the model, EMA, optimiser and LR scheduler, so a run that is
@@ -274,6 +278,7 @@ def training_step(
     n = batch.samples.shape[0]
     noise = torch.randn(batch.samples.shape, generator=rng)
     timesteps = torch.randint(0, config.num_train_timesteps, (n,), generator=rng)
+    assert config.full_mask_probability is not None  # resolved from modes by the config
     full = torch.rand(n, generator=rng) < config.full_mask_probability
     dropped = torch.rand(n, generator=rng) < config.class_dropout
     samples, noise = batch.samples.to(device), noise.to(device)
@@ -303,13 +308,36 @@ def _draw_batch(data: TrainingData, config: GeneratorConfig, rng: torch.Generato
     index = torch.multinomial(data.draw_weights, config.batch_size, replacement=True,
                               generator=rng)
     samples, masks = data.samples[index], data.masks[index]
-    if not config.latent:
-        # Horizontal flips double the backgrounds cheaply; lesions have no handedness.
-        # (Skipped in latent mode: a VAE latent of a flipped image is not a flipped latent.)
-        flip = (torch.rand(config.batch_size, generator=rng) < 0.5).view(-1, 1, 1, 1)
-        samples = torch.where(flip, samples.flip(-1), samples)
-        masks = torch.where(flip, masks.flip(-1), masks)
+    if config.augment == "dermoscopy" and not config.latent:
+        samples, masks = dihedral_augment(samples, masks, rng)
     return TrainingData(samples, masks, data.labels[index])
+
+
+def dihedral_augment(samples: torch.Tensor, masks: torch.Tensor, rng: torch.Generator
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each (sample, mask) pair turned by one of the 8 symmetries of the square, drawn
+    uniformly: a horizontal flip or not, then 0-3 quarter turns.
+
+    A dermoscopic lesion is photographed from above, so none of these changes what it
+    is, and each multiplies the backgrounds a tail class is painted on. Not for chest
+    X-rays (``config.augment = "none"``): a flip puts the heart on the wrong side.
+
+    Args:
+        samples: (N, C, S, S) float, square.
+        masks: (N, 1, S, S) float, turned with their samples.
+    """
+    n = samples.shape[0]
+    flips = torch.rand(n, generator=rng) < 0.5
+    turns = torch.randint(0, 4, (n,), generator=rng)
+    out_samples, out_masks = samples.clone(), masks.clone()
+    for i in range(n):
+        sample, mask = samples[i], masks[i]
+        if flips[i]:
+            sample, mask = sample.flip(-1), mask.flip(-1)
+        k = int(turns[i])
+        out_samples[i] = torch.rot90(sample, k, dims=(-2, -1))
+        out_masks[i] = torch.rot90(mask, k, dims=(-2, -1))
+    return out_samples, out_masks
 
 
 def _autocast(device: torch.device, config: GeneratorConfig) -> contextlib.AbstractContextManager:

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from services.generator.config import GeneratorConfig
+from services.generator.config import GeneratorConfig, resolve_augment
 
 
 def test_resolution_must_divide_by_unet_and_vae_downsampling() -> None:
@@ -36,3 +36,54 @@ def test_config_round_trips_through_json(tmp_path: Path) -> None:
     assert config.null_class_id == 2
     with pytest.raises(ValueError, match="unknown generator config keys"):
         GeneratorConfig.from_dict({"resolution": 32, "width": 3})
+
+
+@pytest.mark.parametrize(
+    ("modes", "share"),
+    [
+        (("inpaint",), 0.1),
+        (("inpaint", "img2img"), 0.5),
+        (("generate", "inpaint", "img2img"), 0.5),
+        (("img2img",), 1.0),
+        (("img2img", "generate"), 1.0),
+    ],
+)
+def test_full_mask_share_follows_the_modes_served(modes: tuple[str, ...], share: float) -> None:
+    config = GeneratorConfig(modes=modes)  # type: ignore[arg-type]
+    assert config.full_mask_probability == share
+    # Dumped resolved: the checkpoint's config says what training used.
+    assert config.to_dict()["full_mask_probability"] == share
+    assert GeneratorConfig(modes=modes, full_mask_probability=0.3  # type: ignore[arg-type]
+                           ).full_mask_probability == 0.3
+
+
+def test_modes_and_augment_are_checked() -> None:
+    with pytest.raises(ValueError, match="unknown mode 'paint'"):
+        GeneratorConfig(modes=("inpaint", "paint"))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="modes must be distinct and not empty"):
+        GeneratorConfig(modes=())
+    with pytest.raises(ValueError, match="modes must be distinct"):
+        GeneratorConfig(modes=("inpaint", "inpaint"))
+    with pytest.raises(ValueError, match="augment must be"):
+        GeneratorConfig(augment="rotate")  # type: ignore[arg-type]
+
+
+def test_a_config_written_before_modes_loads_as_the_inpaint_generator_it_was() -> None:
+    old = GeneratorConfig().to_dict()
+    for key in ("modes", "augment"):
+        del old[key]
+    old["full_mask_probability"] = 0.1
+    config = GeneratorConfig.from_dict(old)
+    assert config.modes == ("inpaint",) and config.full_mask_probability == 0.1
+
+
+def test_auto_augmentation_keeps_chest_x_ray_laterality() -> None:
+    assert resolve_augment("auto", modality="dermoscopy", channels=3) == "dermoscopy"
+    assert resolve_augment("auto", modality="chest_xray", channels=3) == "none"
+    # A grayscale set under the default modality is a radiograph, not dermoscopy.
+    assert resolve_augment("auto", modality="dermoscopy", channels=1) == "none"
+    assert resolve_augment("auto", modality="fundus", channels=3) == "none"
+    assert resolve_augment("dermoscopy", modality="chest_xray", channels=1) == "dermoscopy"
+    assert resolve_augment("none", modality="dermoscopy", channels=3) == "none"
+    with pytest.raises(ValueError, match="augment must be 'auto'"):
+        resolve_augment("flip", modality="dermoscopy", channels=3)

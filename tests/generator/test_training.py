@@ -16,7 +16,10 @@ from services.generator.checkpoint import (
 )
 from services.generator.sampling import load_generator
 from services.generator.training import (
+    TrainingData,
+    _draw_batch,
     class_balanced_weights,
+    dihedral_augment,
     drop_class_labels,
     train_generator,
 )
@@ -192,3 +195,41 @@ def test_invalid_training_inputs_raise(tmp_path: Path) -> None:
         train_generator(images, masks[:, :8], labels, CLASS_NAMES, tiny_config(), tmp_path)
     with pytest.raises(ValueError, match="2 class names"):
         train_generator(images, masks, labels, CLASS_NAMES[:2], tiny_config(), tmp_path)
+
+
+def _asymmetric(size: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
+    """A (1, 2, S, S) sample no symmetry of the square maps to itself, and its mask."""
+    sample = torch.arange(2 * size * size, dtype=torch.float32).view(1, 2, size, size)
+    return sample, (sample[:, :1] % 3 == 0).float()
+
+
+def _dihedral_images(sample: torch.Tensor) -> list[torch.Tensor]:
+    """The 8 images of a (C, S, S) tensor under flips and quarter turns."""
+    return [torch.rot90(s, k, dims=(-2, -1)) for s in (sample, sample.flip(-1)) for k in range(4)]
+
+
+def test_dermoscopy_augmentation_draws_every_flip_and_quarter_turn_with_its_mask() -> None:
+    sample, mask = _asymmetric()
+    samples, masks = sample.repeat(64, 1, 1, 1), mask.repeat(64, 1, 1, 1)
+    out, out_masks = dihedral_augment(samples, masks, torch.Generator().manual_seed(0))
+    images, mask_images = _dihedral_images(sample[0]), _dihedral_images(mask[0])
+    drawn = []
+    for augmented, augmented_mask in zip(out, out_masks, strict=True):
+        which = [i for i, image in enumerate(images) if torch.equal(augmented, image)]
+        assert len(which) == 1  # exactly one symmetry of the source
+        assert torch.equal(augmented_mask, mask_images[which[0]])  # the mask turned alike
+        drawn.append(which[0])
+    assert sorted(set(drawn)) == list(range(8))
+
+
+@pytest.mark.parametrize("augment", ["none", "dermoscopy"])
+def test_a_chest_x_ray_batch_is_never_flipped(augment: str) -> None:
+    sample, mask = _asymmetric(16)
+    data = TrainingData(sample[:, :1], mask, torch.tensor([0]), torch.tensor([1.0]))
+    config = tiny_config(channels=1, batch_size=32, augment=augment)
+    batch = _draw_batch(data, config, torch.Generator().manual_seed(0))
+    unchanged = [torch.equal(s, sample[0, :1]) for s in batch.samples]
+    if augment == "none":  # laterality kept: the heart stays on the patient's left
+        assert all(unchanged) and torch.equal(batch.masks, mask.repeat(32, 1, 1, 1))
+    else:
+        assert 0 < sum(unchanged) < 32

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
@@ -11,7 +12,7 @@ from services.api.deps import IdempotencyKeyDep, SessionDep, StateDep, TenantDep
 from services.api.idempotency import Idempotency, body_hash
 from services.api.routers._submit import submit_job
 from services.api.schemas import GeneratorCreate, GeneratorCreated, GeneratorRead
-from services.generator.config import GeneratorConfig
+from services.generator.config import GeneratorConfig, resolve_augment
 from shared.dataset_arrays import dataset_channels, ready_dataset
 from shared.db import get_owned
 from shared.errors import InvalidInput
@@ -46,6 +47,7 @@ def create_generator(
 
     def create() -> tuple[uuid.UUID, GeneratorCreated]:
         dataset = ready_dataset(session, request.dataset_id, tenant_id)
+        training: dict[str, Any] = {}  # pretrained weights are not trained here
         if request.kind == "pretrained":
             if not request.source:
                 raise InvalidInput(
@@ -56,12 +58,16 @@ def create_generator(
         else:
             if request.source:
                 raise InvalidInput("source is for pretrained generators only", field="source")
+            channels = dataset_channels(session, dataset.id)
+            # Stored resolved, so the record says which augmentation the run used.
+            training = {
+                **request.training.model_dump(),
+                "augment": resolve_augment(
+                    request.training.augment, modality=request.modality, channels=channels
+                ),
+            }
             try:  # the same validation the worker applies, before anything is queued
-                GeneratorConfig(
-                    **request.training.model_dump(),
-                    num_classes=len(dataset.class_names),
-                    channels=dataset_channels(session, dataset.id),
-                )
+                GeneratorConfig(**training, num_classes=len(dataset.class_names), channels=channels)
             except ValueError as exc:
                 raise InvalidInput(f"training: {exc}", field="training") from exc
             task = "tailsynth.train_generator"
@@ -72,7 +78,7 @@ def create_generator(
             state="registering" if request.kind == "pretrained" else "training",
             source=request.source,
             config={
-                "training": request.training.model_dump() if request.kind == "trained" else {},
+                "training": training,
                 "quality_probe": request.quality_probe.model_dump(),
                 "modality": request.modality,
             },
