@@ -13,9 +13,11 @@ import posixpath
 import tempfile
 import uuid
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
@@ -38,6 +40,9 @@ from shared.storage import ObjectStore
 
 log = logging.getLogger(__name__)
 MAX_LISTED_REJECTIONS = 1000
+# Largest spread between the R, G and B of one pixel that still counts as gray: a gray
+# image saved as JPEG in colour comes back a level or two apart from chroma round-off.
+GRAY_TOLERANCE = 3
 
 
 def archive_limits(settings: Settings) -> ArchiveLimits:
@@ -64,13 +69,31 @@ def _insert_ignoring_duplicates(session: Session, rows: list[dict[str, Any]]) ->
     session.execute(statement.on_conflict_do_nothing(index_elements=["dataset_id", "sha256"]))
 
 
+def content_channels(pixels: np.ndarray) -> int:
+    """Channels an image's content has: 1 for grayscale, also when it is stored as RGB
+    with equal channels (chest X-rays exported as colour JPEG or PNG), else 3.
+
+    A dataset recorded as one channel is modelled in one channel, so a generator cannot
+    invent a colour cast that no real image has.
+
+    Args:
+        pixels: uint8 (H, W) or (H, W, 3), as decoded.
+    """
+    if pixels.ndim == 2:
+        return 1
+    spread = pixels.max(axis=2).astype(np.int16) - pixels.min(axis=2)
+    return 1 if int(spread.max()) <= GRAY_TOLERANCE else 3
+
+
 class _Report:
-    """Rows rejected during ingest and why (listed in the dataset's ingest report)."""
+    """Rows rejected during ingest and why (listed in the dataset's ingest report), and
+    how many colour-encoded images hold grayscale content."""
 
     def __init__(self) -> None:
         self.rejected: list[dict[str, Any]] = []
         self.reasons: Counter[str] = Counter()
         self.duplicates = 0
+        self.gray_stored_as_rgb = 0
 
     def reject(self, row: PlanRow, reason: str, detail: str) -> None:
         self.reasons[reason] += 1
@@ -114,6 +137,7 @@ def _ingest_row(
     key = image_key(dataset_id, image.sha256, suffix)
     if not store.exists(key):
         store.put_bytes(key, raw)
+    channels = content_channels(image.pixels)
     return {
         "id": uuid.uuid5(dataset_id, image.sha256),
         "dataset_id": dataset_id,
@@ -126,7 +150,9 @@ def _ingest_row(
         "split": Split(row.split) if row.split else None,
         "width": image.size[0],
         "height": image.size[1],
-        "channels": 1 if image.mode == "L" else 3,
+        "channels": channels,
+        # Not a column: counted in the report once the image is known not to be a duplicate.
+        "gray_stored_as_rgb": channels == 1 and image.mode == "RGB",
     }
 
 
@@ -156,6 +182,7 @@ def ingest_directory(
                 report.reject(row, "duplicate", f"same pixels as {seen[record['sha256']]}")
                 continue
             seen[record["sha256"]] = row.path
+            report.gray_stored_as_rgb += record.pop("gray_stored_as_rgb")
             batch.append(record)
         with factory.begin() as session:
             _insert_ignoring_duplicates(session, batch)
@@ -167,7 +194,13 @@ def ingest_directory(
         if dataset is None:
             raise NotFound(f"dataset {dataset_id} vanished during ingest")
         images = session.execute(
-            select(RealImage.id, RealImage.label, RealImage.group_id, RealImage.split)
+            select(
+                RealImage.id,
+                RealImage.label,
+                RealImage.group_id,
+                RealImage.split,
+                RealImage.channels,
+            )
             .where(RealImage.dataset_id == dataset_id)
             .order_by(RealImage.sha256)
         ).all()
@@ -204,10 +237,28 @@ def ingest_directory(
             "rejected_by_reason": dict(report.reasons),
             "rejected": report.rejected,
             "splits_given": plan.has_given_splits,
+            **_channels_report([img.channels for img in images], report),
         }
         dataset.format = plan.format
         dataset.state = DatasetState.READY
     return {"dataset_id": str(dataset_id), "images": len(images)}
+
+
+def _channels_report(image_channels: Sequence[int], report: _Report) -> dict[str, Any]:
+    """The dataset's channels and, when some colour files hold gray content, that
+    they were detected and recorded as one channel."""
+    channels = 3 if 3 in image_channels else 1
+    summary: dict[str, Any] = {
+        "channels": channels,
+        "grayscale_stored_as_rgb": report.gray_stored_as_rgb,
+    }
+    if report.gray_stored_as_rgb and channels == 1:
+        summary["channels_note"] = (
+            f"{report.gray_stored_as_rgb} of {len(image_channels)} images are stored as RGB with "
+            "equal channels (grayscale content): the dataset is recorded and modelled as "
+            "1 channel"
+        )
+    return summary
 
 
 def _write_demo(ctx: JobContext, root: Path) -> None:
