@@ -9,6 +9,9 @@ Two numbers per class:
   meaningful for medical images than ImageNet Inception features anyway.
 * Accuracy of a classifier trained on real data on the generated images: the fraction of
   images of class c that it assigns to c (does the painted lesion read as its class?).
+
+And the copy rate per class: how many generated images the synthesis filter's
+memorisation guard would reject as near copies of a training image.
 """
 
 from __future__ import annotations
@@ -19,6 +22,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torchmetrics.image.fid import FrechetInceptionDistance
+
+from services.ood_filter.hashing import perceptual_hashes
+from services.ood_filter.memorisation import MemorisationGuard
 
 # Fewer samples than this make the covariance estimate meaningless (rank-deficient).
 MIN_SAMPLES_FOR_FID = 2
@@ -132,6 +138,43 @@ def per_class_classifier_accuracy(
         accuracy.append(float((predicted[selected] == class_id).mean()))
         probability.append(float(proba[selected, class_id].mean()))
     return accuracy, probability
+
+
+def per_class_copy_rate(
+    train_images: np.ndarray,
+    train_labels: np.ndarray,
+    generated_images: np.ndarray,
+    generated_labels: np.ndarray,
+    features: Callable[[np.ndarray], np.ndarray],
+    num_classes: int,
+) -> list[float | None]:
+    """Per class, the fraction (0-1) of generated images the synthesis filter's
+    memorisation guard would reject as near copies of a real training image.
+
+    The guard (:class:`services.ood_filter.memorisation.MemorisationGuard`, its defaults)
+    is fitted on the training images, whose copies are the privacy leak; a class whose
+    copy rate is high is memorised, whatever its other figures say.
+
+    Args:
+        train_images, generated_images: uint8 (N, H, W, C), one size.
+        train_labels: (N,) class ids of the training images.
+        generated_labels: (M,) requested class ids.
+        features: images -> (N, D) features (the probe classifier's).
+
+    Returns:
+        One entry per class, None where no image of it was generated.
+    """
+    labels = np.asarray(generated_labels)
+    if len(labels) == 0 or len(train_images) == 0:
+        return [None] * num_classes
+    guard = MemorisationGuard().fit(
+        features(train_images), np.asarray(train_labels),
+        perceptual_hashes(train_images, all_orientations=True),
+    )
+    is_copy = guard.check(features(generated_images),
+                          perceptual_hashes(generated_images, all_orientations=False)).is_copy
+    return [float(is_copy[labels == c].mean()) if (labels == c).any() else None
+            for c in range(num_classes)]
 
 
 def quality_report(

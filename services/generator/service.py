@@ -39,6 +39,7 @@ from services.generator.output import ImageOrigin, synthetic_image_record
 from services.generator.quality import (
     FeatureNetwork,
     per_class_classifier_accuracy,
+    per_class_copy_rate,
     quality_report,
 )
 from services.generator.sampling import load_generator
@@ -58,6 +59,7 @@ from shared.runtime import Runtime
 
 log = logging.getLogger(__name__)
 LOSS_CURVE_POINTS = 500
+PROBE_IMG2IMG_STRENGTH = 0.6  # the synthesis default
 
 
 def checkpoint_prefix(generator_id: uuid.UUID) -> str:
@@ -190,7 +192,7 @@ def train_generator_job(ctx: JobContext, runtime: Runtime) -> dict[str, Any]:
             "probing" if generator.config.get("quality_probe", {}).get("enabled", True) else "ready"
         )
     if generator.config.get("quality_probe", {}).get("enabled", True):
-        quality = _quality_probe(ctx, runtime, generator, result.checkpoint.path, channels)
+        quality = _quality_probe(ctx, runtime, generator, result.checkpoint.path, channels, train)
         with runtime.sessions.begin() as session:
             record = session.get(Generator, generator_id)
             assert record is not None
@@ -205,10 +207,17 @@ def train_generator_job(ctx: JobContext, runtime: Runtime) -> dict[str, Any]:
 
 
 def _quality_probe(
-    ctx: JobContext, runtime: Runtime, generator: Generator, checkpoint: Path, channels: int
+    ctx: JobContext,
+    runtime: Runtime,
+    generator: Generator,
+    checkpoint: Path,
+    channels: int,
+    train: SplitArrays,
 ) -> dict[str, Any]:
-    """Inpaint held-out real val images with every class; measure per-class Fréchet
-    distance to real val images and a real-data classifier's accuracy on them."""
+    """Inpaint held-out real val images with every class (or, for a generator not trained
+    to inpaint, re-synthesise or generate them in its first mode); measure per-class
+    Fréchet distance to real val images, a real-data classifier's accuracy on them, and
+    the share the memorisation guard would reject as copies of ``train`` images."""
     probe = generator.config.get("quality_probe", {})
     model = load_generator(checkpoint)
     size = model.config.resolution
@@ -260,16 +269,23 @@ def _quality_probe(
             )
         )
     sources = np.concatenate(per_class_sources)
-    masks = val.masks[sources] if val.masks is not None else auto_masks(val.images[sources])
-    result = model.inpaint(
-        val.images[sources],
-        masks,
-        class_ids,
-        np.arange(len(class_ids)),
-        num_inference_steps=steps,
-        guidance_scale=guidance_scale,
-        should_cancel=ctx.should_cancel,
-    )
+    # Probe a mode the generator serves: its inpaint path is untrained without inpaint.
+    mode = "inpaint" if "inpaint" in model.config.modes else model.config.modes[0]
+    seeds = np.arange(len(class_ids))
+    sampling: dict[str, Any] = {
+        "num_inference_steps": steps,
+        "guidance_scale": guidance_scale,
+        "should_cancel": ctx.should_cancel,
+    }
+    if mode == "inpaint":
+        masks = val.masks[sources] if val.masks is not None else auto_masks(val.images[sources])
+        result = model.inpaint(val.images[sources], masks, class_ids, seeds, **sampling)
+    elif mode == "img2img":
+        result = model.img2img(
+            val.images[sources], class_ids, PROBE_IMG2IMG_STRENGTH, seeds, **sampling
+        )
+    else:
+        result = model.generate(class_ids, seeds, **sampling)
     if result.canceled:
         raise JobCanceled()
     features = FeatureNetwork(
@@ -290,10 +306,20 @@ def _quality_probe(
         feature_network=features,
         predict_proba=classifier.predict_proba,
     )
+    copy_rate = per_class_copy_rate(
+        train.images,
+        train.labels,
+        result.images,
+        class_ids,
+        classifier.features,
+        len(val.class_names),
+    )
     health = health_of(classifier)
     return {
-        "probe": "inpaint held-out real val images; Frechet distance in the dataset classifier's "
-        "feature space; that classifier's accuracy on the generated images",
+        "probe": f"{mode} held-out real val images; Frechet distance in the dataset "
+        "classifier's feature space; that classifier's accuracy on the generated images; "
+        "copy_rate: the share the memorisation guard rejects as copies of training images",
+        "mode": mode,
         "classifier": asdict(classifier_config),
         # The synthesis filter's default asks for this same model (one cache entry).
         "classifier_key": classifier_key,
@@ -306,7 +332,11 @@ def _quality_probe(
             "background_policy": policy,
         },
         "per_class": [
-            {**asdict(q), "classifier_accuracy_on_real_val": real_accuracy[c]}
+            {
+                **asdict(q),
+                "classifier_accuracy_on_real_val": real_accuracy[c],
+                "copy_rate": copy_rate[c],
+            }
             for c, q in enumerate(per_class)
         ],
     }

@@ -7,6 +7,7 @@ import torch
 from services.generator.quality import (
     FeatureNetwork,
     per_class_classifier_accuracy,
+    per_class_copy_rate,
     quality_report,
 )
 
@@ -53,3 +54,20 @@ def test_frechet_distance_needs_two_images_per_side() -> None:
                             np.zeros(1, int), ["a"],
                             feature_network=FeatureNetwork(_mean_colour_features, 3))
     assert report[0].frechet_distance is None and report[0].n_generated == 1
+
+
+def test_copy_rate_per_class_counts_generated_copies_of_training_images() -> None:
+    rng = np.random.default_rng(0)
+    train = rng.integers(0, 256, size=(24, 16, 16, 3), dtype=np.uint8)
+    train_labels = np.repeat([0, 1], 12)
+    # Class 0 generated as training images (two of them mirrored), class 1 as new images.
+    copies = train[:6].copy()
+    copies[:2] = copies[:2, :, ::-1]
+    generated = np.concatenate([copies, rng.integers(0, 256, size=(6, 16, 16, 3), dtype=np.uint8)])
+    generated_labels = np.repeat([0, 1], 6)
+
+    def flat_pixels(images: np.ndarray) -> np.ndarray:
+        return images.reshape(len(images), -1).astype(np.float32) - 127.5
+
+    rates = per_class_copy_rate(train, train_labels, generated, generated_labels, flat_pixels, 3)
+    assert rates == [1.0, 0.0, None]  # class 2: nothing generated
