@@ -229,6 +229,9 @@ class SynthesisRequest(TimestampMixin, Base):
     seed: Mapped[int] = mapped_column(BigInteger, default=0)
     job_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
     curated_set_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    #: Generation rounds after the first, for the classes the filter left short, each
+    #: ``{"candidates": {class: n}, "deficit": {class: n}}``; appended by the filter stage.
+    top_up_rounds: Mapped[list[Any]] = mapped_column(JSON, default=list)
 
 
 class CuratedSet(TimestampMixin, Base):
@@ -243,7 +246,14 @@ class CuratedSet(TimestampMixin, Base):
 
 
 class SyntheticImage(TimestampMixin, Base):
-    """One generated candidate and where it came from; the decision is set by the filter."""
+    """One generated candidate and where it came from; the decision is set by the filter.
+
+    ``candidate_key`` (``candidate_sha256``) is the generator's output as sampled
+    (``candidate_size`` px), what the filter scores. ``object_key`` (and ``sha256``) is
+    the image the row delivers: the candidate itself, or once kept, its copy at the
+    curated set's resolution (``size`` px, resampled with ``resize_method``; None when
+    no resampling was needed).
+    """
 
     __tablename__ = "synthetic_images"
     __table_args__ = (
@@ -271,8 +281,16 @@ class SyntheticImage(TimestampMixin, Base):
     seed: Mapped[int] = mapped_column(BigInteger)
     checkpoint_sha256: Mapped[str] = mapped_column(String(64))
     job_id: Mapped[uuid.UUID] = mapped_column(Uuid)
-    decision: Mapped[str | None] = mapped_column(String(16))  # kept|ood|off_class|near_copy
+    # kept | ood | off_class | near_copy | surplus | duplicate | background
+    decision: Mapped[str | None] = mapped_column(String(16))
     decision_reason: Mapped[str | None] = mapped_column(Text)
+    #: 0 for the first generation round, k for the k-th top-up round.
+    generation_round: Mapped[int] = mapped_column(Integer, default=0)
+    candidate_key: Mapped[str | None] = mapped_column(String(512))
+    candidate_sha256: Mapped[str | None] = mapped_column(String(64))
+    candidate_size: Mapped[int | None] = mapped_column(Integer)
+    size: Mapped[int | None] = mapped_column(Integer)
+    resize_method: Mapped[str | None] = mapped_column(String(16))
 
 
 class OodScore(TimestampMixin, Base):

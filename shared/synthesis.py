@@ -12,10 +12,15 @@ applies after generation): ``per_class`` with enough real images of its own, ``p
 otherwise. A class named in ``counts`` that would be skipped is refused (422, naming the
 classes and their counts); under ``fill_to_max`` it is left out of the counts, stays in
 the plan as ``skipped`` and the job ends ``partial`` with the reason.
+
+It also fixes what the curated set will be: at most the counts asked per class, topped
+up in at most ``max_rounds`` generation rounds, with images at ``resolution`` px (the
+dataset's own by default, :func:`dataset_resolution`) resampled by ``resize_method``.
 """
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections import Counter
 from dataclasses import dataclass
@@ -31,6 +36,13 @@ from shared.jobs import create_job
 from shared.models import CuratedSet, Generator, Job, RealImage, Split, SynthesisRequest
 
 MAX_COUNT_PER_CLASS = 100_000
+#: Generation rounds when a caller does not say: the API asks for 3 by default; callers
+#: with rounds of their own (the trainer's adaptive experiments) get one, as before.
+DEFAULT_MAX_ROUNDS = 1
+MAX_ROUNDS = 10
+#: Resampling filters a request may name for its curated images (PIL's, by name).
+RESIZE_METHODS = ("nearest", "bilinear", "bicubic", "lanczos")
+DEFAULT_RESIZE_METHOD = "bicubic"
 # The OOD filter's defaults (services.ood_filter.service reads its settings with these).
 FILTER_MIN_TRAIN_PER_CLASS = 10
 FILTER_MIN_VALIDATION_PER_CLASS = 5
@@ -155,6 +167,51 @@ def resolve_counts(
     return resolved
 
 
+def dataset_resolution(session: Session, dataset_id: uuid.UUID) -> int:
+    """Side in px of the dataset's images as ingest recorded them: the most common image
+    size (its shorter side when not square; the larger size on a tie)."""
+    row = session.execute(
+        select(RealImage.width, RealImage.height)
+        .where(RealImage.dataset_id == dataset_id)
+        .group_by(RealImage.width, RealImage.height)
+        .order_by(func.count().desc(), RealImage.width.desc(), RealImage.height.desc())
+        .limit(1)
+    ).first()
+    if row is None:
+        raise Conflict(f"dataset {dataset_id} has no images", field="dataset_id")
+    return int(min(row.width, row.height))
+
+
+def curation_params(
+    session: Session, dataset_id: uuid.UUID, params: dict[str, Any]
+) -> dict[str, Any]:
+    """``params`` with ``max_rounds``, ``resolution`` and ``resize_method`` checked and
+    filled in (the dataset's resolution when none is named).
+
+    Raises:
+        InvalidInput: out-of-range rounds or resolution, or an unknown resize method.
+    """
+    max_rounds = params.get("max_rounds")
+    max_rounds = DEFAULT_MAX_ROUNDS if max_rounds is None else int(max_rounds)
+    if not 1 <= max_rounds <= MAX_ROUNDS:
+        raise InvalidInput(
+            f"max_rounds must be in [1, {MAX_ROUNDS}], got {max_rounds}", field="max_rounds"
+        )
+    resolution = params.get("resolution")
+    resolution = dataset_resolution(session, dataset_id) if resolution is None else int(resolution)
+    if not 8 <= resolution <= 4096:
+        raise InvalidInput(
+            f"resolution must be in [8, 4096] px, got {resolution}", field="resolution"
+        )
+    method = params.get("resize_method") or DEFAULT_RESIZE_METHOD
+    if method not in RESIZE_METHODS:
+        raise InvalidInput(
+            f"unknown resize_method {method!r}; use one of {', '.join(RESIZE_METHODS)}",
+            field="resize_method",
+        )
+    return {**params, "max_rounds": max_rounds, "resolution": resolution, "resize_method": method}
+
+
 def filter_image_size(generator: Generator) -> int:
     """The filter's classifier sees candidates at the trained generator's resolution,
     like its quality probe (so both use one classifier); 64 px for pretrained weights."""
@@ -183,6 +240,18 @@ def check_generator_mode(generator: Generator, mode: str) -> None:
         )
 
 
+def candidate_rounds(request: SynthesisRequest) -> list[dict[str, int]]:
+    """Candidates per class of each generation round so far: ``counts`` x ``oversample``
+    first, then the top-ups the filter stage asked for (``top_up_rounds``)."""
+    oversample = float(request.params.get("oversample", 1.5))
+    first = {name: math.ceil(int(n) * oversample) for name, n in request.counts.items()}
+    top_ups = [
+        {str(name): int(n) for name, n in round_["candidates"].items()}
+        for round_ in request.top_up_rounds or []
+    ]
+    return [first, *top_ups]
+
+
 def add_synthesis(
     session: Session,
     *,
@@ -201,7 +270,9 @@ def add_synthesis(
     Args:
         params: sampling settings as stored with the request (``sampling``,
             ``background_policy``, ``oversample``, and for adaptive rounds
-            ``classifier_guidance``).
+            ``classifier_guidance``), and the curated set's ``max_rounds``,
+            ``resolution`` and ``resize_method`` (checked and completed by
+            :func:`curation_params`, which raises InvalidInput on out-of-range values).
         filter_params: the OOD filter's settings (see the API's ``FilterSettings``).
 
     Raises:
@@ -227,6 +298,7 @@ def add_synthesis(
             field="generator_id",
         )
     check_generator_mode(generator, mode)
+    params = curation_params(session, dataset.id, params)
     resolved = resolve_counts(session, dataset.id, list(dataset.class_names), counts, target)
     modes, reasons = plan_filter(session, dataset.id, list(dataset.class_names), filter_params)
     unservable = [name for name in resolved if modes[name] == "skipped"]

@@ -282,6 +282,18 @@ class FilterSettings(BaseModel):
     classifier_min_steps: int = Field(
         300, ge=0, le=1_000_000, description="floor on the filter classifier's optimizer steps"
     )
+    duplicate_bits: int | None = Field(
+        4,
+        ge=0,
+        le=64,
+        description="kept candidates of a class whose pHashes lie within this many bits of a "
+        "better kept one are rejected as duplicate (null: no check)",
+    )
+    background_share: bool = Field(
+        True,
+        description="at most ceil(asked / distinct backgrounds) + 1 kept candidates per "
+        "source image; the rest are rejected as background",
+    )
 
 
 class SynthesisCreate(BaseModel):
@@ -297,6 +309,22 @@ class SynthesisCreate(BaseModel):
     sampling: Sampling = Sampling()
     background_policy: str = Field("any_class", pattern="^(any_class|same_class|head_classes)$")
     oversample: float = Field(1.5, ge=1, le=10, description="candidates generated per image asked")
+    max_rounds: int = Field(
+        3,
+        ge=1,
+        le=10,
+        description="generation rounds at most: the first, then top-ups for the classes the "
+        "filter left short (calibrated and target_count rules; keep_fraction keeps its "
+        "fraction of one round)",
+    )
+    resolution: int | None = Field(
+        None, ge=8, le=4096, description="side in px of the curated images; default: the dataset's"
+    )
+    resize_method: str = Field(
+        "bicubic",
+        pattern="^(nearest|bilinear|bicubic|lanczos)$",
+        description="how candidates are resampled to the resolution",
+    )
     filter: FilterSettings = FilterSettings()
     seed: int = Field(0, ge=0, lt=2**62)
 
@@ -348,6 +376,11 @@ class SyntheticImageRead(BaseModel):
     job_id: uuid.UUID
     decision: str | None
     decision_reason: str | None
+    generation_round: int = 0
+    candidate_key: str | None = None
+    candidate_size: int | None = None
+    size: int | None = None
+    resize_method: str | None = None
     ood_scores: list[dict[str, Any]] = Field(default_factory=list)
     created_at: datetime
 

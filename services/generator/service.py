@@ -56,6 +56,7 @@ from shared.imaging import encode_png, sha256_bytes
 from shared.jobs import JobCanceled, JobContext, NextStage
 from shared.models import Generator, Split, SynthesisRequest, SyntheticImage
 from shared.runtime import Runtime
+from shared.synthesis import candidate_rounds
 
 log = logging.getLogger(__name__)
 LOSS_CURVE_POINTS = 500
@@ -347,41 +348,60 @@ def _quality_probe(
 
 @dataclass(frozen=True)
 class CandidatePlan:
-    """What candidate ``index`` of a request is: its class, seed, source image and mask."""
+    """What candidate ``index`` of a request is: its class, seed, source image and mask,
+    and the generation round that asked for it (0 first, k the k-th top-up)."""
 
     index: int
     class_id: int
     seed: int
     source_row: int | None
+    generation_round: int = 0
 
 
-def plan_candidates(
-    request: SynthesisRequest, train: SplitArrays, oversample: float
-) -> list[CandidatePlan]:
-    """The deterministic list of candidates of a request (same request → same list)."""
+def _background_seed(request: SynthesisRequest, class_id: int, generation_round: int) -> int:
+    if generation_round == 0:
+        return request.seed + class_id  # as before top-up rounds existed
+    sequence = np.random.SeedSequence([request.seed, class_id, generation_round])
+    return int(sequence.generate_state(1)[0])
+
+
+def plan_candidates(request: SynthesisRequest, train: SplitArrays) -> list[CandidatePlan]:
+    """The deterministic list of candidates of a request (same request → same list).
+
+    Rounds follow one another in the index: a top-up round's candidates come after every
+    earlier round's, so their indices, seeds (derived from the index) and rows never
+    collide with an earlier round's; each round draws its backgrounds afresh.
+    """
     plans: list[CandidatePlan] = []
     index = 0
     names = train.class_names
-    for class_name in sorted(request.counts, key=names.index):
-        n = math.ceil(int(request.counts[class_name]) * oversample)
-        class_id = names.index(class_name)
-        sources: list[int | None] = [None] * n
-        if request.mode in ("inpaint", "img2img") and n:
-            sources = [
-                int(i)
-                for i in select_background_indices(
-                    train.labels,
-                    class_id,
-                    n,
-                    policy=request.params.get("background_policy", "any_class"),
-                    seed=request.seed + class_id,
+    for generation_round, candidates in enumerate(candidate_rounds(request)):
+        for class_name in sorted(candidates, key=names.index):
+            n = candidates[class_name]
+            class_id = names.index(class_name)
+            sources: list[int | None] = [None] * n
+            if request.mode in ("inpaint", "img2img") and n:
+                sources = [
+                    int(i)
+                    for i in select_background_indices(
+                        train.labels,
+                        class_id,
+                        n,
+                        policy=request.params.get("background_policy", "any_class"),
+                        seed=_background_seed(request, class_id, generation_round),
+                    )
+                ]
+            for k in range(n):
+                plans.append(
+                    CandidatePlan(
+                        index,
+                        class_id,
+                        request.seed * 1_000_003 + index,
+                        sources[k],
+                        generation_round,
+                    )
                 )
-            ]
-        for k in range(n):
-            plans.append(
-                CandidatePlan(index, class_id, request.seed * 1_000_003 + index, sources[k])
-            )
-            index += 1
+                index += 1
     return plans
 
 
@@ -440,12 +460,14 @@ def generate_candidates_job(ctx: JobContext, runtime: Runtime) -> NextStage:
         channels=channels,
         progress=ctx.heartbeat,
     )
-    plans = plan_candidates(request, train, float(request.params.get("oversample", 1.5)))
+    plans = plan_candidates(request, train)
     todo = [p for p in plans if p.index not in recorded]
+    generation_round = len(request.top_up_rounds or [])
+    stage = "generating" if generation_round == 0 else f"generating (round {generation_round + 1})"
     sampling = request.params.get("sampling", {})
     batch_size = int(sampling.get("batch_size", 16))
     guidance = _guidance_classifier(runtime, generator, request.params.get("classifier_guidance"))
-    ctx.progress(len(plans) - len(todo), len(plans), "generating")
+    ctx.progress(len(plans) - len(todo), len(plans), stage)
     checkpoint_sha = generator.checkpoint_sha256 or ""
     for start in range(0, len(todo), batch_size):
         ctx.check_cancel()
@@ -509,6 +531,8 @@ def generate_candidates_job(ctx: JobContext, runtime: Runtime) -> NextStage:
             )
             key = f"synthesis/{synthesis_id}/candidates/{plan.index:07d}.png"
             runtime.store.put_bytes(key, png, "image/png")
+            digest = sha256_bytes(png)
+            side = int(result.images[k].shape[0])
             rows.append(
                 {
                     "id": uuid.uuid5(synthesis_id, str(plan.index)),
@@ -521,7 +545,14 @@ def generate_candidates_job(ctx: JobContext, runtime: Runtime) -> NextStage:
                     "source_image_id": source_id,
                     "mask_key": mask_key,
                     "object_key": key,
-                    "sha256": sha256_bytes(png),
+                    "sha256": digest,
+                    # Delivered as generated until the filter keeps (and resamples) it.
+                    "candidate_key": key,
+                    "candidate_sha256": digest,
+                    "candidate_size": side,
+                    "size": side,
+                    "resize_method": None,
+                    "generation_round": plan.generation_round,
                     "label": class_name,
                     "mode": request.mode,
                     "prompt": prompt,

@@ -10,14 +10,26 @@ Classes are isolated: each is filtered in the best mode it can have (``per_class
 ``pooled``, see :mod:`services.ood_filter.filter`) or ends ``skipped`` with its reason,
 and one class's trouble never fails the others. The curated set's ``summary[class]``
 says ``status`` (``kept`` | ``flagged`` | ``skipped``), ``filter_mode`` and ``reason``;
-a class that keeps nothing, or under half of what was asked, is ``flagged`` with its
-``dominant_rejection``. When any class is skipped or flagged the job ends ``partial``
-(its result: ``partial: true`` and a one-line ``summary``).
+a class left short of its count is ``flagged`` with its ``dominant_rejection``. When any
+class is skipped or flagged the job ends ``partial`` (its result: ``partial: true`` and a
+one-line ``summary``).
+
+A curated set is what was asked (:func:`curation_rule`): at most the count asked per
+class, best combined score first (the rest ``surplus``), no near-duplicate candidates
+(``duplicate``) and no background carrying more than its share (``background``). A
+class left short is topped up: the stage appends a round to the request's
+``top_up_rounds`` (for the short classes only) and hands the job back to the generator;
+every round re-decides all of a class's candidates, so a re-delivered stage does the
+same again. After ``max_rounds`` the summary says the cap was reached. Once final, the
+kept candidates are delivered at the request's ``resolution`` (:mod:`.delivery`). A kept
+candidate the classifier scores below chance for its class is said so on its row and
+counted (``kept_below_chance``).
 """
 
 from __future__ import annotations
 
 import io
+import math
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -25,7 +37,7 @@ from dataclasses import asdict
 from typing import Any
 
 import numpy as np
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -38,9 +50,10 @@ from services.ood_filter import (
     embed_images,
     iter_image_batches,
 )
+from services.ood_filter.delivery import curated_png
 from services.ood_filter.detectors import OFF_CLASS_DETECTOR
 from services.ood_filter.filter import DEFAULT_DETECTORS
-from services.ood_filter.records import CandidateRecord, FilterMode
+from services.ood_filter.records import CandidateRecord, FilterMode, Reason
 from services.trainer.classifier import ImageClassifier
 from services.trainer.dataset_classifier import (
     classifier_config_from,
@@ -49,14 +62,24 @@ from services.trainer.dataset_classifier import (
 )
 from shared.dataset_arrays import SplitArrays, dataset_channels, load_split
 from shared.errors import InvalidInput, NotFound
-from shared.imaging import decode_image, resize_square
-from shared.jobs import PARTIAL, JobCanceled, JobContext
+from shared.imaging import decode_image, resize_square, sha256_bytes
+from shared.jobs import PARTIAL, JobCanceled, JobContext, NextStage
 from shared.models import CuratedSet, OodScore, Split, SynthesisRequest, SyntheticImage
 from shared.runtime import Runtime
-from shared.synthesis import FILTER_MIN_TRAIN_PER_CLASS, FILTER_MIN_VALIDATION_PER_CLASS
+from shared.synthesis import (
+    DEFAULT_MAX_ROUNDS,
+    DEFAULT_RESIZE_METHOD,
+    FILTER_MIN_TRAIN_PER_CLASS,
+    FILTER_MIN_VALIDATION_PER_CLASS,
+    candidate_rounds,
+)
 
 BATCH = 64
-REJECTIONS = ("ood", "off_class", "near_copy")
+REJECTIONS = ("ood", "off_class", "near_copy", "surplus", "duplicate", "background")
+DEFAULT_DUPLICATE_BITS = 4
+#: A top-up round plans on at least this share of its candidates being kept, so a class
+#: that kept nothing gets deficit x oversample / 0.25 candidates, not an unbounded number.
+MIN_TOP_UP_KEEP_RATE = 0.25
 
 
 def _cached_embeddings(
@@ -105,15 +128,41 @@ def selection_rule(filter_params: dict[str, Any], requested: int) -> SelectionRu
     return SelectionRule.calibrated()
 
 
+def curation_rule(filter_params: dict[str, Any], requested: int) -> SelectionRule:
+    """The request's rule held to what was asked: at most ``requested`` kept, no
+    near-duplicates, no background over its share (each as the filter settings say)."""
+    bits = filter_params.get("duplicate_bits", DEFAULT_DUPLICATE_BITS)
+    return selection_rule(filter_params, requested).capped(
+        requested,
+        duplicate_bits=None if bits is None else int(bits),
+        background_share=bool(filter_params.get("background_share", True)),
+    )
+
+
+def tops_up(filter_params: dict[str, Any]) -> bool:
+    """Whether a class left short gets more rounds: not under ``keep_fraction``, whose
+    count is the fraction of one round by definition."""
+    return filter_params.get("rule", "calibrated") != "keep_fraction"
+
+
+def top_up_size(deficit: int, kept: int, generated: int, oversample: float) -> int:
+    """Candidates a top-up round generates for a class short by ``deficit``: the deficit
+    x ``oversample`` over the share kept so far (at least :data:`MIN_TOP_UP_KEEP_RATE`)."""
+    if generated and kept / generated >= MIN_TOP_UP_KEEP_RATE:
+        wanted = deficit * oversample * generated / kept
+    else:
+        wanted = deficit * oversample / MIN_TOP_UP_KEEP_RATE
+    return math.ceil(round(wanted, 9))  # 54.000000001 is 54
+
+
 def _candidate_batches(
     runtime: Runtime, rows: list[SyntheticImage], size: int, channels: int
 ) -> Iterator[np.ndarray]:
     for start in range(0, len(rows), BATCH):
         batch = []
         for row in rows[start : start + BATCH]:
-            pixels = resize_square(
-                decode_image(runtime.store.get_bytes(row.object_key)).pixels, size
-            )
+            key = row.candidate_key or row.object_key  # scored as generated, never the copy
+            pixels = resize_square(decode_image(runtime.store.get_bytes(key)).pixels, size)
             if channels == 3 and pixels.ndim == 2:
                 pixels = np.repeat(pixels[:, :, None], 3, axis=2)
             batch.append(pixels if channels == 3 else pixels.reshape(size, size, 1))
@@ -125,18 +174,23 @@ def _record(
     rows: list[SyntheticImage],
     records: list[CandidateRecord],
     curated_set_id: uuid.UUID,
+    rule: SelectionRule,
 ) -> None:
     scores = []
     for row, record in zip(rows, records, strict=True):
-        session.execute(
-            update(SyntheticImage)
-            .where(SyntheticImage.id == row.id)
-            .values(
-                decision=record.reason.value,
-                decision_reason=_explain(record),
-                curated_set_id=curated_set_id if record.kept else None,
+        values: dict[str, Any] = {
+            "decision": record.reason.value,
+            "decision_reason": _explain(record, rule),
+            "curated_set_id": curated_set_id if record.kept else None,
+        }
+        if not record.kept:  # an earlier round may have delivered it: back to the candidate
+            values.update(
+                object_key=func.coalesce(SyntheticImage.candidate_key, SyntheticImage.object_key),
+                sha256=func.coalesce(SyntheticImage.candidate_sha256, SyntheticImage.sha256),
+                size=func.coalesce(SyntheticImage.candidate_size, SyntheticImage.size),
+                resize_method=None,
             )
-        )
+        session.execute(update(SyntheticImage).where(SyntheticImage.id == row.id).values(values))
         for detector, score in record.scores.items():
             threshold = record.thresholds.get(detector)
             scores.append(
@@ -180,15 +234,22 @@ def _record(
             }
         )
     dialect = postgresql if session.bind and session.bind.dialect.name == "postgresql" else sqlite
+    statement = dialect.insert(OodScore).values(scores)
+    # A later round can change a decision (``combined`` passed), never add a row.
     session.execute(
-        dialect.insert(OodScore)
-        .values(scores)
-        .on_conflict_do_nothing(index_elements=["synthetic_image_id", "detector"])
+        statement.on_conflict_do_update(
+            index_elements=["synthetic_image_id", "detector"],
+            set_={
+                "score": statement.excluded.score,
+                "threshold": statement.excluded.threshold,
+                "passed": statement.excluded.passed,
+            },
+        )
     )
 
 
-def _explain(record: CandidateRecord) -> str:
-    if record.reason.value == "near_copy":
+def _explain(record: CandidateRecord, rule: SelectionRule) -> str:
+    if record.reason == Reason.NEAR_COPY:
         return (
             f"nearest real training image: cosine {record.nearest_train_similarity:.3f} "
             f"(limit {record.copy_similarity_threshold:.3f}), "
@@ -199,12 +260,30 @@ def _explain(record: CandidateRecord) -> str:
         for name, score in record.scores.items()
         if score < record.thresholds.get(name, -np.inf)
     ]
-    if record.reason.value == "kept":
-        return f"passed every detector (combined percentile {record.combined_score:.2f})"
+    # A rule without thresholds (keep_fraction) keeps by rank whatever failed.
+    standing = (
+        f"failed {', '.join(failed)} but ranked in" if failed else "passed every detector"
+    ) + f" (combined percentile {record.combined_score:.2f})"
+    if record.reason == Reason.KEPT:
+        if record.below_chance:
+            return (
+                f"{standing}; kept below chance: its classifier gives the class "
+                f"{record.class_probability:.2f}, under 1 / number of classes"
+            )
+        return standing
+    if record.reason == Reason.SURPLUS:
+        return f"{standing}, but the class already has the {rule.max_kept} asked, all better"
+    if record.reason == Reason.DUPLICATE:
+        return (
+            f"{standing}, but its pHash is within {rule.duplicate_bits} bits of a better "
+            "kept candidate of the class"
+        )
+    if record.reason == Reason.BACKGROUND:
+        return f"{standing}, but its background already carries its share of the class"
     return f"failed: {', '.join(failed) or 'ranked below the keep cut'}"
 
 
-def filter_candidates_job(ctx: JobContext, runtime: Runtime) -> dict[str, Any]:
+def filter_candidates_job(ctx: JobContext, runtime: Runtime) -> dict[str, Any] | NextStage:
     synthesis_id = uuid.UUID(ctx.params["synthesis_id"])
     with runtime.sessions() as session:
         request = session.get(SynthesisRequest, synthesis_id)
@@ -291,16 +370,23 @@ def filter_candidates_job(ctx: JobContext, runtime: Runtime) -> dict[str, Any]:
                 .order_by(SyntheticImage.index_in_request)
             )
         )
+    rounds = candidate_rounds(request)
+    if len(candidates) < sum(sum(round_.values()) for round_ in rounds):
+        # Handed over before its round was generated in full (a lost or doubled
+        # delivery): generation skips what is recorded and hands the job back.
+        return NextStage("tailsynth.synthesize", "generating")
     total = len(candidates)
-    ctx.progress(0, total, "filtering")
+    ctx.progress(0, total, "filtering" if len(rounds) == 1 else f"filtering (round {len(rounds)})")
     summary: dict[str, Any] = {}
     thresholds: dict[str, Any] = {}
+    mode_reasons: dict[str, str] = {}  # the classes filtered, and how
     done = 0
     # Every class asked for, and those the POST already planned to skip (fill_to_max).
     for class_name in dict.fromkeys([*request.counts, *params.get("plan", {})]):
         rows = [row for row in candidates if row.label == class_name]
         requested = int(request.counts.get(class_name, 0))
         entry = _entry(requested, len(rows))
+        entry["rounds"] = len({row.generation_round for row in rows})
         summary[class_name] = entry
         try:
             plan = ood.plan(class_name)
@@ -314,7 +400,7 @@ def filter_candidates_job(ctx: JobContext, runtime: Runtime) -> dict[str, Any]:
         if not rows:
             _skip(runtime, entry, rows, "no candidates were generated for this class")
             continue
-        rule = selection_rule(params, requested)
+        rule = curation_rule(params, requested)
         try:
             chunks = list(
                 ood.score_batches(
@@ -333,12 +419,14 @@ def filter_candidates_job(ctx: JobContext, runtime: Runtime) -> dict[str, Any]:
             ctx.progress(done)
             continue
         reasons: Counter[str] = Counter()
+        below_chance = 0
         offset = 0
-        for outcome in ood.decide_chunks(chunks, rule):
+        for outcome in ood.decide_chunks(chunks, rule, backgrounds=_backgrounds(rows)):
             chunk_rows = rows[offset : offset + len(outcome.records)]
             with runtime.sessions.begin() as session:
-                _record(session, chunk_rows, outcome.records, curated_set_id)
+                _record(session, chunk_rows, outcome.records, curated_set_id, rule)
             reasons.update(record.reason.value for record in outcome.records)
+            below_chance += sum(record.kept and record.below_chance for record in outcome.records)
             offset += len(outcome.records)
             done += len(outcome.records)
             ctx.progress(done)
@@ -346,8 +434,51 @@ def filter_candidates_job(ctx: JobContext, runtime: Runtime) -> dict[str, Any]:
         thresholds[class_name] = {**asdict(calibration), "rule": rule.describe()}
         entry["kept"] = reasons.get("kept", 0)
         entry["rejected"] = {reason: reasons.get(reason, 0) for reason in REJECTIONS}
+        entry["kept_below_chance"] = below_chance
         entry["filter_mode"] = plan.filter_mode.value
-        _judge(entry, plan.reason)
+        mode_reasons[class_name] = plan.reason
+
+    max_rounds = int(request.params.get("max_rounds", DEFAULT_MAX_ROUNDS))
+    short = {
+        name: entry["requested"] - entry["kept"]
+        for name, entry in summary.items()
+        if name in mode_reasons and entry["kept"] < entry["requested"]
+    }
+    if short and tops_up(params) and len(rounds) < max_rounds:
+        oversample = float(request.params.get("oversample", 1.5))
+        top_up = {
+            "candidates": {
+                name: top_up_size(
+                    deficit, summary[name]["kept"], summary[name]["generated"], oversample
+                )
+                for name, deficit in short.items()
+            },
+            "deficit": short,
+        }
+        _add_top_up_round(runtime, synthesis_id, len(rounds) - 1, top_up)
+        with runtime.sessions.begin() as session:
+            curated = session.get(CuratedSet, curated_set_id)
+            assert curated is not None
+            curated.summary = summary  # how far it got, while the set is still pending
+        return NextStage(
+            "tailsynth.synthesize",
+            f"generating (round {len(rounds) + 1} of {max_rounds})",
+            {"rounds": len(rounds) + 1, "short": short},
+        )
+
+    for name, mode_reason in mode_reasons.items():
+        _judge(summary[name], mode_reason, cap_reached=tops_up(params))
+    resolution = int(request.params.get("resolution") or 0)
+    if resolution:
+        ctx.progress(0, sum(entry["kept"] for entry in summary.values()), "delivering")
+        _deliver(
+            ctx,
+            runtime,
+            synthesis_id,
+            curated_set_id,
+            resolution,
+            str(request.params.get("resize_method", DEFAULT_RESIZE_METHOD)),
+        )
     with runtime.sessions.begin() as session:
         curated = session.get(CuratedSet, curated_set_id)
         assert curated is not None
@@ -364,11 +495,82 @@ def filter_candidates_job(ctx: JobContext, runtime: Runtime) -> dict[str, Any]:
         "curated_set_id": str(curated_set_id),
         "generated": total,
         "kept": kept,
+        "rounds": len(rounds),
+        "kept_below_chance": sum(entry["kept_below_chance"] for entry in summary.values()),
         PARTIAL: bool(attention),
         "summary": _one_line(summary, attention),
         "classes": {name: entry["status"] for name, entry in summary.items()},
         "classifier_health": health,
     }
+
+
+def _backgrounds(rows: list[SyntheticImage]) -> np.ndarray:
+    """(N,) an int per distinct source image of the rows, -1 where there is none."""
+    ids: dict[uuid.UUID, int] = {}
+    return np.array(
+        [
+            -1 if row.source_image_id is None else ids.setdefault(row.source_image_id, len(ids))
+            for row in rows
+        ],
+        dtype=np.int64,
+    )
+
+
+def _add_top_up_round(
+    runtime: Runtime, synthesis_id: uuid.UUID, after_round: int, top_up: dict[str, Any]
+) -> None:
+    """Append ``top_up`` as the round after ``after_round`` (once: a re-delivered stage
+    finds it there already)."""
+    with runtime.sessions.begin() as session:
+        request = session.get(SynthesisRequest, synthesis_id, with_for_update=True)
+        assert request is not None
+        if len(request.top_up_rounds or []) == after_round:
+            request.top_up_rounds = [*(request.top_up_rounds or []), top_up]
+
+
+def _deliver(
+    ctx: JobContext,
+    runtime: Runtime,
+    synthesis_id: uuid.UUID,
+    curated_set_id: uuid.UUID,
+    resolution: int,
+    method: str,
+) -> None:
+    """Put each kept candidate at ``resolution`` px and point its row at that copy."""
+    with runtime.sessions() as session:
+        kept = list(
+            session.scalars(
+                select(SyntheticImage)
+                .where(
+                    SyntheticImage.synthesis_id == synthesis_id,
+                    SyntheticImage.curated_set_id == curated_set_id,
+                )
+                .order_by(SyntheticImage.index_in_request)
+            )
+        )
+    for done, row in enumerate(kept, start=1):
+        ctx.check_cancel()
+        candidate_key = row.candidate_key or row.object_key
+        key = f"synthesis/{synthesis_id}/curated/{row.index_in_request:07d}.png"
+        if row.object_key == key and row.size == resolution and row.resize_method == method:
+            continue  # delivered by an earlier attempt
+        png, side = curated_png(runtime.store.get_bytes(candidate_key), resolution, method)
+        resized = side != resolution
+        if resized:
+            runtime.store.put_bytes(key, png, "image/png")
+        with runtime.sessions.begin() as session:
+            session.execute(
+                update(SyntheticImage)
+                .where(SyntheticImage.id == row.id)
+                .values(
+                    object_key=key if resized else candidate_key,
+                    sha256=sha256_bytes(png),
+                    candidate_size=side,
+                    size=resolution,
+                    resize_method=method if resized else None,
+                )
+            )
+        ctx.progress(done)
 
 
 def _entry(requested: int, generated: int) -> dict[str, Any]:
@@ -378,6 +580,8 @@ def _entry(requested: int, generated: int) -> dict[str, Any]:
         "generated": generated,
         "kept": 0,
         "rejected": dict.fromkeys(REJECTIONS, 0),
+        "kept_below_chance": 0,
+        "rounds": 0,
         "status": "skipped",
         "filter_mode": FilterMode.SKIPPED.value,
         "reason": "",
@@ -396,26 +600,45 @@ def _skip(runtime: Runtime, entry: dict[str, Any], rows: list[SyntheticImage], r
             )
 
 
-def _judge(entry: dict[str, Any], mode_reason: str) -> None:
-    """``kept``, or ``flagged`` when nothing or under half of what was asked was kept."""
+def _judge(entry: dict[str, Any], mode_reason: str, *, cap_reached: bool) -> None:
+    """``kept`` with the count asked, else ``flagged`` with why it fell short (and that
+    no round is left, when top-up rounds ran to their cap)."""
     kept, requested = entry["kept"], entry["requested"]
-    if kept > 0 and 2 * kept >= requested:
-        entry.update(status="kept", reason=mode_reason)
+    entry["short"] = max(0, requested - kept)
+    entry["cap_reached"] = bool(entry["short"]) and cap_reached
+    below = (
+        f"; {entry['kept_below_chance']} kept below chance for the class"
+        if entry["kept_below_chance"]
+        else ""
+    )
+    if kept >= requested:
+        entry.update(status="kept", reason=mode_reason + below)
         return
     dominant, count = max(entry["rejected"].items(), key=lambda item: item[1])
     entry.update(
         status="flagged",
         dominant_rejection=dominant if count else None,
-        reason=(
-            f"kept {kept} of {requested} asked ({entry['generated']} generated); "
-            + (f"most rejected as {dominant} ({count})" if count else "none rejected")
-            + f"; filter: {mode_reason}"
-        ),
+        reason=_shortfall(entry)
+        + f" ({entry['generated']} generated); "
+        + (f"most rejected as {dominant} ({count})" if count else "none rejected")
+        + below
+        + f"; filter: {mode_reason}",
+    )
+
+
+def _shortfall(entry: dict[str, Any]) -> str:
+    """E.g. ``kept 12 of 24 asked after 3 rounds; cap reached``."""
+    rounds = entry["rounds"]
+    return (
+        f"kept {entry['kept']} of {entry['requested']} asked after {rounds} "
+        + ("round" if rounds == 1 else "rounds")
+        + ("; cap reached" if entry.get("cap_reached") else "")
     )
 
 
 def _one_line(summary: dict[str, Any], attention: list[str]) -> str:
-    """E.g. ``2 of 3 classes kept; DF flagged (kept 0 of 9 asked; mostly ood)``."""
+    """E.g. ``2 of 3 classes kept; DF flagged (kept 12 of 24 asked after 3 rounds; cap
+    reached; mostly ood)``."""
     head = f"{len(summary) - len(attention)} of {len(summary)} classes kept"
     if not attention:
         return head
@@ -424,9 +647,7 @@ def _one_line(summary: dict[str, Any], attention: list[str]) -> str:
         entry = summary[name]
         if entry["status"] == "flagged":
             dominant = entry.get("dominant_rejection")
-            why = f"kept {entry['kept']} of {entry['requested']} asked" + (
-                f"; mostly {dominant}" if dominant else ""
-            )
+            why = _shortfall(entry) + (f"; mostly {dominant}" if dominant else "")
         else:
             why = entry["reason"]
         parts.append(f"{name} {entry['status']} ({why})")

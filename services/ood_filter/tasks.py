@@ -12,7 +12,8 @@ from shared.runtime import get_runtime
 
 @shared_task(name="tailsynth.filter_candidates")
 def filter_candidates(job_id: str) -> None:
-    """Second stage of a synthesis job: score, decide, record, fill the curated set."""
+    """Second stage of a synthesis job: score, decide, record, fill the curated set (or ask
+    the first stage for another round)."""
     runtime = get_runtime()
     work = guarded(
         runtime.sessions,
@@ -20,4 +21,5 @@ def filter_candidates(job_id: str) -> None:
         "curated_set_id",
         lambda ctx: filter_candidates_job(ctx, runtime),
     )
-    run_job(runtime.sessions, job_id, work)
+    # A class left short hands the job back to the generator for a top-up round.
+    run_job(runtime.sessions, job_id, work, celery=runtime.celery)

@@ -49,6 +49,10 @@ MANIFEST_FIELDS = (
     "decision",
     "decision_reason",
     "scores",
+    "generation_round",
+    "size",
+    "resized_from",
+    "resize_method",
 )
 
 
@@ -86,6 +90,9 @@ def create_synthesis(
                 "sampling": request.sampling.model_dump(),
                 "background_policy": request.background_policy,
                 "oversample": request.oversample,
+                "max_rounds": request.max_rounds,
+                "resolution": request.resolution,
+                "resize_method": request.resize_method,
             },
             filter_params=request.filter.model_dump(),
             seed=request.seed,
@@ -160,6 +167,11 @@ def _manifest_rows(session: SessionDep, rows: list[SyntheticImage]) -> list[dict
             "decision": r.decision,
             "decision_reason": r.decision_reason or "",
             "scores": json.dumps(scores.get(r.id, {}), sort_keys=True),
+            "generation_round": r.generation_round,
+            # Side in px of the file, and of the candidate it was resampled from (if it was).
+            "size": r.size or "",
+            "resized_from": r.candidate_size if r.resize_method else "",
+            "resize_method": r.resize_method or "",
         }
         for r in rows
     ]
@@ -188,7 +200,8 @@ def curated_set_manifest(
     curated_set_id: uuid.UUID,
     format: Annotated[str, Query(pattern="^(csv|jsonl)$")] = "csv",
 ) -> StreamingResponse:
-    """The manifest alone: one row per kept image with its provenance and scores."""
+    """The manifest alone: one row per kept image with its provenance, scores, generation
+    round, and size (``resized_from`` and ``resize_method`` when it was resampled)."""
     curated = _ready(get_curated_set(session, tenant_id, curated_set_id))
     rows = _manifest_rows(session, _kept_rows(session, curated))
     if format == "jsonl":
@@ -204,6 +217,9 @@ def curated_set_archive(
     state: StateDep, session: SessionDep, tenant_id: TenantDep, curated_set_id: uuid.UUID
 ) -> StreamingResponse:
     """Streamed zip: ImageFolder layout (``<class>/<id>.png``) plus ``manifest.csv``.
+
+    The images are at the curated set's resolution (the dataset's unless the request
+    named one); the manifest says each one's size, the size it was resampled from and how.
 
     Built by zipstream-ng as it is sent: no temporary file, memory bounded by one image.
     """

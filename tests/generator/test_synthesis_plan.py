@@ -1,0 +1,57 @@
+"""A synthesis request's candidates are planned deterministically, round after round: a
+top-up round's candidates follow every earlier round's, so indices, seeds and rows never
+collide, and adding a round never changes the candidates already planned."""
+
+from __future__ import annotations
+
+import uuid
+
+import numpy as np
+
+from services.generator.service import plan_candidates
+from shared.dataset_arrays import SplitArrays
+from shared.models import SynthesisRequest
+from shared.synthesis import candidate_rounds
+
+NAMES = ["NV", "MEL", "DF"]
+
+
+def _train() -> SplitArrays:
+    labels = np.repeat(np.arange(3), [12, 6, 3])
+    return SplitArrays(
+        images=np.zeros((len(labels), 8, 8, 3), dtype=np.uint8),
+        masks=None,
+        labels=labels,
+        image_ids=[uuid.uuid4() for _ in labels],
+        class_names=NAMES,
+        groups=[str(k) for k in range(len(labels))],
+    )
+
+
+def _request(top_up_rounds: list[dict[str, dict[str, int]]]) -> SynthesisRequest:
+    return SynthesisRequest(
+        counts={"DF": 2, "MEL": 4},
+        params={"oversample": 1.5, "background_policy": "any_class"},
+        mode="inpaint",
+        seed=7,
+        top_up_rounds=top_up_rounds,
+    )
+
+
+def test_top_up_rounds_follow_the_first_without_collisions() -> None:
+    train = _train()
+    first = plan_candidates(_request([]), train)
+    top_up = {"candidates": {"DF": 5}, "deficit": {"DF": 2}}
+
+    both = plan_candidates(_request([top_up]), train)
+
+    assert candidate_rounds(_request([top_up])) == [{"DF": 3, "MEL": 6}, {"DF": 5}]
+    assert both[: len(first)] == first  # earlier rounds are unchanged
+    assert [plan.index for plan in both] == list(range(14))
+    assert len({plan.seed for plan in both}) == 14
+    later = both[len(first) :]
+    assert [plan.generation_round for plan in later] == [1] * 5
+    assert {NAMES[plan.class_id] for plan in later} == {"DF"}
+    assert all(plan.generation_round == 0 for plan in first)
+    assert all(plan.source_row is not None for plan in both)  # inpaint: a background each
+    assert plan_candidates(_request([top_up]), train) == both  # deterministic
