@@ -8,13 +8,17 @@ import io
 import json
 import os
 import signal
+import uuid
 import zipfile
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from PIL import Image
+from sqlalchemy import select
 
 from shared.imaging import SYNTHETIC_KEY, read_png_text
+from shared.models import SynthesisRequest, SyntheticImage
 from tests.conftest import ApiHarness, _harness
 from tests.fixtures.archives import manifest_files, pick_samples, write_zip
 from tests.fixtures.pipelines import save_tiny_pipeline
@@ -44,6 +48,7 @@ TINY_FILTER = {
     "classifier_image_size": 32,
     "classifier_epochs": 1,
 }
+DECISIONS = ("kept", "ood", "off_class", "near_copy", "surplus", "duplicate", "background")
 
 
 @pytest.fixture(scope="module")
@@ -102,6 +107,8 @@ def test_trained_generator_records_checkpoint_loss_and_quality(
 def test_synthesis_generates_filters_and_streams_the_curated_set(
     api: ApiHarness, trained: dict[str, Any]
 ) -> None:
+    """What was asked, no more: at most 4 per class, short classes topped up in a second
+    round, kept images delivered at the 48 px asked (candidates are 32 px)."""
     created = api.client.post(
         "/v1/synthesis",
         json={
@@ -110,23 +117,46 @@ def test_synthesis_generates_filters_and_streams_the_curated_set(
             "counts": {"MEL": 4, "BCC": 4},
             "sampling": {"num_inference_steps": 2, "batch_size": 4},
             "filter": TINY_FILTER,
+            "max_rounds": 2,
+            "resolution": 48,
+            "resize_method": "lanczos",
             "seed": 7,
         },
     )
     assert created.status_code == 202, created.text
     body = created.json()
-    job = api.wait_job(body["job_id"], timeout=600)
-    # A tiny generator's class may be flagged (kept under half): the job then ends partial.
+    job = api.wait_job(body["job_id"], timeout=900)
+    # A tiny generator's class may be left short (flagged): the job then ends partial.
     assert job["state"] in ("succeeded", "partial"), job
-    assert job["result"]["generated"] == 12  # 4 per class x oversample 1.5
+    result = job["result"]
+    assert result["rounds"] in (1, 2)
 
     curated = api.client.get(f"/v1/curated-sets/{body['curated_set_id']}").json()
     assert curated["state"] == "ready"
+    generated = 0
     for name in ("MEL", "BCC"):
         entry = curated["summary"][name]
-        assert entry["generated"] == 6 and entry["kept"] + sum(entry["rejected"].values()) == 6
+        generated += entry["generated"]
+        assert entry["kept"] <= 4  # never more than asked
+        assert entry["kept"] + sum(entry["rejected"].values()) == entry["generated"]
+        assert set(entry["rejected"]) == set(DECISIONS) - {"kept"}
+        assert 0 <= entry["kept_below_chance"] <= entry["kept"]
+        if entry["rounds"] == 1:
+            assert entry["generated"] == 6  # 4 x oversample 1.5, nothing to top up
+        else:  # short after the first round: a second one for this class only
+            assert entry["rounds"] == 2 and entry["generated"] > 6
+        if entry["kept"] == 4:
+            assert entry["status"] == "kept" and entry["short"] == 0
+        else:
+            assert entry["status"] == "flagged" and entry["short"] == 4 - entry["kept"]
+            assert entry["cap_reached"] is True and entry["rounds"] == 2
+            assert f"kept {entry['kept']} of 4 asked after 2 rounds; cap reached" in entry["reason"]
+            assert f"{name} flagged ({entry['reason'].split(' (')[0]}" in result["summary"]
         assert curated["thresholds"]["classes"][name]["thresholds"]
+        assert "at most 4" in curated["thresholds"]["classes"][name]["rule"]
+    assert result["generated"] == generated
     kept = sum(e["kept"] for e in curated["summary"].values())
+    assert result["kept"] == kept <= 8
     # The filter's classifier reports whether it learned anything; when it did not, its
     # class scores are not used to call a candidate off-class.
     health = curated["thresholds"]["classifier_health"]
@@ -140,6 +170,11 @@ def test_synthesis_generates_filters_and_streams_the_curated_set(
     )
     rows = [json.loads(line) for line in manifest.text.splitlines()]
     assert len(rows) == kept and all(r["synthetic"] and r["decision"] == "kept" for r in rows)
+    # Each kept image says how it was resized: from the generator's 32 px, by lanczos.
+    assert all(
+        (r["size"], r["resized_from"], r["resize_method"]) == (48, 32, "lanczos") for r in rows
+    )
+    assert {r["generation_round"] for r in rows} <= {0, 1}
 
     archive = api.client.get(f"/v1/curated-sets/{body['curated_set_id']}/archive")
     assert archive.status_code == 200 and archive.headers["content-type"] == "application/zip"
@@ -148,13 +183,18 @@ def test_synthesis_generates_filters_and_streams_the_curated_set(
         assert "manifest.csv" in names and len(names) == kept + 1
         for name in names[:-1]:
             assert name.split("/")[0] in ("MEL", "BCC")
-            assert read_png_text(zipped.read(name))[SYNTHETIC_KEY] == "true"
+            data = zipped.read(name)
+            text = read_png_text(data)
+            assert text[SYNTHETIC_KEY] == "true"
+            assert (text["tailsynth:resized_from"], text["tailsynth:resize_method"]) == (
+                "32x32",
+                "lanczos",
+            )
+            with Image.open(io.BytesIO(data)) as image:
+                assert image.size == (48, 48)
 
     # Every candidate, kept or not, has its full provenance and scores.
-    from sqlalchemy import select
-
     from shared.db import make_engine, make_session_factory
-    from shared.models import SyntheticImage
 
     engine = make_engine(api.settings)
     with make_session_factory(engine)() as session:
@@ -165,7 +205,7 @@ def test_synthesis_generates_filters_and_streams_the_curated_set(
             )
         ]
     engine.dispose()
-    assert len(ids) == 12
+    assert len(ids) == result["generated"]  # one row per candidate, whatever the rounds
     for image_id in ids:
         image = api.client.get(f"/v1/synthetic-images/{image_id}").json()
         assert (
@@ -173,10 +213,15 @@ def test_synthesis_generates_filters_and_streams_the_curated_set(
             and image["mask_key"]
             and image["checkpoint_sha256"] == trained["job"]["result"]["checkpoint_sha256"]
         )
-        assert (
-            image["decision"] in ("kept", "ood", "off_class", "near_copy")
-            and image["decision_reason"]
-        )
+        assert image["decision"] in DECISIONS and image["decision_reason"]
+        assert image["candidate_size"] == 32 and image["candidate_key"]
+        if image["decision"] == "kept":
+            assert image["size"] == 48 and image["resize_method"] == "lanczos"
+            assert image["object_key"] != image["candidate_key"]
+            if "kept below chance" in image["decision_reason"]:
+                assert curated["summary"][image["label"]]["kept_below_chance"] > 0
+        else:  # delivered as generated
+            assert image["object_key"] == image["candidate_key"] and image["size"] == 32
         detectors = {s["detector"] for s in image["ood_scores"]}
         assert {
             "mahalanobis",
@@ -185,6 +230,53 @@ def test_synthesis_generates_filters_and_streams_the_curated_set(
             "nearest_train_cosine",
             "phash_distance",
         } <= detectors
+
+
+def test_a_short_class_is_topped_up_in_rounds_until_the_cap(
+    api: ApiHarness, trained: dict[str, Any]
+) -> None:
+    """With every pHash a duplicate (64 bits), a class keeps at most one candidate: it is
+    short after round 1, gets a top-up round of its own (later indices and seeds, round
+    1 rows), and ends flagged with the cap reached after max_rounds."""
+    created = api.client.post(
+        "/v1/synthesis",
+        json={
+            "dataset_id": trained["generator"]["dataset_id"],
+            "generator_id": trained["generator_id"],
+            "counts": {"MEL": 2},
+            "sampling": {"num_inference_steps": 1, "batch_size": 8},
+            "filter": {**TINY_FILTER, "duplicate_bits": 64},
+            "max_rounds": 2,
+            "seed": 9,
+        },
+    )
+    assert created.status_code == 202, created.text
+    body = created.json()
+    job = api.wait_job(body["job_id"], timeout=900)
+
+    assert job["state"] == "partial", job
+    assert job["result"]["rounds"] == 2
+    entry = api.client.get(f"/v1/curated-sets/{body['curated_set_id']}").json()["summary"]["MEL"]
+    assert entry["status"] == "flagged" and entry["rounds"] == 2 and entry["cap_reached"]
+    assert entry["kept"] <= 1 and entry["generated"] > 3  # 3 first, then the top-up
+    assert entry["kept"] + sum(entry["rejected"].values()) == entry["generated"]
+    assert entry["reason"].startswith(f"kept {entry['kept']} of 2 asked after 2 rounds; cap")
+    assert "MEL flagged (kept" in job["result"]["summary"]
+    ((top_ups,),) = api.rows(
+        select(SynthesisRequest.top_up_rounds).where(
+            SynthesisRequest.id == uuid.UUID(body["synthesis_id"])
+        )
+    )
+    assert len(top_ups) == 1 and top_ups[0]["deficit"]["MEL"] >= 2 - entry["kept"]
+    rows = api.rows(
+        select(
+            SyntheticImage.index_in_request, SyntheticImage.seed, SyntheticImage.generation_round
+        ).where(SyntheticImage.synthesis_id == uuid.UUID(body["synthesis_id"]))
+    )
+    assert len(rows) == entry["generated"] == 3 + top_ups[0]["candidates"]["MEL"]
+    assert sorted(index for index, _, _ in rows) == list(range(len(rows)))
+    assert len({seed for _, seed, _ in rows}) == len(rows)
+    assert {index for index, _, round_ in rows if round_ == 1} == set(range(3, len(rows)))
 
 
 def test_filter_defaults_to_the_quality_probes_classifier(
@@ -199,6 +291,7 @@ def test_filter_defaults_to_the_quality_probes_classifier(
             "generator_id": trained["generator_id"],
             "counts": {"MEL": 2},
             "sampling": {"num_inference_steps": 1},
+            "max_rounds": 1,
             "filter": {"classifier_epochs": TINY_PROBE["classifier_epochs"]},
         },
     )
@@ -226,6 +319,23 @@ def test_fill_to_max_and_bad_requests(api: ApiHarness, trained: dict[str, Any]) 
         "/v1/synthesis", json={**base, "counts": {"MEL": 1}, "mode": "paint"}
     )
     assert bad_mode.status_code == 422 and bad_mode.json()["errors"][0]["field"] == "mode"
+    for field, value in (
+        ("max_rounds", 0),
+        ("max_rounds", 11),
+        ("resolution", 4),
+        ("resize_method", "sinc"),
+    ):
+        refused = api.client.post(
+            "/v1/synthesis", json={**base, "counts": {"MEL": 1}, field: value}
+        )
+        assert refused.status_code == 422, (field, value, refused.text)
+        assert refused.json()["errors"][0]["field"] == field
+    bad_duplicates = api.client.post(
+        "/v1/synthesis",
+        json={**base, "counts": {"MEL": 1}, "filter": {"duplicate_bits": 65}},
+    )
+    assert bad_duplicates.status_code == 422
+    assert bad_duplicates.json()["errors"][0]["field"] == "filter.duplicate_bits"
     other = api.client.post(
         "/v1/synthesis", json={**base, "counts": {"MEL": 1}}, headers=api.new_tenant_headers()
     )
@@ -310,13 +420,15 @@ def test_pretrained_pipeline_registers_and_generates_in_every_mode(
                 "counts": {"MEL": 2},
                 "sampling": {"num_inference_steps": 2, "strength": 0.5},
                 "filter": TINY_FILTER,
+                "max_rounds": 1,
             },
         ).json()
         done = api.wait_job(synthesis["job_id"], timeout=600)
         assert done["state"] in ("succeeded", "partial"), (mode, done)
-        assert done["result"]["generated"] == 3
+        assert done["result"]["generated"] == 3 and done["result"]["rounds"] == 1
         curated = api.client.get(f"/v1/curated-sets/{synthesis['curated_set_id']}").json()
         assert curated["summary"]["MEL"]["generated"] == 3
+        assert curated["summary"]["MEL"]["kept"] <= 2
 
 
 def test_unloadable_pretrained_weights_fail_the_job_clearly(

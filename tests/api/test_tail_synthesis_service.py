@@ -1,7 +1,8 @@
 """Service tier for the extreme tail: a dataset whose rarest class has 3 training images
 and one class with none. Fill-to-max through the API ends succeeded or partial, never
 failed; every class is accounted for in the curated set with its status and filter mode;
-what the filter cannot serve is refused at the POST when the user names it."""
+what the filter cannot serve is refused at the POST when the user names it. Its images are
+64 px while the generator samples 32 px: the curated set is delivered at 64 px."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pytest
 from sqlalchemy import select
 
 from shared.imaging import encode_png
-from shared.models import SynthesisRequest
+from shared.models import SynthesisRequest, SyntheticImage
 from tests.conftest import ApiHarness, _harness
 from tests.fixtures.archives import pick_samples, write_zip
 
@@ -54,7 +55,7 @@ def api(service_settings, service_worker) -> Iterator[ApiHarness]:  # type: igno
 def _tail_archive_files() -> dict[str, bytes]:
     """A CSV manifest with the splits given (so DF keeps exactly 3 training images)."""
     wanted = {name: sum(splits.values()) for name, splits in SPLITS.items()}
-    picked = pick_samples(wanted, total=900, seed=41)
+    picked = pick_samples(wanted, total=900, seed=41, image_size=64)
     assert {name: len(group) for name, group in picked.items()} == wanted
     files: dict[str, bytes] = {}
     manifest = io.StringIO()
@@ -141,6 +142,7 @@ def test_fill_to_max_on_the_extreme_tail_accounts_for_every_class(
             "generator_id": generator_id,
             "target": "fill_to_max",
             "oversample": 1.0,
+            "max_rounds": 1,  # no top-up: each class gets exactly what it asks
             "sampling": {"num_inference_steps": 1, "batch_size": 16},
             "background_policy": "same_class",
             "filter": TINY_FILTER,
@@ -185,10 +187,27 @@ def test_fill_to_max_on_the_extreme_tail_accounts_for_every_class(
         entry = summary[name]
         assert entry["requested"] == asked and entry["generated"] == asked
         assert entry["kept"] + sum(entry["rejected"].values()) == asked
+        assert entry["rounds"] == 1 and entry["kept"] <= asked
         if entry["status"] == "flagged":  # a 1-step sample of an 8-step generator, likely
-            assert entry["dominant_rejection"] in ("ood", "off_class", "near_copy")
+            assert entry["dominant_rejection"] in entry["rejected"]
+            assert entry["cap_reached"] is True and entry["short"] == asked - entry["kept"]
+            assert f"asked after 1 round; cap reached ({asked} generated)" in entry["reason"]
         else:
-            assert 2 * entry["kept"] >= asked
+            assert entry["kept"] == asked
         assert curated["thresholds"]["classes"][name]["filter_mode"] == entry["filter_mode"]
     df = curated["thresholds"]["classes"]["DF"]
     assert df["n_train"] == 3 and df["n_reference"] == 12  # validation images of all classes
+
+    # Candidates are the generator's 32 px; the curated set is at the dataset's 64 px.
+    rows = api.rows(
+        select(
+            SyntheticImage.decision,
+            SyntheticImage.candidate_size,
+            SyntheticImage.size,
+            SyntheticImage.resize_method,
+        ).where(SyntheticImage.synthesis_id == uuid.UUID(body["synthesis_id"]))
+    )
+    assert len(rows) == 31 and all(candidate == 32 for _, candidate, _, _ in rows)
+    kept = [(size, method) for decision, _, size, method in rows if decision == "kept"]
+    assert len(kept) == sum(summary[name]["kept"] for name in ("MEL", "DF"))
+    assert all(delivered == (64, "bicubic") for delivered in kept)
