@@ -456,6 +456,8 @@ def filter_candidates_job(ctx: JobContext, runtime: Runtime) -> dict[str, Any] |
             "deficit": short,
         }
         _add_top_up_round(runtime, synthesis_id, len(rounds) - 1, top_up)
+        for name in mode_reasons:  # not judged yet: the short ones are being topped up
+            summary[name]["status"] = "topping_up" if name in short else "kept"
         with runtime.sessions.begin() as session:
             curated = session.get(CuratedSet, curated_set_id)
             assert curated is not None
@@ -496,6 +498,8 @@ def filter_candidates_job(ctx: JobContext, runtime: Runtime) -> dict[str, Any] |
         "generated": total,
         "kept": kept,
         "rounds": len(rounds),
+        # Replaces what an earlier round's hand-over said was short.
+        "short": {name: e["short"] for name, e in summary.items() if e.get("short")},
         "kept_below_chance": sum(entry["kept_below_chance"] for entry in summary.values()),
         PARTIAL: bool(attention),
         "summary": _one_line(summary, attention),

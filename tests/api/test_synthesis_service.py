@@ -256,7 +256,9 @@ def test_a_short_class_is_topped_up_in_rounds_until_the_cap(
 
     assert job["state"] == "partial", job
     assert job["result"]["rounds"] == 2
+    # The final word on what is short, not the hand-over's after round 1.
     entry = api.client.get(f"/v1/curated-sets/{body['curated_set_id']}").json()["summary"]["MEL"]
+    assert job["result"]["short"] == {"MEL": 2 - entry["kept"]}
     assert entry["status"] == "flagged" and entry["rounds"] == 2 and entry["cap_reached"]
     assert entry["kept"] <= 1 and entry["generated"] > 3  # 3 first, then the top-up
     assert entry["kept"] + sum(entry["rejected"].values()) == entry["generated"]
