@@ -338,6 +338,10 @@ class SynthesisCreated(BaseModel):
         default_factory=dict,
         description="how the OOD filter will serve each class: per_class, pooled or skipped",
     )
+    resolution: int | None = Field(
+        None, description="side in px the curated images will have (the dataset's by default)"
+    )
+    max_rounds: int | None = Field(None, description="generation rounds at most")
 
 
 class CuratedSetRead(BaseModel):

@@ -125,6 +125,7 @@ def test_synthesis_generates_filters_and_streams_the_curated_set(
     )
     assert created.status_code == 202, created.text
     body = created.json()
+    assert (body["resolution"], body["max_rounds"]) == (48, 2)  # known before any GPU work
     job = api.wait_job(body["job_id"], timeout=900)
     # A tiny generator's class may be left short (flagged): the job then ends partial.
     assert job["state"] in ("succeeded", "partial"), job

@@ -153,6 +153,7 @@ def test_fill_to_max_on_the_extreme_tail_accounts_for_every_class(
     body = created.json()
     # Filled towards NV (24 training images); VASC cannot be generated, so is not asked.
     assert body["counts"] == {"MEL": 10, "DF": 21}
+    assert body["resolution"] == 64  # the dataset's, as ingest recorded it
     assert _stored_plan(api, body["synthesis_id"]) == {
         "MEL": "per_class",
         "DF": "pooled",

@@ -103,6 +103,8 @@ def create_synthesis(
             curated_set_id=rows.curated_set.id,
             counts=rows.counts,
             plan=rows.plan,
+            resolution=rows.synthesis.params["resolution"],
+            max_rounds=rows.synthesis.params["max_rounds"],
         )
 
     return submit_job(state, session, idempotency, create)
