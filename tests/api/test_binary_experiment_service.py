@@ -69,7 +69,7 @@ def generator_id(api: ApiHarness, dataset_id: str) -> str:
         "/v1/generators",
         json={
             "dataset_id": dataset_id,
-            "training": TINY_TRAINING,
+            "training": {**TINY_TRAINING, "modes": ["img2img"]},
             "quality_probe": {**TINY_PROBE, "enabled": False},
         },
     )

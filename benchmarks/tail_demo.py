@@ -1,0 +1,266 @@
+"""The extreme tail over HTTP: what synthesis does for classes with a handful of images.
+
+Starts ``tailsynth serve``, builds the demo set at an extreme imbalance (by default the
+rarest classes get 4-10 images in all, 2-7 for training), trains the generator as
+``make demo`` does, asks for ``--per-class`` images of every class but the head class
+(inpainted onto same-class backgrounds), and prints per class: training images, the
+filter's mode and the class's status, the kept rate, the copy rate (``near_copy``
+rejections per candidate), and the accuracy of the real-data probe classifier — the
+model the filter shares with the generator's quality probe — on the kept images and on
+the real validation images. It writes a PNG grid per class (rows: real training images,
+kept candidates, rejected candidates with their reason) and, unless ``--no-experiment``,
+runs ce / weighted_ce / logit_adjusted / curated + logit_adjusted over ``--seeds`` seeds
+and prints each tail class's recall gain with its paired 95 % interval. A second run with
+``--dataset-id`` / ``--generator-id`` reuses what the first one made::
+
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/tail_demo.py --total 2000 --imbalance 400 \\
+        --min-per-class 5 --per-class 40 --seeds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+from sqlalchemy import select
+
+from services.client import TailsynthClient
+from services.demo import DemoPlan, embedded_server, ingest_demo, run_experiment, train_generator
+from shared.imaging import decode_image, resize_square
+
+GRID_COLUMNS = 8
+TILE = 48
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", type=Path, default=Path(".bench-tail"))
+    parser.add_argument("--port", type=int, default=8792)
+    parser.add_argument("--total", type=int, default=2000)
+    parser.add_argument("--imbalance", type=float, default=400.0)
+    parser.add_argument("--min-per-class", type=int, default=5)
+    parser.add_argument("--train-steps", type=int, default=DemoPlan.train_steps)
+    parser.add_argument("--per-class", type=int, default=40, help="asked per non-head class")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--no-experiment", action="store_true")
+    parser.add_argument("--dataset-id", help="reuse a dataset of an earlier run in --data-dir")
+    parser.add_argument("--generator-id", help="reuse a generator of an earlier run")
+    args = parser.parse_args()
+
+    plan = DemoPlan(
+        total=args.total,
+        imbalance=args.imbalance,
+        min_per_class=args.min_per_class,
+        train_steps=args.train_steps,
+        experiment_seeds=args.seeds,
+        experiment_epochs=8,
+        experiment_min_steps=300,
+    )
+    args.data_dir.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    with (
+        embedded_server(args.data_dir, args.port) as (url, key),
+        TailsynthClient(url, key) as client,
+    ):
+        started = time.monotonic()
+        if args.dataset_id:
+            dataset = client.dataset(args.dataset_id)
+        else:
+            dataset = ingest_demo(client, plan)
+        timings["ingest_s"] = time.monotonic() - started
+        started = time.monotonic()
+        generator_id = args.generator_id or train_generator(client, plan, dataset["id"])
+        timings["generator_s"] = time.monotonic() - started
+        train_counts = dataset["split_counts"]["train"]
+        head = max(train_counts, key=train_counts.get)
+        counts = {name: args.per_class for name in train_counts if name != head}
+        started = time.monotonic()
+        synthesis = client.request(
+            "POST",
+            "/v1/synthesis",
+            json={
+                "dataset_id": dataset["id"],
+                "generator_id": generator_id,
+                "counts": counts,
+                "sampling": {
+                    "num_inference_steps": plan.sampling_steps,
+                    "guidance_scale": plan.guidance_scale,
+                },
+                "background_policy": plan.background_policy,
+                "filter": {
+                    "classifier_epochs": plan.classifier_epochs,
+                    "classifier_min_steps": plan.classifier_min_steps,
+                },
+            },
+        )
+        job = client.wait(synthesis["job_id"], timeout=6 * 3600)
+        timings["synthesis_s"] = time.monotonic() - started
+        curated = client.request("GET", f"/v1/curated-sets/{synthesis['curated_set_id']}")
+        quality = client.request("GET", f"/v1/generators/{generator_id}")["quality"]
+        rows = per_class_table(args.data_dir, synthesis["synthesis_id"], curated, quality)
+        grid = write_grids(args.data_dir, dataset["id"], synthesis["synthesis_id"], counts)
+        experiment = None
+        if not args.no_experiment and curated["state"] == "ready":
+            started = time.monotonic()
+            experiment = run_experiment(
+                client, args.data_dir, plan, dataset["id"], str(curated["id"])
+            )
+            timings["experiment_s"] = time.monotonic() - started
+    print_table(rows, job)
+    if experiment is not None:
+        print_gains(experiment["results"], train_counts)  # noqa: T201
+    print(f"grid: {grid}\ntimings: {json.dumps({k: round(v) for k, v in timings.items()})}")  # noqa: T201
+    out = args.data_dir / "tail.json"
+    out.write_text(json.dumps({"classes": rows, "job": job, "timings": timings}, indent=1))
+
+
+def _database(data_dir: Path) -> Any:
+    from shared.db import make_engine, make_session_factory
+    from shared.settings import Settings
+
+    return make_session_factory(make_engine(Settings(data_dir=data_dir.resolve())))
+
+
+def _candidates(data_dir: Path, synthesis_id: str) -> list[Any]:
+    from shared.models import SyntheticImage
+
+    with _database(data_dir)() as session:
+        return list(
+            session.scalars(
+                select(SyntheticImage)
+                .where(SyntheticImage.synthesis_id == synthesis_id)
+                .order_by(SyntheticImage.index_in_request)
+            )
+        )
+
+
+def _pixels(data_dir: Path, key: str, size: int = TILE) -> np.ndarray:
+    pixels = decode_image((data_dir / "objects" / key).read_bytes()).pixels
+    if pixels.ndim == 2:
+        pixels = np.repeat(pixels[:, :, None], 3, axis=2)
+    return resize_square(pixels, size)
+
+
+def per_class_table(
+    data_dir: Path, synthesis_id: str, curated: dict[str, Any], quality: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """Per class: status, kept rate, copy rate, and the probe's accuracy on kept images."""
+    from services.trainer.classifier import ImageClassifier
+
+    classifier = ImageClassifier.load(data_dir / "cache" / quality["classifier_key"])
+    size = classifier.config.image_size
+    by_class: dict[str, list[np.ndarray]] = {}
+    for row in _candidates(data_dir, synthesis_id):
+        if row.decision == "kept":
+            by_class.setdefault(row.label, []).append(_pixels(data_dir, row.object_key, size))
+    real_val = {q["class_name"]: q["classifier_accuracy_on_real_val"] for q in quality["per_class"]}
+    names = classifier.class_names
+    rows = []
+    for name, entry in curated["summary"].items():
+        kept = by_class.get(name, [])
+        accuracy = None
+        if kept:
+            predicted = classifier.predict_proba(np.stack(kept)).argmax(axis=1)
+            accuracy = float(np.mean(predicted == names.index(name)))
+        generated = max(entry["generated"], 1)
+        rows.append(
+            {
+                "class": name,
+                "n_train": entry.get("n_train"),
+                "filter_mode": entry["filter_mode"],
+                "status": entry["status"],
+                "asked": entry["requested"],
+                "generated": entry["generated"],
+                "kept": entry["kept"],
+                "kept_rate": entry["kept"] / generated,
+                "copy_rate": entry["rejected"].get("near_copy", 0) / generated,
+                "probe_accuracy_on_kept": accuracy,
+                "probe_accuracy_on_real_val": real_val.get(name),
+                "reason": entry.get("reason", ""),
+            }
+        )
+    return rows
+
+
+def write_grids(data_dir: Path, dataset_id: str, synthesis_id: str, counts: dict[str, int]) -> Path:
+    """One PNG: per class three rows — real train images, kept, rejected (with reason)."""
+    from shared.models import RealImage, Split
+
+    with _database(data_dir)() as session:
+        real = list(
+            session.scalars(
+                select(RealImage).where(
+                    RealImage.dataset_id == dataset_id, RealImage.split == Split.TRAIN
+                )
+            )
+        )
+    candidates = _candidates(data_dir, synthesis_id)
+    label_width = 150
+    height = len(counts) * 3 * TILE
+    canvas = Image.new("RGB", (label_width + GRID_COLUMNS * TILE, height), "white")
+    draw = ImageDraw.Draw(canvas)
+    y = 0
+    for name in counts:
+        mine = [c for c in candidates if c.label == name]
+        groups = [
+            ("real", [r.object_key for r in real if r.label == name]),
+            ("kept", [c.object_key for c in mine if c.decision == "kept"]),
+            ("rejected", [c.object_key for c in mine if c.decision != "kept"]),
+        ]
+        for title, keys in groups:
+            draw.text((4, y + TILE // 3), f"{name} {title} ({len(keys)})", fill="black")
+            for column, key in enumerate(keys[:GRID_COLUMNS]):
+                tile = Image.fromarray(_pixels(data_dir, key))
+                canvas.paste(tile, (label_width + column * TILE, y))
+            y += TILE
+    out = data_dir / "tail-grid.png"
+    canvas.save(out)
+    return out
+
+
+def print_table(rows: list[dict[str, Any]], job: dict[str, Any]) -> None:
+    def pct(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.2f}"
+
+    print(f"synthesis job: {job['state']}; {job['result'].get('summary', '')}")  # noqa: T201
+    print(  # noqa: T201
+        "| class | train images | filter mode | status | asked → generated → kept | kept rate | "
+        "copy rate | probe on kept | probe on real val |\n|---|---|---|---|---|---|---|---|---|"
+    )
+    for r in sorted(rows, key=lambda r: r["n_train"] or 0):
+        print(  # noqa: T201
+            f"| {r['class']} | {r['n_train']} | {r['filter_mode']} | {r['status']} | "
+            f"{r['asked']} → {r['generated']} → {r['kept']} | {pct(r['kept_rate'])} | "
+            f"{pct(r['copy_rate'])} | {pct(r['probe_accuracy_on_kept'])} | "
+            f"{pct(r['probe_accuracy_on_real_val'])} |"
+        )
+
+
+def print_gains(results: dict[str, Any], train_counts: dict[str, int]) -> None:
+    """Per-class recall of the best curated arm against the best baseline, tail first."""
+    arms = results["arms"]
+    best = max(
+        (n for n, a in arms.items() if a["spec"]["kind"] != "baseline"),
+        key=lambda n: arms[n]["metrics"]["summary"]["balanced_accuracy"]["estimate"],
+    )
+    comparison = arms[best]["comparisons"]["vs_best_baseline"]
+    d = comparison["summary"]["balanced_accuracy"]
+    print(  # noqa: T201
+        f"{best} vs {comparison['against']}: BA {100 * d['estimate']:+.1f} pts "
+        f"[{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]"
+    )
+    for name in sorted(train_counts, key=train_counts.get):
+        r = comparison["per_class"][name]["recall"]
+        print(  # noqa: T201
+            f"  {name} ({train_counts[name]} train): recall {100 * r['estimate']:+.1f} pts "
+            f"[{100 * r['low']:+.1f}, {100 * r['high']:+.1f}]"
+        )
+
+
+if __name__ == "__main__":
+    main()
