@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,7 @@ def main() -> None:
     parser.add_argument("--no-experiment", action="store_true")
     parser.add_argument("--dataset-id", help="reuse a dataset of an earlier run in --data-dir")
     parser.add_argument("--generator-id", help="reuse a generator of an earlier run")
+    parser.add_argument("--synthesis-id", help="reuse a finished synthesis of an earlier run")
     args = parser.parse_args()
 
     plan = DemoPlan(
@@ -80,7 +82,8 @@ def main() -> None:
         head = max(train_counts, key=train_counts.get)
         counts = {name: args.per_class for name in train_counts if name != head}
         started = time.monotonic()
-        synthesis = client.request(
+        synthesis = reuse_synthesis(args.data_dir, args.synthesis_id) if args.synthesis_id else None
+        synthesis = synthesis or client.request(
             "POST",
             "/v1/synthesis",
             json={
@@ -119,6 +122,19 @@ def main() -> None:
     out.write_text(json.dumps({"classes": rows, "job": job, "timings": timings}, indent=1))
 
 
+def reuse_synthesis(data_dir: Path, synthesis_id: str) -> dict[str, Any]:
+    from shared.models import SynthesisRequest
+
+    with _database(data_dir)() as session:
+        request = session.get(SynthesisRequest, uuid.UUID(synthesis_id))
+        assert request is not None, synthesis_id
+        return {
+            "synthesis_id": synthesis_id,
+            "job_id": str(request.job_id),
+            "curated_set_id": str(request.curated_set_id),
+        }
+
+
 def _database(data_dir: Path) -> Any:
     from shared.db import make_engine, make_session_factory
     from shared.settings import Settings
@@ -133,7 +149,7 @@ def _candidates(data_dir: Path, synthesis_id: str) -> list[Any]:
         return list(
             session.scalars(
                 select(SyntheticImage)
-                .where(SyntheticImage.synthesis_id == synthesis_id)
+                .where(SyntheticImage.synthesis_id == uuid.UUID(synthesis_id))
                 .order_by(SyntheticImage.index_in_request)
             )
         )
@@ -195,7 +211,7 @@ def write_grids(data_dir: Path, dataset_id: str, synthesis_id: str, counts: dict
         real = list(
             session.scalars(
                 select(RealImage).where(
-                    RealImage.dataset_id == dataset_id, RealImage.split == Split.TRAIN
+                    RealImage.dataset_id == uuid.UUID(dataset_id), RealImage.split == Split.TRAIN
                 )
             )
         )
