@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from services.ood_filter.features import ImageEmbeddings
+from services.ood_filter.filter import CandidateScores, OodFilter
 
 N_CLASSES = 3
 FEATURE_DIM = 16
@@ -72,6 +73,24 @@ def world() -> GaussianWorld:
 def labels_for(n_per_class: int) -> np.ndarray:
     """(N_CLASSES * n_per_class,) labels 0, 0, ..., 1, 1, ..., 2, 2, ..."""
     return np.repeat(np.arange(N_CLASSES), n_per_class)
+
+
+def filter_and_chunks(world: GaussianWorld, seed: int) -> tuple[OodFilter, list[CandidateScores]]:
+    """A filter fitted on 40 images per class, and 30 class-0 candidates scored in three
+    chunks of 10 (indices 0-29), as a job scores them batch by batch."""
+    rng = np.random.default_rng(seed)
+    ood_filter = OodFilter.fit(
+        world.sample(rng, labels_for(40), n_hash_columns=8),
+        labels_for(40),
+        world.sample(rng, labels_for(40), n_hash_columns=1),
+        labels_for(40),
+    )
+    candidates = world.sample(rng, np.zeros(30, dtype=int), n_hash_columns=1)
+    chunks = [
+        ood_filter.score(candidates.subset(np.arange(start, start + 10)), 0, start_index=start)
+        for start in (0, 10, 20)
+    ]
+    return ood_filter, chunks
 
 
 class BlockColourExtractor:

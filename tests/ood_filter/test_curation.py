@@ -9,7 +9,7 @@ import pytest
 from services.ood_filter.filter import OodFilter, OodFilterConfig
 from services.ood_filter.records import Reason
 from services.ood_filter.selection import SelectionRule, decide
-from tests.ood_filter.conftest import GaussianWorld, labels_for
+from tests.ood_filter.conftest import GaussianWorld, filter_and_chunks, labels_for
 
 NOTHING = np.zeros(6, dtype=bool)
 
@@ -156,18 +156,7 @@ def test_diversity_guards_need_their_inputs_and_sane_settings() -> None:
 def test_the_filter_caps_across_chunks_and_says_which_kept_ones_look_off_class(
     world: GaussianWorld,
 ) -> None:
-    rng = np.random.default_rng(31)
-    ood_filter = OodFilter.fit(
-        world.sample(rng, labels_for(40), n_hash_columns=8),
-        labels_for(40),
-        world.sample(rng, labels_for(40), n_hash_columns=1),
-        labels_for(40),
-    )
-    candidates = world.sample(rng, np.zeros(30, dtype=int), n_hash_columns=1)
-    chunks = [
-        ood_filter.score(candidates.subset(np.arange(start, start + 10)), 0, start_index=start)
-        for start in (0, 10, 20)
-    ]
+    ood_filter, chunks = filter_and_chunks(world, 31)
 
     outcomes = list(ood_filter.decide_chunks(chunks, SelectionRule.calibrated().capped(12)))
 
@@ -180,6 +169,7 @@ def test_the_filter_caps_across_chunks_and_says_which_kept_ones_look_off_class(
         assert 0.0 <= record.class_probability <= 1.0
         assert record.below_chance == (record.class_probability < 1 / 3)
     # Another class's images score under chance for class 0 (without the detector too).
+    rng = np.random.default_rng(32)
     no_probability = OodFilter.fit(
         world.sample(rng, labels_for(40), n_hash_columns=8),
         labels_for(40),

@@ -8,7 +8,7 @@ import pytest
 from services.ood_filter.filter import CandidateScores, OodFilter
 from services.ood_filter.records import Reason
 from services.ood_filter.selection import SelectionRule, decide
-from tests.ood_filter.conftest import GaussianWorld, labels_for
+from tests.ood_filter.conftest import GaussianWorld, filter_and_chunks, labels_for
 
 
 def test_reason_precedence_is_near_copy_then_off_class_then_ood() -> None:
@@ -141,18 +141,7 @@ def test_filter_records_every_candidate_with_scores_thresholds_and_reason(
 def test_decide_chunks_ranks_across_chunks_but_yields_records_per_chunk(
     world: GaussianWorld,
 ) -> None:
-    rng = np.random.default_rng(23)
-    ood_filter = OodFilter.fit(
-        world.sample(rng, labels_for(40), n_hash_columns=8),
-        labels_for(40),
-        world.sample(rng, labels_for(40), n_hash_columns=1),
-        labels_for(40),
-    )
-    candidates = world.sample(rng, np.zeros(30, dtype=int), n_hash_columns=1)
-    chunks = [
-        ood_filter.score(candidates.subset(np.arange(start, start + 10)), 0, start_index=start)
-        for start in (0, 10, 20)
-    ]
+    ood_filter, chunks = filter_and_chunks(world, 23)
     rule = SelectionRule.best_fraction(0.3)
 
     outcomes = list(ood_filter.decide_chunks(chunks, rule))
