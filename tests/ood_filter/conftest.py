@@ -9,6 +9,7 @@ centroid classifier). Images are 16 px, so everything runs in milliseconds.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pytest
@@ -75,16 +76,22 @@ def labels_for(n_per_class: int) -> np.ndarray:
     return np.repeat(np.arange(N_CLASSES), n_per_class)
 
 
-def filter_and_chunks(world: GaussianWorld, seed: int) -> tuple[OodFilter, list[CandidateScores]]:
-    """A filter fitted on 40 images per class, and 30 class-0 candidates scored in three
-    chunks of 10 (indices 0-29), as a job scores them batch by batch."""
-    rng = np.random.default_rng(seed)
-    ood_filter = OodFilter.fit(
+def fit_filter(world: GaussianWorld, rng: np.random.Generator, **options: Any) -> OodFilter:
+    """A filter fitted on 40 training and 40 validation images per class."""
+    return OodFilter.fit(
         world.sample(rng, labels_for(40), n_hash_columns=8),
         labels_for(40),
         world.sample(rng, labels_for(40), n_hash_columns=1),
         labels_for(40),
+        **options,
     )
+
+
+def filter_and_chunks(world: GaussianWorld, seed: int) -> tuple[OodFilter, list[CandidateScores]]:
+    """A filter fitted on 40 images per class, and 30 class-0 candidates scored in three
+    chunks of 10 (indices 0-29), as a job scores them batch by batch."""
+    rng = np.random.default_rng(seed)
+    ood_filter = fit_filter(world, rng)
     candidates = world.sample(rng, np.zeros(30, dtype=int), n_hash_columns=1)
     chunks = [
         ood_filter.score(candidates.subset(np.arange(start, start + 10)), 0, start_index=start)

@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from services.ood_filter.filter import OodFilter, OodFilterConfig
+from services.ood_filter.filter import OodFilterConfig
 from services.ood_filter.records import Reason
 from services.ood_filter.selection import SelectionRule, decide
-from tests.ood_filter.conftest import GaussianWorld, filter_and_chunks, labels_for
+from tests.ood_filter.conftest import GaussianWorld, filter_and_chunks, fit_filter
 
 NOTHING = np.zeros(6, dtype=bool)
 
@@ -170,11 +170,9 @@ def test_the_filter_caps_across_chunks_and_says_which_kept_ones_look_off_class(
         assert record.below_chance == (record.class_probability < 1 / 3)
     # Another class's images score under chance for class 0 (without the detector too).
     rng = np.random.default_rng(32)
-    no_probability = OodFilter.fit(
-        world.sample(rng, labels_for(40), n_hash_columns=8),
-        labels_for(40),
-        world.sample(rng, labels_for(40), n_hash_columns=1),
-        labels_for(40),
+    no_probability = fit_filter(
+        world,
+        rng,
         config=OodFilterConfig(detectors=("mahalanobis", "knn")),
     )
     wrong = no_probability.decide(

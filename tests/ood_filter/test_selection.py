@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from services.ood_filter.filter import CandidateScores, OodFilter
+from services.ood_filter.filter import CandidateScores
 from services.ood_filter.records import Reason
 from services.ood_filter.selection import SelectionRule, decide
-from tests.ood_filter.conftest import GaussianWorld, filter_and_chunks, labels_for
+from tests.ood_filter.conftest import GaussianWorld, filter_and_chunks, fit_filter
 
 
 def test_reason_precedence_is_near_copy_then_off_class_then_ood() -> None:
@@ -107,12 +107,7 @@ def test_filter_records_every_candidate_with_scores_thresholds_and_reason(
     world: GaussianWorld,
 ) -> None:
     rng = np.random.default_rng(6)
-    ood_filter = OodFilter.fit(
-        world.sample(rng, labels_for(40), n_hash_columns=8),
-        labels_for(40),
-        world.sample(rng, labels_for(40), n_hash_columns=1),
-        labels_for(40),
-    )
+    ood_filter = fit_filter(world, rng)
     good = world.sample(rng, np.zeros(20, dtype=int), n_hash_columns=1)
     wrong_class = world.sample(rng, np.ones(10, dtype=int), n_hash_columns=1)
     candidates = type(good)(
