@@ -215,6 +215,11 @@ _DEMO = DemoPlan()  # the demo's defaults live in one place
 )
 @click.option("--experiment-seeds", type=int, default=_DEMO.experiment_seeds, show_default=True)
 @click.option("--port", type=int, default=8765, show_default=True)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="delete --data-dir even if it is not empty and no earlier demo made it",
+)
 def demo(
     data_dir: str,
     total: int,
@@ -228,11 +233,14 @@ def demo(
     experiment_min_steps: int,
     experiment_seeds: int,
     port: int,
+    force: bool,
 ) -> None:
     """The main job on the embedded default, end to end over HTTP: start ``serve``,
     ingest the long-tailed demo dataset, train a generator, synthesize the rare classes,
     filter the candidates, download the curated set, and measure with an experiment whether
-    the curated images help a classifier (verdicts and an HTML report)."""
+    the curated images help a classifier (verdicts and an HTML report). The data directory
+    is deleted first: one that is not empty and that no earlier demo made is refused
+    unless --force."""
     from services.client import ApiError, JobFailed
     from services.demo import run_demo
 
@@ -251,7 +259,7 @@ def demo(
     # A plain `kill` of the demo unwinds it, so its embedded server is stopped too.
     signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
-        run_demo(Path(data_dir), plan, port=port)
+        run_demo(Path(data_dir), plan, port=port, force=force)
     except (ApiError, JobFailed, TimeoutError) as exc:
         raise click.ClickException(f"demo stopped: {exc}") from exc
 

@@ -2,7 +2,9 @@
 
 It starts ``tailsynth serve`` as a child process (API + one Celery worker process per
 queue), issues an API key, and runs the campaign a user would run, printing each
-result. Everything lands in ``data_dir``; run it again to start over.
+result. Everything lands in ``data_dir``; run it again to start over. A data directory
+the demo made carries a marker file; the demo deletes no other non-empty directory unless
+told to (``force``).
 """
 
 from __future__ import annotations
@@ -148,9 +150,43 @@ class DemoPlan:
     curated_losses: tuple[str, ...] = ("logit_adjusted",)
 
 
-def run_demo(data_dir: Path, plan: DemoPlan, *, port: int) -> None:
-    shutil.rmtree(data_dir, ignore_errors=True)
+DEMO_MARKER = ".tailsynth-demo"
+
+
+def prepare_data_dir(data_dir: Path, *, force: bool = False) -> None:
+    """Empty ``data_dir`` for a new demo run and mark it as the demo's.
+
+    A missing or empty directory, or one a previous demo marked, is (re)made; any other
+    non-empty directory is the user's and is refused unless ``force``. The working
+    directory, the home directory and their ancestors are refused even with ``force``.
+    """
+    resolved = data_dir.resolve()
+    if data_dir.exists() and not data_dir.is_dir():
+        raise click.ClickException(f"--data-dir {data_dir} is a file, not a directory")
+    protected = {Path.home().resolve(), *Path.cwd().resolve().parents, Path.cwd().resolve()}
+    if resolved in protected:
+        raise click.ClickException(f"--data-dir {data_dir} would delete {resolved}; "
+                                   f"choose a directory of its own")
+    if (
+        data_dir.is_dir()
+        and any(data_dir.iterdir())
+        and not (data_dir / DEMO_MARKER).is_file()
+        and not force
+    ):
+        raise click.ClickException(
+            f"--data-dir {data_dir} is not empty and no earlier demo made it; the demo "
+            f"starts by deleting its data directory, so choose another one or pass --force"
+        )
+    if data_dir.is_symlink():
+        data_dir.unlink()  # the link, never what it points to
+    elif data_dir.exists():
+        shutil.rmtree(data_dir)
     data_dir.mkdir(parents=True)
+    (data_dir / DEMO_MARKER).write_text("made by tailsynth demo; deleted by its next run\n")
+
+
+def run_demo(data_dir: Path, plan: DemoPlan, *, port: int, force: bool = False) -> None:
+    prepare_data_dir(data_dir, force=force)
     started = time.monotonic()
     with embedded_server(data_dir, port) as (url, key), TailsynthClient(url, key) as client:
         click.echo(f"tailsynth demo: embedded server at {url}, data in {data_dir.resolve()}")
