@@ -7,26 +7,48 @@ scale-out (more workers on the same servers). Only these settings differ.
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import model_validator
+from pydantic import SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
 
 DEFAULT_S3_SECRET = "tailsynth-dev-secret"
+# Secrets that have been written down somewhere (these defaults, docker-compose.yml and
+# .env.example before they asked for real ones, the images' own defaults): refused
+# outside development, whoever sets them.
+KNOWN_DEFAULT_SECRETS = frozenset(
+    {
+        DEFAULT_S3_SECRET,
+        "change-me-minio-secret",
+        "change-me-postgres",
+        "change-me",
+        "tailsynth",
+        "minioadmin",
+        "postgres",
+        "password",
+        "secret",
+    }
+)
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="TAILSYNTH_", extra="ignore")
+    # Errors never echo the input: it holds the secrets.
+    model_config = SettingsConfigDict(
+        env_prefix="TAILSYNTH_", extra="ignore", hide_input_in_errors=True
+    )
 
     environment: Literal["development", "test", "production"] = "development"
     data_dir: Path = Path(".tailsynth")
 
-    # State. ``None`` means "SQLite inside data_dir" (the embedded default).
-    database_url: str | None = None
+    # State. ``None`` means "SQLite inside data_dir" (the embedded default). A secret: a
+    # server's URL carries its password.
+    database_url: SecretStr | None = None
     # Broker. ``None`` means the filesystem transport inside data_dir: no server needed.
-    broker_url: str | None = None
+    broker_url: SecretStr | None = None
     # Redis re-delivers an unacknowledged task after this many seconds; it must be longer
     # than the longest task time limit or a long training run would run twice at once.
     broker_visibility_timeout_s: int = 6 * 3600
@@ -37,10 +59,15 @@ class Settings(BaseSettings):
     storage_dir: Path | None = None
     s3_endpoint: str = "127.0.0.1:9000"
     s3_access_key: str = "tailsynth"
-    s3_secret_key: str = DEFAULT_S3_SECRET
+    s3_secret_key: SecretStr = SecretStr(DEFAULT_S3_SECRET)
     s3_bucket: str = "tailsynth"
     s3_secure: bool = False
     s3_region: str | None = None
+
+    # Pretrained generator weights a tenant may name by path: directories inside these
+    # roots (on the generator worker; JSON list in the environment). Any other source must
+    # be a model id already in the offline Hugging Face cache.
+    weights_roots: tuple[Path, ...] = ()
 
     # Upload and decode limits (bad input must fail with a clear 4xx, not exhaust a worker).
     max_upload_bytes: int = 2 * 1024**3
@@ -57,6 +84,17 @@ class Settings(BaseSettings):
 
     # Jobs: a running job whose heartbeat is older than this is re-sent by the reaper.
     job_lease_s: int = 600
+    # A stage of a job is claimed at most this many times (its worker died, its lease ran
+    # out) before the job fails with its last error.
+    job_max_attempts: int = 3
+    # Transient errors (database, broker or storage connection) are retried inside the
+    # task: this many tries in all, waiting backoff_s, twice that, ... up to backoff_max_s.
+    job_transient_tries: int = 5
+    job_transient_backoff_s: float = 1.0
+    job_transient_backoff_max_s: float = 60.0
+    # Each task's soft time limit is this far below its hard one, so the task can record
+    # on its job why it stopped before the hard limit kills it.
+    task_soft_time_limit_margin_s: int = 120
     reaper_interval_s: float = 15.0
     ingest_chunk_size: int = 100
 
@@ -65,25 +103,33 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _refuse_default_secrets(self) -> Settings:
-        if (
-            self.environment == "production"
-            and self.storage_backend == "s3"
-            and self.s3_secret_key == DEFAULT_S3_SECRET
-        ):
-            raise ValueError(
-                "TAILSYNTH_S3_SECRET_KEY must be changed from its default in production"
-            )
+        if self.environment == "development":
+            return self
+        if self.storage_backend == "s3":
+            secret = self.s3_secret_key.get_secret_value()
+            if not secret or secret in KNOWN_DEFAULT_SECRETS:
+                raise ValueError(
+                    f"TAILSYNTH_S3_SECRET_KEY is a known default or empty; set a secret of "
+                    f"your own outside development (environment={self.environment})"
+                )
+        for name, url in (("DATABASE_URL", self.database_url), ("BROKER_URL", self.broker_url)):
+            password = _url_password(url)
+            if password is not None and password in KNOWN_DEFAULT_SECRETS:
+                raise ValueError(
+                    f"the password in TAILSYNTH_{name} is a known default; set a secret of "
+                    f"your own outside development (environment={self.environment})"
+                )
         return self
 
     @property
     def resolved_database_url(self) -> str:
-        if self.database_url:
-            return self.database_url
+        if self.database_url is not None:
+            return self.database_url.get_secret_value()
         return f"sqlite:///{(self.data_dir / 'tailsynth.db').resolve()}"
 
     @property
     def resolved_broker_url(self) -> str:
-        return self.broker_url or "filesystem://"
+        return self.broker_url.get_secret_value() if self.broker_url else "filesystem://"
 
     @property
     def broker_folder(self) -> Path:
@@ -106,9 +152,24 @@ class Settings(BaseSettings):
         """These settings as ``TAILSYNTH_*`` variables, to hand to a child process."""
         env: dict[str, str] = {}
         for name, value in self.model_dump().items():
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            if isinstance(value, (list, tuple)):
+                value = json.dumps([str(item) for item in value])  # how settings read lists
             if value is not None:
                 env[f"TAILSYNTH_{name.upper()}"] = str(value)
         return env
+
+
+def _url_password(url: SecretStr | None) -> str | None:
+    """The password in a server URL (``scheme://user:password@host/...``), if any."""
+    if url is None:
+        return None
+    try:
+        password = make_url(url.get_secret_value()).password
+    except ValueError:  # not a URL sqlalchemy can parse; Celery and psycopg will say so
+        return None
+    return None if password is None else str(password)
 
 
 @lru_cache(maxsize=1)

@@ -238,7 +238,7 @@ def make_store(settings: Settings) -> ObjectStore:
         client = Minio(
             settings.s3_endpoint,
             access_key=settings.s3_access_key,
-            secret_key=settings.s3_secret_key,
+            secret_key=settings.s3_secret_key.get_secret_value(),
             secure=settings.s3_secure,
             region=settings.s3_region,
         )
