@@ -57,6 +57,21 @@ def test_health_needs_no_auth_and_reports_components(local_api: ApiHarness) -> N
     }
 
 
+def test_health_never_shows_the_exception_of_a_down_component(
+    local_api: ApiHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = "/srv/hidden/objects: s3://tailsynth:hunter2@minio:9000"
+
+    def fail() -> None:
+        raise OSError(secret)
+
+    monkeypatch.setattr(local_api.client.app.state.tailsynth.store, "ping", fail)  # type: ignore[attr-defined]
+    response = TestClient(local_api.client.app).get("/v1/health")
+    assert response.status_code == 503 and response.json()["status"] == "degraded"
+    assert response.json()["components"]["storage"] == {"status": "down", "detail": "unreachable"}
+    assert "hunter2" not in response.text and "OSError" not in response.text
+
+
 def test_requests_without_a_valid_key_are_401_problems(local_api: ApiHarness) -> None:
     anonymous = TestClient(local_api.client.app)
     for headers in ({}, {"Authorization": "Bearer ts_nope_nope"}):
