@@ -36,6 +36,13 @@ from shared.jobs import create_job
 from shared.models import CuratedSet, Generator, Job, RealImage, Split, SynthesisRequest
 
 MAX_COUNT_PER_CLASS = 100_000
+#: Sampling defaults, one place for the API's schemas and the workers' fallbacks: the
+#: settings benchmarks/generator_demo_quality.py measured best on the demo set (guidance
+#: 6 over 3 and 2; lesions painted onto images of their own class; see the README).
+DEFAULT_SCHEDULER = "ddim"
+DEFAULT_INFERENCE_STEPS = 25
+DEFAULT_GUIDANCE_SCALE = 6.0
+DEFAULT_BACKGROUND_POLICY = "same_class"
 #: Generation rounds when a caller does not say: the API asks for 3 by default; callers
 #: with rounds of their own (the trainer's adaptive experiments) get one, as before.
 DEFAULT_MAX_ROUNDS = 1

@@ -9,6 +9,12 @@ from typing import Any, Generic, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.models import Dataset, Job
+from shared.synthesis import (
+    DEFAULT_BACKGROUND_POLICY,
+    DEFAULT_GUIDANCE_SCALE,
+    DEFAULT_INFERENCE_STEPS,
+    DEFAULT_SCHEDULER,
+)
 
 T = TypeVar("T")
 
@@ -195,10 +201,10 @@ class QualityProbe(BaseModel):
 
     enabled: bool = True
     images_per_class: int = Field(16, ge=2, le=1000)
-    num_inference_steps: int = Field(25, ge=1, le=1000)
-    guidance_scale: float = Field(6.0, ge=0, le=30)
+    num_inference_steps: int = Field(DEFAULT_INFERENCE_STEPS, ge=1, le=1000)
+    guidance_scale: float = Field(DEFAULT_GUIDANCE_SCALE, ge=0, le=30)
     background_policy: str = Field(
-        "same_class",
+        DEFAULT_BACKGROUND_POLICY,
         pattern="^(any_class|same_class|head_classes)$",
         description="which val images receive the probe's lesions (as in synthesis)",
     )
@@ -251,9 +257,9 @@ class GeneratorCreated(BaseModel):
 class Sampling(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    scheduler: str = Field("ddim", max_length=32)
-    num_inference_steps: int = Field(25, ge=1, le=1000)
-    guidance_scale: float = Field(6.0, ge=0, le=30)  # see GeneratorTraining's note
+    scheduler: str = Field(DEFAULT_SCHEDULER, max_length=32)
+    num_inference_steps: int = Field(DEFAULT_INFERENCE_STEPS, ge=1, le=1000)
+    guidance_scale: float = Field(DEFAULT_GUIDANCE_SCALE, ge=0, le=30)  # see GeneratorTraining
     strength: float = Field(0.6, gt=0, le=1, description="img2img only")
     batch_size: int = Field(16, ge=1, le=512)
 
@@ -310,7 +316,9 @@ class SynthesisCreate(BaseModel):
     )
     mode: str = Field("inpaint", pattern="^(inpaint|img2img|generate)$")
     sampling: Sampling = Sampling()
-    background_policy: str = Field("same_class", pattern="^(any_class|same_class|head_classes)$")
+    background_policy: str = Field(
+        DEFAULT_BACKGROUND_POLICY, pattern="^(any_class|same_class|head_classes)$"
+    )
     oversample: float = Field(1.5, ge=1, le=10, description="candidates generated per image asked")
     max_rounds: int = Field(
         3,
@@ -440,7 +448,9 @@ class AdaptiveSettings(BaseModel):
     epochs_per_round: int = Field(3, ge=1, le=200)
     mode: str = Field("inpaint", pattern="^(inpaint|img2img|generate)$")
     sampling: Sampling = Sampling()
-    background_policy: str = Field("same_class", pattern="^(any_class|same_class|head_classes)$")
+    background_policy: str = Field(
+        DEFAULT_BACKGROUND_POLICY, pattern="^(any_class|same_class|head_classes)$"
+    )
     oversample: float = Field(1.5, ge=1, le=10)
     filter: FilterSettings = FilterSettings()
     classifier_guidance_scale: float = Field(

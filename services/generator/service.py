@@ -56,7 +56,13 @@ from shared.imaging import encode_png, sha256_bytes
 from shared.jobs import JobCanceled, JobContext, NextStage
 from shared.models import Generator, Split, SynthesisRequest, SyntheticImage
 from shared.runtime import Runtime
-from shared.synthesis import candidate_rounds
+from shared.synthesis import (
+    DEFAULT_BACKGROUND_POLICY,
+    DEFAULT_GUIDANCE_SCALE,
+    DEFAULT_INFERENCE_STEPS,
+    DEFAULT_SCHEDULER,
+    candidate_rounds,
+)
 
 log = logging.getLogger(__name__)
 LOSS_CURVE_POINTS = 500
@@ -252,9 +258,9 @@ def _quality_probe(
     if len(val) == 0:
         return {"skipped": "the dataset has no validation images"}
     images_per_class = int(probe.get("images_per_class", 16))
-    steps = int(probe.get("num_inference_steps", 25))
-    guidance_scale = float(probe.get("guidance_scale", 2.0))
-    policy = cast(BackgroundPolicy, probe.get("background_policy", "any_class"))
+    steps = int(probe.get("num_inference_steps", DEFAULT_INFERENCE_STEPS))
+    guidance_scale = float(probe.get("guidance_scale", DEFAULT_GUIDANCE_SCALE))
+    policy = cast(BackgroundPolicy, probe.get("background_policy", DEFAULT_BACKGROUND_POLICY))
     class_ids = np.repeat(np.arange(len(val.class_names)), images_per_class)
     per_class_sources = []
     for class_id in range(len(val.class_names)):
@@ -387,7 +393,7 @@ def plan_candidates(request: SynthesisRequest, train: SplitArrays) -> list[Candi
                         train.labels,
                         class_id,
                         n,
-                        policy=request.params.get("background_policy", "any_class"),
+                        policy=request.params.get("background_policy", DEFAULT_BACKGROUND_POLICY),
                         seed=_background_seed(request, class_id, generation_round),
                     )
                 ]
@@ -480,9 +486,11 @@ def generate_candidates_job(ctx: JobContext, runtime: Runtime) -> NextStage:
         )
         masks = None
         kwargs = {
-            "scheduler": sampling.get("scheduler", "ddim"),
-            "num_inference_steps": int(sampling.get("num_inference_steps", 25)),
-            "guidance_scale": float(sampling.get("guidance_scale", 2.0)),
+            "scheduler": sampling.get("scheduler", DEFAULT_SCHEDULER),
+            "num_inference_steps": int(
+                sampling.get("num_inference_steps", DEFAULT_INFERENCE_STEPS)
+            ),
+            "guidance_scale": float(sampling.get("guidance_scale", DEFAULT_GUIDANCE_SCALE)),
             "batch_size": batch_size,
             **guidance,
         }

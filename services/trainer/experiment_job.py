@@ -48,7 +48,7 @@ from shared.imaging import decode_image, resize_square
 from shared.jobs import JobCanceled, JobContext, dispatch, request_cancel
 from shared.models import Experiment, Job, JobState, Split, SyntheticImage
 from shared.runtime import Runtime
-from shared.synthesis import add_synthesis
+from shared.synthesis import DEFAULT_BACKGROUND_POLICY, add_synthesis
 
 log = logging.getLogger(__name__)
 
@@ -514,7 +514,9 @@ def _synthesize_round(
                 mode=settings.get("mode", "inpaint"),
                 params={
                     "sampling": settings.get("sampling", {}),
-                    "background_policy": settings.get("background_policy", "any_class"),
+                    "background_policy": settings.get(
+                        "background_policy", DEFAULT_BACKGROUND_POLICY
+                    ),
                     "oversample": settings.get("oversample", 1.5),
                     "classifier_guidance": settings.get("classifier_guidance"),
                 },
