@@ -6,7 +6,7 @@ experiment with every non-generative baseline and the curated set (alone and wit
 baseline loss) over several seeds or folds. Prints the table the closing note needs —
 balanced accuracy, macro-F1 and the two rarest classes' recall per arm with 95 %
 intervals, and the best curated arm against the best non-generative arm — and writes the
-experiment JSON and the HTML report.
+experiment JSON, the HTML report and a PNG grid (real, kept and rejected images per class).
 
 A second run with the same ``--data-dir`` and ``--dataset-id`` / ``--generator-id``
 reuses what the first one made (to try other synthesis or experiment settings)::
@@ -21,6 +21,8 @@ import json
 import time
 from pathlib import Path
 from typing import Any
+
+from grids import synthesis_of, write_grids
 
 from services.client import TailsynthClient
 from services.demo import (
@@ -176,6 +178,10 @@ def main() -> None:
     results = experiment["results"]
     out = args.out or args.data_dir / "experiment.json"
     out.write_text(json.dumps({"experiment": experiment, "timings": timings}, indent=1))
+    classes = list(args.rare_classes)
+    grid = write_grids(
+        args.data_dir, dataset_id, synthesis_of(args.data_dir, curated_id), classes, "grid.png"
+    )
     ids = {"dataset": dataset_id, "generator": generator_id, "curated": curated_id}
     lines = [
         table(results),
@@ -183,6 +189,7 @@ def main() -> None:
         f"ids: {json.dumps(ids)}",
         f"timings: {json.dumps({k: round(v) for k, v in timings.items()})}",
         f"results: {out}",
+        f"grid (real / kept / rejected per class): {grid}",
     ]
     print("\n\n".join(lines))  # noqa: T201
 

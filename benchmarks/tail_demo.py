@@ -27,15 +27,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw
-from sqlalchemy import select
+from grids import candidates_of, database, pixels, write_grids
 
 from services.client import TailsynthClient
 from services.demo import DemoPlan, embedded_server, ingest_demo, run_experiment, train_generator
-from shared.imaging import decode_image, resize_square
-
-GRID_COLUMNS = 8
-TILE = 48
 
 
 def main() -> None:
@@ -47,6 +42,10 @@ def main() -> None:
     parser.add_argument("--min-per-class", type=int, default=5)
     parser.add_argument("--train-steps", type=int, default=DemoPlan.train_steps)
     parser.add_argument("--per-class", type=int, default=40, help="asked per non-head class")
+    parser.add_argument(
+        "--guidance-scale", type=float, default=DemoPlan.guidance_scale, help="synthesis"
+    )
+    parser.add_argument("--classes", help="comma-separated classes to ask for (default: all)")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--no-experiment", action="store_true")
     parser.add_argument("--dataset-id", help="reuse a dataset of an earlier run in --data-dir")
@@ -80,7 +79,8 @@ def main() -> None:
         timings["generator_s"] = time.monotonic() - started
         train_counts = dataset["split_counts"]["train"]
         head = max(train_counts, key=train_counts.get)
-        counts = {name: args.per_class for name in train_counts if name != head}
+        wanted = args.classes.split(",") if args.classes else [n for n in train_counts if n != head]
+        counts = {name: args.per_class for name in wanted}
         started = time.monotonic()
         synthesis = reuse_synthesis(args.data_dir, args.synthesis_id) if args.synthesis_id else None
         synthesis = synthesis or client.request(
@@ -92,7 +92,7 @@ def main() -> None:
                 "counts": counts,
                 "sampling": {
                     "num_inference_steps": plan.sampling_steps,
-                    "guidance_scale": plan.guidance_scale,
+                    "guidance_scale": args.guidance_scale,
                 },
                 "background_policy": plan.background_policy,
                 "filter": {
@@ -106,7 +106,9 @@ def main() -> None:
         curated = client.request("GET", f"/v1/curated-sets/{synthesis['curated_set_id']}")
         quality = client.request("GET", f"/v1/generators/{generator_id}")["quality"]
         rows = per_class_table(args.data_dir, synthesis["synthesis_id"], curated, quality)
-        grid = write_grids(args.data_dir, dataset["id"], synthesis["synthesis_id"], counts)
+        grid = write_grids(
+            args.data_dir, dataset["id"], synthesis["synthesis_id"], list(counts), "tail-grid.png"
+        )
         experiment = None
         if not args.no_experiment and curated["state"] == "ready":
             started = time.monotonic()
@@ -125,7 +127,7 @@ def main() -> None:
 def reuse_synthesis(data_dir: Path, synthesis_id: str) -> dict[str, Any]:
     from shared.models import SynthesisRequest
 
-    with _database(data_dir)() as session:
+    with database(data_dir)() as session:
         request = session.get(SynthesisRequest, uuid.UUID(synthesis_id))
         assert request is not None, synthesis_id
         return {
@@ -133,33 +135,6 @@ def reuse_synthesis(data_dir: Path, synthesis_id: str) -> dict[str, Any]:
             "job_id": str(request.job_id),
             "curated_set_id": str(request.curated_set_id),
         }
-
-
-def _database(data_dir: Path) -> Any:
-    from shared.db import make_engine, make_session_factory
-    from shared.settings import Settings
-
-    return make_session_factory(make_engine(Settings(data_dir=data_dir.resolve())))
-
-
-def _candidates(data_dir: Path, synthesis_id: str) -> list[Any]:
-    from shared.models import SyntheticImage
-
-    with _database(data_dir)() as session:
-        return list(
-            session.scalars(
-                select(SyntheticImage)
-                .where(SyntheticImage.synthesis_id == uuid.UUID(synthesis_id))
-                .order_by(SyntheticImage.index_in_request)
-            )
-        )
-
-
-def _pixels(data_dir: Path, key: str, size: int = TILE) -> np.ndarray:
-    pixels = decode_image((data_dir / "objects" / key).read_bytes()).pixels
-    if pixels.ndim == 2:
-        pixels = np.repeat(pixels[:, :, None], 3, axis=2)
-    return resize_square(pixels, size)
 
 
 def per_class_table(
@@ -171,9 +146,9 @@ def per_class_table(
     classifier = ImageClassifier.load(data_dir / "cache" / quality["classifier_key"])
     size = classifier.config.image_size
     by_class: dict[str, list[np.ndarray]] = {}
-    for row in _candidates(data_dir, synthesis_id):
+    for row in candidates_of(data_dir, synthesis_id):
         if row.decision == "kept":
-            by_class.setdefault(row.label, []).append(_pixels(data_dir, row.object_key, size))
+            by_class.setdefault(row.label, []).append(pixels(data_dir, row.object_key, size))
     real_val = {q["class_name"]: q["classifier_accuracy_on_real_val"] for q in quality["per_class"]}
     names = classifier.class_names
     rows = []
@@ -201,42 +176,6 @@ def per_class_table(
             }
         )
     return rows
-
-
-def write_grids(data_dir: Path, dataset_id: str, synthesis_id: str, counts: dict[str, int]) -> Path:
-    """One PNG: per class three rows — real train images, kept, rejected (with reason)."""
-    from shared.models import RealImage, Split
-
-    with _database(data_dir)() as session:
-        real = list(
-            session.scalars(
-                select(RealImage).where(
-                    RealImage.dataset_id == uuid.UUID(dataset_id), RealImage.split == Split.TRAIN
-                )
-            )
-        )
-    candidates = _candidates(data_dir, synthesis_id)
-    label_width = 150
-    height = len(counts) * 3 * TILE
-    canvas = Image.new("RGB", (label_width + GRID_COLUMNS * TILE, height), "white")
-    draw = ImageDraw.Draw(canvas)
-    y = 0
-    for name in counts:
-        mine = [c for c in candidates if c.label == name]
-        groups = [
-            ("real", [r.object_key for r in real if r.label == name]),
-            ("kept", [c.object_key for c in mine if c.decision == "kept"]),
-            ("rejected", [c.object_key for c in mine if c.decision != "kept"]),
-        ]
-        for title, keys in groups:
-            draw.text((4, y + TILE // 3), f"{name} {title} ({len(keys)})", fill="black")
-            for column, key in enumerate(keys[:GRID_COLUMNS]):
-                tile = Image.fromarray(_pixels(data_dir, key))
-                canvas.paste(tile, (label_width + column * TILE, y))
-            y += TILE
-    out = data_dir / "tail-grid.png"
-    canvas.save(out)
-    return out
 
 
 def print_table(rows: list[dict[str, Any]], job: dict[str, Any]) -> None:
