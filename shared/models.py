@@ -134,6 +134,9 @@ class Job(TimestampMixin, Base):
 
     The row is committed before its task is sent; ``dispatched_at`` stays empty until
     the broker accepted the task, so the reaper can send what a crash left unsent.
+    A worker runs a job only after claiming it (shared/jobs.py): ``worker_id`` owns it
+    until ``lease_until``, and ``attempts`` (every claim, never reset) fences what an
+    owner writes; ``stage_attempts`` counts the claims of the current stage, capped.
     """
 
     __tablename__ = "jobs"
@@ -151,6 +154,9 @@ class Job(TimestampMixin, Base):
     task_name: Mapped[str] = mapped_column(String(128))
     queue: Mapped[str] = mapped_column(String(32))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    stage_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    worker_id: Mapped[str | None] = mapped_column(String(255))
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     dispatched_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
