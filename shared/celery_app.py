@@ -57,6 +57,13 @@ def _time_limit(settings: Settings, queue: str) -> int:
     return int(getattr(settings, f"{queue}_time_limit_s"))
 
 
+def _soft_time_limit(settings: Settings, queue: str) -> int:
+    """Below the hard limit by the margin (at most half the limit): the task gets
+    ``SoftTimeLimitExceeded`` first and records on its job why it stopped."""
+    hard = _time_limit(settings, queue)
+    return hard - min(settings.task_soft_time_limit_margin_s, hard // 2)
+
+
 def create_celery_app(settings: Settings, *, include_tasks: bool = False) -> Celery:
     check_visibility_timeout(settings)
     app = Celery("tailsynth", include=list(TASK_MODULES) if include_tasks else [])
@@ -92,7 +99,10 @@ def create_celery_app(settings: Settings, *, include_tasks: bool = False) -> Cel
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
         task_annotations={
-            name: {"time_limit": _time_limit(settings, queue)}
+            name: {
+                "time_limit": _time_limit(settings, queue),
+                "soft_time_limit": _soft_time_limit(settings, queue),
+            }
             for name, queue in TASK_QUEUES.items()
         },
     )

@@ -305,33 +305,21 @@ def run_ingest(
     with factory() as session:
         if session.get(Dataset, dataset_id) is None:
             raise NotFound(f"dataset {dataset_id} vanished before its ingest ran")
-    try:
-        with tempfile.TemporaryDirectory(prefix="tailsynth-ingest-") as tmp:
-            root = Path(tmp) / "files"
-            root.mkdir()
-            ctx.progress(0, stage="extracting")
-            listing: ArchiveListing
-            if ctx.params.get("source") == "demo":
-                _write_demo(ctx, root)
-                listing = listing_from_directory(root)
-            else:
-                archive = Path(tmp) / "upload"
-                store.download_to(ctx.params["source_key"], archive)
-                listing = list_archive(archive, archive_limits(settings))
-                extract_archive(archive, root, listing)
-                archive.unlink()
-            plan = build_plan(listing, ctx.params.get("format"), ctx.params.get("classes"))
-            return ingest_directory(ctx, factory, store, settings, dataset_id, root, plan)
-    except Exception as exc:
-        reason = (
-            "ingest canceled"
-            if isinstance(exc, JobCanceled)
-            else getattr(exc, "detail", f"internal error: {type(exc).__name__}")
-        )
-        with factory.begin() as session:
-            session.execute(
-                update(Dataset)
-                .where(Dataset.id == dataset_id)
-                .values(state=DatasetState.FAILED, ingest_report={"error": reason})
-            )
-        raise
+    # A failed or canceled ingest leaves its dataset "failed" with the job's error in
+    # its report: the job system ends both together (shared.jobs.end_job).
+    with tempfile.TemporaryDirectory(prefix="tailsynth-ingest-") as tmp:
+        root = Path(tmp) / "files"
+        root.mkdir()
+        ctx.progress(0, stage="extracting")
+        listing: ArchiveListing
+        if ctx.params.get("source") == "demo":
+            _write_demo(ctx, root)
+            listing = listing_from_directory(root)
+        else:
+            archive = Path(tmp) / "upload"
+            store.download_to(ctx.params["source_key"], archive)
+            listing = list_archive(archive, archive_limits(settings))
+            extract_archive(archive, root, listing)
+            archive.unlink()
+        plan = build_plan(listing, ctx.params.get("format"), ctx.params.get("classes"))
+        return ingest_directory(ctx, factory, store, settings, dataset_id, root, plan)
