@@ -14,6 +14,12 @@ filesystem), so a process killed mid-write never leaves a half checkpoint under 
 that :func:`latest_checkpoint` would pick. ``manifest.json`` is written last, inside the
 temporary directory, so its presence also marks completeness.
 
+A checkpoint copied from elsewhere (storage, another host) is installed the same way by
+:func:`install_checkpoint`: filled into a hidden staging directory, every file checked
+against the manifest's sha256, then renamed into place; a killed or corrupt copy never
+looks complete. :func:`checkpoint_name` is the one place the directory (and storage key)
+name of a step is spelled.
+
 The checkpoint sha256 identifies *what is sampled from*: it hashes the config and the
 inference weights (``unet/``, ``vae/``), not the optimiser state, so two checkpoints that
 generate the same images share it.
@@ -25,6 +31,8 @@ import hashlib
 import json
 import os
 import shutil
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +47,19 @@ MANIFEST_FILE = "manifest.json"
 TRAINING_STATE_FILE = "training_state.pt"
 _PREFIX = "checkpoint-"
 _INFERENCE_PARTS = (CONFIG_FILE, "unet", "vae")
+
+
+def checkpoint_name(step: int) -> str:
+    """The directory name of the checkpoint of ``step``, locally and in storage."""
+    return f"{_PREFIX}{step:08d}"
+
+
+def checkpoint_step(name: str) -> int | None:
+    """The step a checkpoint directory ``name`` holds, or ``None`` if it names none."""
+    digits = name.removeprefix(_PREFIX)
+    if digits == name or not digits.isdigit() or checkpoint_name(int(digits)) != name:
+        return None
+    return int(digits)
 
 
 @dataclass(frozen=True)
@@ -65,7 +86,7 @@ def write_checkpoint(
     An existing checkpoint of the same step is replaced.
     """
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    final = checkpoint_dir / f"{_PREFIX}{step:08d}"
+    final = checkpoint_dir / checkpoint_name(step)
     staging = checkpoint_dir / f".tmp-{final.name}-{os.getpid()}"
     if staging.exists():
         shutil.rmtree(staging)
@@ -80,18 +101,39 @@ def write_checkpoint(
         manifest: dict[str, Any] = {"step": step, "files": files,
                                     "sha256": _inference_sha256(files)}
         _fsync_write(staging / MANIFEST_FILE, json.dumps(manifest, indent=2, sort_keys=True))
-        if final.exists():
-            # Rename the old one aside first: os.replace cannot overwrite a non-empty dir.
-            retired = checkpoint_dir / f".old-{final.name}-{os.getpid()}"
-            os.replace(final, retired)
-            os.replace(staging, final)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            os.replace(staging, final)
+        _move_into_place(staging, final)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return CheckpointInfo(path=final, step=step, sha256=manifest["sha256"])
+
+
+def install_checkpoint(final: Path, fill: Callable[[Path], None]) -> CheckpointInfo:
+    """Install a checkpoint copied from elsewhere at ``final``, verified and atomically.
+
+    ``fill(staging)`` writes the checkpoint's files (manifest included) into an empty
+    staging directory beside ``final`` (e.g. by downloading them). Every file is then
+    checked against the manifest's sha256 and the whole directory renamed into place; a
+    copy that is killed, short or corrupt is deleted and never appears at ``final``.
+
+    Raises:
+        ValueError: the copy has no manifest, misses a file, a sha256 differs, or its
+            step is not the one ``final`` names.
+    """
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = final.parent / f".tmp-{final.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
+    try:
+        fill(staging)
+        sha256 = verify_checkpoint(staging)
+        step = int(read_manifest(staging)["step"])
+        if checkpoint_step(final.name) not in (None, step):
+            raise ValueError(f"{final.name} holds a checkpoint of step {step}")
+        _move_into_place(staging, final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return CheckpointInfo(path=final, step=step, sha256=sha256)
 
 
 def list_checkpoints(checkpoint_dir: Path) -> list[CheckpointInfo]:
@@ -125,12 +167,22 @@ def read_manifest(checkpoint_path: Path) -> dict[str, Any]:
 
 
 def verify_checkpoint(checkpoint_path: Path) -> str:
-    """Recompute every file hash; return the sha256 or raise ``ValueError`` on mismatch."""
-    manifest = read_manifest(checkpoint_path)
-    for rel, expected in manifest["files"].items():
-        actual = _sha256_file(checkpoint_path / rel)
+    """Recompute every file hash; return the sha256 or raise ``ValueError`` if the
+    manifest is missing or unreadable, a file is missing, or a hash differs."""
+    try:
+        manifest = read_manifest(checkpoint_path)
+        files: dict[str, str] = dict(manifest["files"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{checkpoint_path.name} has no readable manifest: {exc}") from exc
+    for rel, expected in files.items():
+        try:
+            actual = _sha256_file(checkpoint_path / rel)
+        except OSError as exc:
+            raise ValueError(f"checkpoint file {rel} is missing") from exc
         if actual != expected:
             raise ValueError(f"checkpoint file {rel} is corrupt: sha256 {actual} != {expected}")
+    if _inference_sha256(files) != manifest.get("sha256"):
+        raise ValueError(f"{checkpoint_path.name}: manifest sha256 does not match its files")
     return str(manifest["sha256"])
 
 
@@ -138,6 +190,18 @@ def load_training_state(checkpoint_path: Path) -> dict[str, Any]:
     state: dict[str, Any] = torch.load(checkpoint_path / TRAINING_STATE_FILE, map_location="cpu",
                                        weights_only=True)
     return state
+
+
+def _move_into_place(staging: Path, final: Path) -> None:
+    """Rename a complete ``staging`` directory to ``final``, replacing what is there."""
+    if final.exists():
+        # Rename the old one aside first: os.replace cannot overwrite a non-empty dir.
+        retired = final.parent / f".old-{final.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        os.replace(final, retired)
+        os.replace(staging, final)
+        shutil.rmtree(retired, ignore_errors=True)
+    else:
+        os.replace(staging, final)
 
 
 def _relative_files(root: Path) -> list[str]:

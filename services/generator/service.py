@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import logging
 import math
-import shutil
 import uuid
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, cast
 
@@ -27,7 +27,14 @@ from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from services.generator.checkpoint import latest_checkpoint
+from services.generator.checkpoint import (
+    MANIFEST_FILE,
+    CheckpointInfo,
+    checkpoint_name,
+    checkpoint_step,
+    install_checkpoint,
+    latest_checkpoint,
+)
 from services.generator.config import GeneratorConfig
 from services.generator.masks import (
     BackgroundPolicy,
@@ -56,6 +63,7 @@ from shared.imaging import encode_png, sha256_bytes
 from shared.jobs import JobCanceled, JobContext, NextStage
 from shared.models import Generator, Split, SynthesisRequest, SyntheticImage
 from shared.runtime import Runtime
+from shared.storage import download_verified
 from shared.synthesis import (
     DEFAULT_BACKGROUND_POLICY,
     DEFAULT_GUIDANCE_SCALE,
@@ -86,6 +94,12 @@ def _download_prefix(runtime: Runtime, prefix: str, local: Path) -> None:
         runtime.store.download_to(key, target)
 
 
+def _pull_checkpoint(runtime: Runtime, key: str, local: Path) -> CheckpointInfo:
+    """Download the checkpoint stored under ``key`` to ``local``, verified and atomically
+    (a killed or corrupt download leaves nothing at ``local``)."""
+    return install_checkpoint(local, partial(_download_prefix, runtime, key))
+
+
 class _CheckpointMirror:
     """Copies each new local checkpoint to storage (the manifest last, so a half-copied
     checkpoint in storage has no manifest and is never taken for a complete one)."""
@@ -96,20 +110,34 @@ class _CheckpointMirror:
         self.prefix = checkpoint_prefix(generator_id)
         self.uploaded_step = -1
 
-    def restore(self) -> None:
-        """Pull the newest complete checkpoint in storage if the local dir has none newer."""
-        steps = sorted(
-            {
-                int(k.split("/checkpoint-")[1].split("/")[0])
-                for k in self.runtime.store.list_keys(self.prefix + "/")
-                if "/checkpoint-" in k and k.endswith("manifest.json")
-            }
-        )
+    def stored_steps(self) -> list[int]:
+        """Steps of the checkpoints in storage with a manifest, newest first."""
+        steps = set()
+        for key in self.runtime.store.list_keys(self.prefix + "/"):
+            name, _, rest = key[len(self.prefix) + 1 :].partition("/")
+            step = checkpoint_step(name)
+            if rest == MANIFEST_FILE and step is not None:
+                steps.add(step)
+        return sorted(steps, reverse=True)
+
+    def restore(self) -> CheckpointInfo | None:
+        """Pull the newest stored checkpoint that verifies, unless the local dir (this
+        host's scratch, possibly empty) already has one as new; the pulled info or None."""
         local = latest_checkpoint(self.local_dir)
-        if steps and (local is None or local.step < steps[-1]):
-            name = f"checkpoint-{steps[-1]}"
-            _download_prefix(self.runtime, f"{self.prefix}/{name}", self.local_dir / name)
-            self.uploaded_step = steps[-1]
+        for step in self.stored_steps():
+            if local is not None and local.step >= step:
+                return None
+            name = checkpoint_name(step)
+            try:
+                pulled = _pull_checkpoint(
+                    self.runtime, f"{self.prefix}/{name}", self.local_dir / name
+                )
+            except ValueError as exc:  # a stored copy that fails its manifest: the one before
+                log.warning("stored checkpoint %s/%s is unusable: %s", self.prefix, name, exc)
+                continue
+            self.uploaded_step = step
+            return pulled
+        return None
 
     def sync(self) -> None:
         newest = latest_checkpoint(self.local_dir)
@@ -169,7 +197,10 @@ def train_generator_job(ctx: JobContext, runtime: Runtime) -> dict[str, Any]:
     ctx.progress(0, config.max_train_steps, "training")
 
     def on_step(step: int, total: int) -> None:
-        if step % config.checkpoint_every == 0 or step == total:
+        # Training writes a step's checkpoint just after reporting the step: the one of
+        # step k reaches storage at step k + 1 (the last one after training), not a whole
+        # checkpoint interval later.
+        if step % config.checkpoint_every == 1 or config.checkpoint_every == 1:
             mirror.sync()
         if step % 10 == 0 or step == total:
             ctx.progress(step, total)
@@ -429,10 +460,20 @@ def _load_model(runtime: Runtime, generator: Generator, class_names: list[str]) 
             prompts=PromptTemplates.for_modality(generator.config.get("modality", "dermoscopy")),
         )
     local = _scratch(runtime, "generators", str(generator.id), "sampling")
-    checkpoint = local / Path(generator.checkpoint_key or "").name
-    if not (checkpoint / "manifest.json").is_file():
-        shutil.rmtree(checkpoint, ignore_errors=True)
-        _download_prefix(runtime, generator.checkpoint_key or "", checkpoint)
+    key = generator.checkpoint_key or ""
+    checkpoint = local / Path(key).name
+    if (checkpoint / MANIFEST_FILE).is_file():
+        try:  # verified on first load; a bad copy (left by an older version) is replaced
+            cached = load_generator(checkpoint)
+            if cached.sha256 == generator.checkpoint_sha256:
+                return cached
+        except (OSError, ValueError) as exc:
+            log.warning("cached checkpoint %s is unusable (%s); downloading it again",
+                        checkpoint, exc)
+    pulled = _pull_checkpoint(runtime, key, checkpoint)
+    if pulled.sha256 != generator.checkpoint_sha256:
+        raise ValueError(f"stored checkpoint {key} has sha256 {pulled.sha256}, the generator "
+                         f"records {generator.checkpoint_sha256}")
     return load_generator(checkpoint)
 
 
@@ -594,11 +635,8 @@ def _guidance_classifier(
         )
     key = str(settings["checkpoint_key"])
     local = (runtime.settings.data_dir / "cache" / key).resolve()
-    if not local.is_file():
-        partial = local.with_name(local.name + ".part")
-        partial.parent.mkdir(parents=True, exist_ok=True)
-        runtime.store.download_to(key, partial)
-        partial.replace(local)  # a killed download never leaves a file that looks complete
+    if not local.is_file():  # checked and renamed into place: a file here is complete
+        download_verified(runtime.store, key, local)
     classifier = ImageClassifier.load(local)
     return {
         "classifier": classifier.guidance_module(),

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import signal
 import uuid
 import zipfile
@@ -371,7 +372,7 @@ def test_fill_to_max_and_bad_requests(api: ApiHarness, trained: dict[str, Any]) 
     assert api.client.post(f"/v1/jobs/{fill.json()['job_id']}/cancel").status_code in (202, 409)
 
 
-def test_generator_training_resumes_after_its_worker_is_killed(
+def test_generator_training_resumes_from_storage_after_its_worker_and_scratch_are_lost(
     api: ApiHarness, service_worker: ManagedProcess, dataset_id: str
 ) -> None:
     created = api.client.post(
@@ -389,7 +390,13 @@ def test_generator_training_resumes_after_its_worker_is_killed(
         "training to pass step 20",
         interval=0.1,
     )
-    for pid in service_worker.children():
+    children = service_worker.children()
+    for pid in children:  # frozen first, so no checkpoint is written while its dir goes
+        os.kill(pid, signal.SIGSTOP)
+    # As if the job came back on another host: nothing of this run is left in scratch,
+    # so it resumes only from the checkpoints mirrored to storage.
+    shutil.rmtree(api.settings.data_dir / "scratch" / "generators" / created["generator_id"])
+    for pid in children:
         os.kill(pid, signal.SIGKILL)
     job = api.wait_job(job_id, timeout=600)
     assert job["state"] == "succeeded", job
