@@ -9,9 +9,11 @@ completes; the local backend writes a temporary file and renames it into place.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -23,6 +25,7 @@ from shared.settings import Settings
 
 CHUNK = 1024 * 1024
 S3_PART_SIZE = 16 * 1024 * 1024
+SHA256_SUFFIX = ".sha256"  # the sidecar object holding another object's sha256 (hex)
 
 
 class ObjectNotFound(KeyError):
@@ -231,6 +234,47 @@ class S3ObjectStore:
 
     def ping(self) -> None:
         self.client.bucket_exists(self.bucket)
+
+
+def put_file_with_sha256(store: ObjectStore, key: str, path: Path, sha256: str) -> None:
+    """Upload ``path`` to ``key``, then its sha256 to the sidecar ``key + ".sha256"``."""
+    with path.open("rb") as handle:
+        store.put_stream(key, handle, path.stat().st_size)
+    store.put_bytes(key + SHA256_SUFFIX, sha256.encode())
+
+
+def download_verified(store: ObjectStore, key: str, path: Path) -> str:
+    """Download ``key`` to ``path`` so that ``path`` is complete and checked, or absent.
+
+    The object goes to a temporary file beside ``path``, is checked against its sha256
+    sidecar (:func:`put_file_with_sha256`) or, for an object stored without one, against
+    its stored size, and only then renamed into place: a worker killed mid-download
+    leaves no file that a later task would trust. Returns the file's sha256 (hex).
+
+    Raises:
+        ValueError: the download does not match the sidecar's sha256 or the size.
+        ObjectNotFound: no object at ``key``.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".tmp-{path.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        store.download_to(key, partial)
+        digest = hashlib.sha256()
+        with partial.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(CHUNK), b""):
+                digest.update(chunk)
+        actual = digest.hexdigest()
+        if store.exists(key + SHA256_SUFFIX):
+            expected = store.get_bytes(key + SHA256_SUFFIX).decode().strip()
+            if actual != expected:
+                raise ValueError(f"download of {key} is corrupt: sha256 {actual} != {expected}")
+        elif partial.stat().st_size != store.size(key):
+            raise ValueError(f"download of {key} is short: {partial.stat().st_size} bytes of "
+                             f"{store.size(key)}")
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+    return actual
 
 
 def make_store(settings: Settings) -> ObjectStore:

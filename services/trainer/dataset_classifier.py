@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import threading
 import uuid
 from collections import OrderedDict
@@ -25,8 +26,9 @@ from services.trainer.health import classifier_health
 from shared.dataset_arrays import SplitArrays, load_split
 from shared.models import Split
 from shared.settings import Settings
-from shared.storage import ObjectStore
+from shared.storage import ObjectStore, download_verified, put_file_with_sha256
 
+log = logging.getLogger(__name__)
 _CACHE: OrderedDict[str, ImageClassifier] = OrderedDict()
 _CACHE_SIZE = 2
 _LOCK = threading.Lock()
@@ -92,8 +94,10 @@ def dataset_classifier(
             return _CACHE[key], key
     local = local_path(settings, key)
     if not local.is_file() and store.exists(key):
-        local.parent.mkdir(parents=True, exist_ok=True)
-        store.download_to(key, local)
+        try:  # checked and renamed into place: a file in the cache is complete
+            download_verified(store, key, local)
+        except ValueError as exc:  # a bad stored copy is trained again and replaced
+            log.warning("stored classifier %s is unusable: %s", key, exc)
     if local.is_file():
         classifier = ImageClassifier.load(local)
     else:
@@ -114,9 +118,8 @@ def dataset_classifier(
             should_cancel=should_cancel,
         )
         local.parent.mkdir(parents=True, exist_ok=True)
-        classifier.save(local)
-        with local.open("rb") as handle:
-            store.put_stream(key, handle, local.stat().st_size)
+        sha256 = classifier.save(local)
+        put_file_with_sha256(store, key, local, sha256)
     with _LOCK:
         _CACHE[key] = classifier
         while len(_CACHE) > _CACHE_SIZE:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import uuid
 from pathlib import Path
@@ -9,7 +10,14 @@ from pathlib import Path
 import pytest
 from minio import Minio
 
-from shared.storage import LocalObjectStore, ObjectNotFound, ObjectStore, S3ObjectStore
+from shared.storage import (
+    LocalObjectStore,
+    ObjectNotFound,
+    ObjectStore,
+    S3ObjectStore,
+    download_verified,
+    put_file_with_sha256,
+)
 
 
 @pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.service)])
@@ -59,3 +67,46 @@ def test_overwrite_is_atomic_for_readers(store: ObjectStore) -> None:
     store.put_bytes("k", b"new")
     assert store.get_bytes("k") == b"new"
     assert store.list_keys("").count("k") == 1
+
+
+def test_verified_download_checks_the_sha256_sidecar(store: ObjectStore, tmp_path: Path) -> None:
+    source = tmp_path / "classifier.safetensors"
+    source.write_bytes(b"weights" * 1000)
+    sha256 = hashlib.sha256(source.read_bytes()).hexdigest()
+    put_file_with_sha256(store, "c/model.safetensors", source, sha256)
+    cached = tmp_path / "cache" / "model.safetensors"
+    assert download_verified(store, "c/model.safetensors", cached) == sha256
+    assert cached.read_bytes() == source.read_bytes()
+
+    store.put_bytes("c/model.safetensors", b"weights" * 999)  # out of step with its sidecar
+    cached.unlink()
+    with pytest.raises(ValueError, match="corrupt"):
+        download_verified(store, "c/model.safetensors", cached)
+    assert list(cached.parent.iterdir()) == []  # no partial file, hidden or not
+
+
+def test_a_short_or_killed_download_leaves_no_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = LocalObjectStore(tmp_path / "objects")
+    store.put_bytes("c/old.safetensors", b"x" * 4096)  # stored before sidecars existed
+    cached = tmp_path / "cache" / "old.safetensors"
+
+    def short(key: str, path: Path) -> None:
+        path.write_bytes(b"x" * 100)  # the connection dropped
+
+    monkeypatch.setattr(store, "download_to", short)
+    with pytest.raises(ValueError, match="short"):
+        download_verified(store, "c/old.safetensors", cached)
+
+    def killed(key: str, path: Path) -> None:
+        path.write_bytes(b"x" * 100)
+        raise KeyboardInterrupt  # as far as the process gets before SIGKILL
+
+    monkeypatch.setattr(store, "download_to", killed)
+    with pytest.raises(KeyboardInterrupt):
+        download_verified(store, "c/old.safetensors", cached)
+    assert list(cached.parent.iterdir()) == []
+    monkeypatch.undo()
+    download_verified(store, "c/old.safetensors", cached)
+    assert cached.read_bytes() == b"x" * 4096
