@@ -177,6 +177,7 @@ def service_settings(
         s3_bucket=f"ts-{uuid.uuid4().hex[:12]}",
         s3_region="us-east-1",
         ingest_chunk_size=10,
+        weights_roots=(tmp_path_factory.mktemp("weights-root"),),
     )
     engine = make_engine(settings)
     upgrade(engine)

@@ -224,7 +224,11 @@ class GeneratorCreate(BaseModel):
     training: GeneratorTraining = GeneratorTraining()
     quality_probe: QualityProbe = QualityProbe()
     source: str | None = Field(
-        None, max_length=1024, description="pretrained: local diffusers directory or model id"
+        None,
+        max_length=1024,
+        description="pretrained: an absolute path to a diffusers pipeline directory under the "
+        "server's weights roots (TAILSYNTH_WEIGHTS_ROOTS), or a model id in its offline "
+        "Hugging Face cache",
     )
     modality: str = Field("dermoscopy", max_length=64, description="prompt templates (pretrained)")
 

@@ -2,8 +2,12 @@
 
 Weights come from a local directory in diffusers layout (``model_index.json`` plus one
 folder per component) or a model id already in the local Hugging Face cache; nothing is
-ever downloaded (``local_files_only=True``). The three pipelines - text-to-image,
-img2img and inpaint - share one set of components (no second copy in memory).
+ever downloaded (``local_files_only=True``) and only safetensors weights are read
+(``use_safetensors=True``: a pickle in a tenant's weights never runs). A service passes
+its ``weights_roots``, and only directories inside them (see
+:mod:`services.generator.weights_source`) or cached model ids load. The three
+pipelines - text-to-image, img2img and inpaint - share one set of components (no second
+copy in memory).
 
 Classes become prompts through :class:`~services.generator.prompts.PromptTemplates`, so
 the sampling surface is the same as a trained generator's: ``inpaint(images, masks,
@@ -45,6 +49,7 @@ from services.generator.batching import run_in_batches
 from services.generator.prompts import PromptTemplates
 from services.generator.sampling import GenerationResult, SamplingParameters, check_request
 from services.generator.schedulers import SCHEDULER_NAMES, scheduler_from_config
+from services.generator.weights_source import WeightsSourceRefused, resolve_source_directory
 
 logger = logging.getLogger(__name__)
 
@@ -243,6 +248,7 @@ def load_pretrained(
     source: str | Path,
     class_names: Sequence[str],
     *,
+    weights_roots: Sequence[Path] | None,
     prompts: PromptTemplates | None = None,
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
@@ -253,6 +259,9 @@ def load_pretrained(
         source: a local diffusers pipeline directory, or a model id present in the local
             Hugging Face cache.
         class_names: class labels, turned into prompts by ``prompts``.
+        weights_roots: the directories a path ``source`` must lie in (a tenant's request:
+            pass the service's settings); ``None`` only for a trusted caller's own
+            directory (a script, a test).
         prompts: prompt templates (default: dermoscopy, ISIC class names).
         device: torch device; default CUDA when available.
         dtype: weights dtype; default float16 on CUDA, float32 on CPU.
@@ -265,7 +274,7 @@ def load_pretrained(
         PretrainedWeightsError: not cached / not found offline, or not a diffusers
             Stable Diffusion pipeline.
     """
-    directory = resolve_pipeline_directory(source)
+    directory = resolve_pipeline_directory(source, weights_roots)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = dtype or (torch.float16 if device.type == "cuda" else torch.float32)
     prompts = prompts or PromptTemplates()
@@ -280,8 +289,8 @@ def load_pretrained(
                     else StableDiffusionPipeline)
     try:
         loaded = pipeline_cls.from_pretrained(
-            directory, local_files_only=True, dtype=dtype, safety_checker=None,
-            requires_safety_checker=False,
+            directory, local_files_only=True, use_safetensors=True, dtype=dtype,
+            safety_checker=None, requires_safety_checker=False,
         )
     except (OSError, ValueError, TypeError) as exc:
         raise PretrainedWeightsError(f"{source} could not be loaded as a Stable Diffusion "
@@ -321,8 +330,16 @@ def _directory_fingerprint(directory: Path) -> tuple[tuple[str, int, int], ...]:
     )
 
 
-def resolve_pipeline_directory(source: str | Path) -> Path:
-    """The local directory of ``source`` (a directory, or a cached model id)."""
+def resolve_pipeline_directory(source: str | Path, weights_roots: Sequence[Path] | None) -> Path:
+    """The local directory of ``source``: inside ``weights_roots`` or a cached model id
+    (see :func:`~services.generator.weights_source.resolve_source_directory`); with
+    ``weights_roots=None``, any local directory (trusted callers only)."""
+    if weights_roots is not None:
+        try:
+            directory = resolve_source_directory(str(source), weights_roots)
+        except WeightsSourceRefused as exc:
+            raise PretrainedWeightsError(str(exc)) from exc
+        return _require_pipeline(directory)
     path = Path(source)
     if path.exists():
         if not path.is_dir():
@@ -341,6 +358,10 @@ def resolve_pipeline_directory(source: str | Path) -> Path:
                 f"Hugging Face cache (downloads are disabled); copy the weights to a "
                 f"directory and register that path"
             ) from exc
+    return _require_pipeline(directory)
+
+
+def _require_pipeline(directory: Path) -> Path:
     if not (directory / "model_index.json").is_file():
         raise PretrainedWeightsError(
             f"{directory} is not a diffusers pipeline directory (no model_index.json); "

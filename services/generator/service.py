@@ -457,6 +457,7 @@ def _load_model(runtime: Runtime, generator: Generator, class_names: list[str]) 
         return load_pretrained(
             generator.source or "",
             class_names,
+            weights_roots=runtime.settings.weights_roots,
             prompts=PromptTemplates.for_modality(generator.config.get("modality", "dermoscopy")),
         )
     local = _scratch(runtime, "generators", str(generator.id), "sampling")
@@ -644,6 +645,13 @@ def _guidance_classifier(
     }
 
 
+def _fail_registration(runtime: Runtime, generator_id: uuid.UUID) -> None:
+    with runtime.sessions.begin() as session:
+        record = session.get(Generator, generator_id)
+        assert record is not None
+        record.state = "failed"
+
+
 def register_pretrained_job(ctx: JobContext, runtime: Runtime) -> dict[str, Any]:
     """Load pretrained diffusers weights offline once, to check them and record their hash."""
     from services.generator.pretrained import (
@@ -663,15 +671,19 @@ def register_pretrained_job(ctx: JobContext, runtime: Runtime) -> dict[str, Any]
         model = load_pretrained(
             generator.source or "",
             class_names,
+            weights_roots=runtime.settings.weights_roots,
             prompts=PromptTemplates.for_modality(generator.config.get("modality", "dermoscopy")),
         )
-    except (PretrainedWeightsError, ValueError, OSError) as exc:
-        with runtime.sessions.begin() as session:
-            record = session.get(Generator, generator_id)
-            assert record is not None
-            record.state = "failed"
+    except PretrainedWeightsError as exc:  # its message is written for the tenant
+        _fail_registration(runtime, generator_id)
+        raise InvalidInput(str(exc), field="source") from exc
+    except (ValueError, OSError) as exc:  # a loader's own words may name server paths
+        _fail_registration(runtime, generator_id)
+        log.warning("pretrained weights %r did not load", generator.source, exc_info=True)
         raise InvalidInput(
-            f"pretrained weights {generator.source!r}: {exc}", field="source"
+            f"pretrained weights {generator.source!r} could not be loaded as a Stable "
+            f"Diffusion pipeline ({type(exc).__name__})",
+            field="source",
         ) from exc
     with runtime.sessions.begin() as session:
         record = session.get(Generator, generator_id)

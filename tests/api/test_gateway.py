@@ -219,3 +219,24 @@ def test_openapi_documents_the_v1_surface(local_api: ApiHarness) -> None:
         "/v1/jobs/{job_id}/cancel",
     ):
         assert path in paths
+
+
+def test_pretrained_sources_outside_the_weights_roots_are_422_saying_nothing_found(
+    local_api: ApiHarness, tmp_path: Path
+) -> None:
+    """Refused by the request's text before any job exists: the same answer for a
+    directory that exists and one that does not, and nothing is queued."""
+    (tmp_path / "exists").mkdir()
+    dataset_id = "00000000-0000-0000-0000-000000000001"
+    details = []
+    for source in (str(tmp_path / "exists"), str(tmp_path / "missing"), "/etc/../etc",
+                   "../../weights", "a/b/c"):
+        response = local_api.client.post(
+            "/v1/generators",
+            json={"kind": "pretrained", "dataset_id": dataset_id, "source": source},
+        )
+        assert response.status_code == 422, response.text
+        assert response.json()["field"] == "source"
+        details.append(response.json()["detail"].replace(source, "<source>"))
+    assert len(set(details)) == 1 and "weights roots (none configured)" in details[0]
+    assert _count(local_api, Job) == 0

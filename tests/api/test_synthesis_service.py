@@ -406,10 +406,12 @@ def test_generator_training_resumes_from_storage_after_its_worker_and_scratch_ar
 
 
 def test_pretrained_pipeline_registers_and_generates_in_every_mode(
-    api: ApiHarness, dataset_id: str, tmp_path_factory: pytest.TempPathFactory
+    api: ApiHarness, dataset_id: str
 ) -> None:
-    """Register a saved diffusers pipeline from a local directory, then synthesize with it."""
-    directory = save_tiny_pipeline(tmp_path_factory.mktemp("tiny-sd"), 32)
+    """Register a saved diffusers pipeline from a directory under the weights roots, then
+    synthesize with it."""
+    (api.settings.weights_roots[0] / "tiny-sd").mkdir()
+    directory = save_tiny_pipeline(api.settings.weights_roots[0] / "tiny-sd", 32)
     created = api.client.post(
         "/v1/generators",
         json={"kind": "pretrained", "dataset_id": dataset_id, "source": str(directory)},
@@ -442,7 +444,7 @@ def test_pretrained_pipeline_registers_and_generates_in_every_mode(
 
 
 def test_unloadable_pretrained_weights_fail_the_job_clearly(
-    api: ApiHarness, dataset_id: str
+    api: ApiHarness, dataset_id: str, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     created = api.client.post(
         "/v1/generators",
@@ -455,6 +457,13 @@ def test_unloadable_pretrained_weights_fail_the_job_clearly(
     job = api.wait_job(created["job_id"], timeout=600)
     assert job["state"] == "failed" and "no-such-org/no-such-model" in job["error"]
     assert api.client.get(f"/v1/generators/{created['generator_id']}").json()["state"] == "failed"
+    outside = save_tiny_pipeline(tmp_path_factory.mktemp("outside-sd"), 32)
+    refused = api.client.post(
+        "/v1/generators", json={"kind": "pretrained", "dataset_id": dataset_id,
+                                "source": str(outside)}
+    )
+    assert refused.status_code == 422 and refused.json()["field"] == "source"
+    assert "weights roots" in refused.json()["detail"]
     missing = api.client.post(
         "/v1/generators", json={"kind": "pretrained", "dataset_id": dataset_id}
     )

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+import safetensors.torch
+import torch
 
 from services.generator.pretrained import (
     LoraTrainingConfig,
@@ -29,7 +32,8 @@ def pipeline_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def pretrained(pipeline_dir: Path) -> PretrainedGenerator:
-    return load_pretrained(pipeline_dir, CLASSES, device="cpu")
+    return load_pretrained(pipeline_dir, CLASSES, weights_roots=[pipeline_dir.parent],
+                           device="cpu")
 
 
 def _images() -> tuple[np.ndarray, np.ndarray]:
@@ -40,7 +44,8 @@ def _images() -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_three_modes_share_components_and_return_images(pretrained: PretrainedGenerator) -> None:
-    assert load_pretrained(pretrained.source, CLASSES, device="cpu") is pretrained  # cached
+    assert load_pretrained(pretrained.source, CLASSES, weights_roots=None,
+                           device="cpu") is pretrained  # cached
     assert pretrained.inpaint_pipeline.unet is pretrained.text2img.unet
     assert pretrained.img2img_pipeline.vae is pretrained.text2img.vae
     images, masks = _images()
@@ -70,10 +75,28 @@ def test_prompts_name_the_class_and_a_seeded_attribute() -> None:
 
 def test_unknown_sources_fail_clearly(tmp_path: Path) -> None:
     with pytest.raises(PretrainedWeightsError, match="not a diffusers pipeline directory"):
-        load_pretrained(tmp_path, CLASSES, device="cpu")
-    with pytest.raises(PretrainedWeightsError, match="not .*in the local Hugging Face cache"
-                       "|neither a local directory"):
-        load_pretrained("tailsynth-test/not-a-cached-model", CLASSES, device="cpu")
+        load_pretrained(tmp_path, CLASSES, weights_roots=[tmp_path], device="cpu")
+    with pytest.raises(PretrainedWeightsError, match="model id .* offline Hugging Face cache"):
+        load_pretrained("tailsynth-test/not-a-cached-model", CLASSES,
+                        weights_roots=[tmp_path], device="cpu")
+
+
+def test_a_pipeline_outside_the_weights_roots_is_refused(
+    pipeline_dir: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(PretrainedWeightsError, match="neither a directory under the weights"):
+        load_pretrained(pipeline_dir, CLASSES, weights_roots=[tmp_path], device="cpu")
+
+
+def test_only_safetensors_weights_are_loaded(pipeline_dir: Path, tmp_path: Path) -> None:
+    """A pickled (.bin) component could run code when loaded: it is not read at all."""
+    pickled = tmp_path / "pickled"
+    shutil.copytree(pipeline_dir, pickled)
+    weights = pickled / "unet" / "diffusion_pytorch_model.safetensors"
+    torch.save(safetensors.torch.load_file(str(weights)), weights.with_suffix(".bin"))
+    weights.unlink()
+    with pytest.raises(PretrainedWeightsError, match="could not be loaded"):
+        load_pretrained(pickled, CLASSES, weights_roots=[tmp_path], device="cpu")
 
 
 def test_invalid_requests_raise(pretrained: PretrainedGenerator) -> None:
@@ -93,7 +116,8 @@ def test_lora_finetune_is_saved_with_the_pipeline_and_changes_outputs(
                                                     learning_rate=5e-2))
     assert [step for step, _ in curve] == [1, 2, 3]
     assert (tmp_path / "tuned/pytorch_lora_weights.safetensors").is_file()
-    tuned = load_pretrained(tmp_path / "tuned", CLASSES, device="cpu")
+    tuned = load_pretrained(tmp_path / "tuned", CLASSES, weights_roots=[tmp_path],
+                            device="cpu")
     assert tuned.lora and tuned.sha256 != pretrained.sha256
     base = pretrained.generate(np.array([0]), np.array([3]), num_inference_steps=2)
     adapted = tuned.generate(np.array([0]), np.array([3]), num_inference_steps=2)

@@ -13,6 +13,7 @@ from services.api.idempotency import Idempotency, body_hash
 from services.api.routers._submit import submit_job
 from services.api.schemas import GeneratorCreate, GeneratorCreated, GeneratorRead
 from services.generator.config import GeneratorConfig, resolve_augment
+from services.generator.weights_source import WeightsSourceRefused, check_source
 from shared.dataset_arrays import dataset_channels, ready_dataset
 from shared.db import get_owned
 from shared.errors import InvalidInput
@@ -30,7 +31,11 @@ def get_generator(session: SessionDep, tenant_id: uuid.UUID, generator_id: uuid.
     "",
     status_code=202,
     response_model=GeneratorCreated,
-    responses={404: {"description": "unknown dataset"}, 409: {"description": "dataset not ready"}},
+    responses={
+        404: {"description": "unknown dataset"},
+        409: {"description": "dataset not ready"},
+        422: {"description": "invalid training, or a source outside the weights roots"},
+    },
 )
 def create_generator(
     state: StateDep,
@@ -46,14 +51,20 @@ def create_generator(
     )
 
     def create() -> tuple[uuid.UUID, GeneratorCreated]:
-        dataset = ready_dataset(session, request.dataset_id, tenant_id)
-        training: dict[str, Any] = {}  # pretrained weights are not trained here
         if request.kind == "pretrained":
             if not request.source:
                 raise InvalidInput(
-                    "a pretrained generator needs source: a local directory or model id",
+                    "a pretrained generator needs source: a directory under the weights "
+                    "roots or a model id",
                     field="source",
                 )
+            try:  # by its text alone: the answer never depends on what exists where
+                check_source(request.source, state.settings.weights_roots)
+            except WeightsSourceRefused as exc:
+                raise InvalidInput(str(exc), field="source") from exc
+        dataset = ready_dataset(session, request.dataset_id, tenant_id)
+        training: dict[str, Any] = {}  # pretrained weights are not trained here
+        if request.kind == "pretrained":
             task = "tailsynth.register_generator"
         else:
             if request.source:
