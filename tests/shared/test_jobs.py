@@ -21,12 +21,12 @@ from typing import Any
 
 import pytest
 from celery import Celery
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.celery_app import TASK_QUEUES, create_celery_app
 from shared.db import make_engine, make_session_factory
-from shared.jobs import JobPolicy, dispatch, reap, run_job
+from shared.jobs import JobContext, JobPolicy, dispatch, reap, run_job
 from shared.models import (
     CuratedSet,
     Dataset,
@@ -158,6 +158,39 @@ def test_a_claim_past_the_cap_fails_the_job_with_its_last_error(
     assert job.error is not None
     assert job.error.startswith("gave up after 3 attempts of stage 'decoding'; last error: ")
     assert "attempt 3 on elsewhere/1/dead ended without a result" in job.error
+
+
+def test_an_attempt_whose_job_was_taken_over_stops_and_writes_nothing(
+    local_factory: sessionmaker[Session], tmp_path: Path
+) -> None:
+    """Fencing: once another delivery claimed the job (this attempt's lease ran out while
+    it hung), the old attempt's progress, result and end are dropped."""
+    job_id = _add_job(
+        local_factory, _add_tenant(local_factory), job_tasks.RECORD_RUN, tmp_path / "runs.log"
+    )
+
+    def hung_then_resumed(ctx: JobContext) -> dict[str, Any]:
+        with local_factory.begin() as session:  # what a newer claim writes
+            session.execute(
+                update(Job)
+                .where(Job.id == job_id)
+                .values(attempts=Job.attempts + 1, worker_id="elsewhere/2/new")
+            )
+        ctx.progress(99, stage="stale")
+        assert ctx.should_cancel()
+        ctx.check_cancel()  # raises LeaseLost
+        return {"stale": True}
+
+    run_job(
+        local_factory,
+        str(job_id),
+        hung_then_resumed,
+        policy=JobPolicy(lease_s=60),
+        task_name=job_tasks.RECORD_RUN,
+    )
+    job = _job(local_factory, job_id)
+    assert (job.state, job.worker_id, job.attempts) == (JobState.RUNNING, "elsewhere/2/new", 2)
+    assert job.done == 0 and job.stage == "starting" and job.result == {}
 
 
 def test_the_reaper_resends_lost_work_only(
