@@ -11,8 +11,7 @@ dimensions, so the covariance needs shrinkage (scikit-learn ``LedoitWolf``) and 
 neighbour search must be per class (scikit-learn ``NearestNeighbors``). The logit-based
 scores (energy, maximum softmax) are class-agnostic and come from pytorch-ood as is.
 Sharpness (log Laplacian energy of the pixels) covers blur and noise, which classifier
-features are trained to be invariant to; colour (a histogram palette, :mod:`.colour`)
-covers colours the dataset never shows, which they were never trained to notice.
+features are trained to be invariant to.
 
 **Classes of any size.** Every detector is fitted on every class with at least one
 training image, and scores a class so that the scores of different classes can be put
@@ -38,12 +37,10 @@ from typing import ClassVar, Self
 import numpy as np
 import torch
 from pytorch_ood.detector import EnergyBased, MaxSoftmax
-from scipy import ndimage
 from scipy.stats import median_abs_deviation
 from sklearn.covariance import LedoitWolf
 from sklearn.neighbors import NearestNeighbors
 
-from services.ood_filter.colour import RGB_LEVELS, rarest_pixels_log_density
 from services.ood_filter.features import ImageEmbeddings
 
 # Weight, in images, of the all-class statistic when a class's own one is shrunk towards
@@ -474,81 +471,6 @@ class SharpnessDetector(Detector):
         return scores
 
 
-def _colour_of(embeddings: ImageEmbeddings) -> np.ndarray:
-    if embeddings.colour is None:
-        raise ValueError(
-            "these embeddings carry no colour histograms (cached before the colour "
-            "detector existed); embed the images again with embed_images"
-        )
-    return np.asarray(embeddings.colour, dtype=np.float64)
-
-
-class ColourDetector(Detector):
-    """How common the image's rarest colours are among the class's real training images.
-
-    The class's palette is the mean colour histogram (:mod:`.colour`) of its n training
-    images shrunk towards the class-balanced mean of all classes (weights n and
-    ``_PRIOR_IMAGES``), blurred by ``smoothing`` grid cells so neighbouring shades
-    count, with a floor of ``floor`` per cell. The score is the mean log density of the
-    image's rarest ``share`` of pixels (:func:`~.colour.rarest_pixels_log_density`): a
-    lesion painted in a colour no real image of the class (or, for a tail class, of the
-    dataset) shows scores low however typical the skin around it is.
-    """
-
-    name = "colour"
-    count_sensitive = True
-
-    def __init__(self, *, share: float = 0.02, smoothing: float = 0.75, floor: float = 1e-7):
-        self.share, self.smoothing, self.floor = share, smoothing, floor
-        self.log_densities: dict[int, np.ndarray] = {}
-        self._pooled = np.zeros(0)
-        self._members: dict[int, np.ndarray] = {}
-
-    def fit(self, train: ImageEmbeddings, labels: np.ndarray) -> Self:
-        colour = _colour_of(train)
-        self._members = {int(c): colour[labels == c] for c in np.unique(labels)}
-        self._pooled = np.mean([m.mean(axis=0) for m in self._members.values()], axis=0)
-        self.log_densities = {c: self._log_density(m) for c, m in self._members.items()}
-        return self
-
-    def _log_density(self, histograms: np.ndarray) -> np.ndarray:
-        n = len(histograms)
-        mixed = (histograms.sum(axis=0) + _PRIOR_IMAGES * self._pooled) / (n + _PRIOR_IMAGES)
-        grid = mixed.reshape((RGB_LEVELS,) * 3) if mixed.size == RGB_LEVELS**3 else mixed
-        smooth = ndimage.gaussian_filter(grid, self.smoothing, mode="constant").ravel()
-        density = np.maximum(smooth, 0.0) + self.floor
-        return np.log(density / density.sum())
-
-    def score(self, candidates: ImageEmbeddings, class_index: int) -> np.ndarray:
-        return rarest_pixels_log_density(
-            _colour_of(candidates), self.log_densities[class_index], self.share
-        )
-
-    def reference_scores(
-        self,
-        images: ImageEmbeddings,
-        labels: np.ndarray,
-        *,
-        reference_size: int | None = None,
-        rng: np.random.Generator | None = None,
-    ) -> np.ndarray:
-        """As :meth:`Detector.reference_scores`; with ``reference_size`` n each image is
-        scored against the palette of a fresh random n of its class's training images."""
-        if reference_size is None:
-            return super().reference_scores(images, labels)
-        sizes = {c: len(m) for c, m in self._members.items()}
-        subsets = _size_matched_subsets(
-            labels, sizes, reference_size, rng or np.random.default_rng(0)
-        )
-        colour = _colour_of(images)
-        scores = np.empty(len(labels), dtype=np.float64)
-        for row, (c, chosen) in enumerate(zip(labels, subsets, strict=True)):
-            log_density = self._log_density(self._members[int(c)][chosen])
-            row_colour = colour[row : row + 1]
-            scores[row] = rarest_pixels_log_density(row_colour, log_density, self.share)[0]
-        return scores
-
-
 DETECTOR_TYPES: dict[str, type[Detector]] = {
     detector.name: detector
     for detector in (
@@ -559,7 +481,6 @@ DETECTOR_TYPES: dict[str, type[Detector]] = {
         MaxSoftmaxDetector,
         ClassProbabilityDetector,
         SharpnessDetector,
-        ColourDetector,
     )
 }
 OFF_CLASS_DETECTOR = ClassProbabilityDetector.name

@@ -1,4 +1,4 @@
-"""Feature extraction for the OOD filter: features, logits, hashes, sharpness and colour.
+"""Feature extraction for the OOD filter: features, logits, hashes and sharpness, streamed.
 
 The filter does not own a classifier. It needs, for a batch of uint8 images, penultimate
 features and class logits from a model fine-tuned on the dataset's real training split;
@@ -16,7 +16,6 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from services.ood_filter.colour import colour_histograms
 from services.ood_filter.hashing import perceptual_hashes
 from services.ood_filter.sharpness import log_laplacian_energy
 
@@ -52,7 +51,6 @@ class ImageEmbeddings:
         image_shape: (H, W, C) of every image (C = 1 for grayscale).
         sharpness: (N,) float32 log Laplacian energy (see :mod:`.sharpness`); None only
             for embeddings cached before it existed (the sharpness detector refuses them).
-        colour: (N, bins) float32 colour histograms (see :mod:`.colour`); None likewise.
     """
 
     features: np.ndarray
@@ -60,7 +58,6 @@ class ImageEmbeddings:
     phashes: np.ndarray
     image_shape: tuple[int, int, int]
     sharpness: np.ndarray | None = None
-    colour: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.features.shape[0])
@@ -73,7 +70,6 @@ class ImageEmbeddings:
             self.phashes[rows],
             self.image_shape,
             None if self.sharpness is None else self.sharpness[rows],
-            None if self.colour is None else self.colour[rows],
         )
 
 
@@ -127,7 +123,6 @@ def embed_batch(
         phashes=perceptual_hashes(images, all_orientations=all_orientations),
         image_shape=shape,
         sharpness=log_laplacian_energy(images),
-        colour=colour_histograms(images),
     )
 
 
@@ -146,9 +141,6 @@ def concatenate(parts: list[ImageEmbeddings]) -> ImageEmbeddings:
         sharpness=None
         if any(part.sharpness is None for part in parts)
         else np.concatenate([part.sharpness for part in parts]),
-        colour=None
-        if any(part.colour is None for part in parts)
-        else np.concatenate([part.colour for part in parts]),
     )
 
 

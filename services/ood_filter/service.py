@@ -90,7 +90,7 @@ def _cached_embeddings(
     name: str,
 ) -> ImageEmbeddings:
     """Reference embeddings of a real split, cached in storage beside the classifier."""
-    key = classifier_key.replace(".safetensors", f"-{name}-embeddings-v3.npz")
+    key = classifier_key.replace(".safetensors", f"-{name}-embeddings-v2.npz")
     if runtime.store.exists(key):
         data = np.load(io.BytesIO(runtime.store.get_bytes(key)))
         cached = ImageEmbeddings(
@@ -99,15 +99,13 @@ def _cached_embeddings(
             phashes=data["phashes"],
             image_shape=tuple(int(v) for v in data["image_shape"]),  # type: ignore[arg-type]
             sharpness=data["sharpness"],
-            colour=data["colour"],
         )
         if len(cached) == len(split):
             return cached
     embeddings = embed_images(
         classifier, iter_image_batches(split.images, BATCH), all_orientations=name == "train"
     )
-    # embed_images always measures both
-    assert embeddings.sharpness is not None and embeddings.colour is not None
+    assert embeddings.sharpness is not None  # embed_images always measures it
     buffer = io.BytesIO()
     np.savez(
         buffer,
@@ -116,7 +114,6 @@ def _cached_embeddings(
         phashes=embeddings.phashes,
         image_shape=np.array(embeddings.image_shape),
         sharpness=embeddings.sharpness,
-        colour=embeddings.colour,
     )
     runtime.store.put_bytes(key, buffer.getvalue())
     return embeddings

@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-from services.ood_filter.colour import colour_bins
 from services.ood_filter.features import ImageEmbeddings
 from services.ood_filter.filter import CandidateScores, OodFilter
 
@@ -22,8 +21,6 @@ N_CLASSES = 3
 FEATURE_DIM = 16
 IMAGE_SIZE = 16
 CLASS_COLOURS = np.array([[200.0, 60.0, 60.0], [60.0, 200.0, 60.0], [60.0, 60.0, 200.0]])
-#: The colour histogram of every fake image: its pixels spread over the first 40 cells.
-TYPICAL_PALETTE = np.r_[np.full(40, 1 / 40), np.zeros(colour_bins(3) - 40)]
 
 
 @dataclass(frozen=True)
@@ -44,7 +41,6 @@ class GaussianWorld:
             phashes=hashes,
             image_shape=(IMAGE_SIZE, IMAGE_SIZE, 3),
             sharpness=rng.normal(6.0, 0.5, len(labels)).astype(np.float32),
-            colour=np.tile(TYPICAL_PALETTE, (len(labels), 1)).astype(np.float32),
         )
 
     def embed(self, features: np.ndarray) -> ImageEmbeddings:
@@ -55,8 +51,7 @@ class GaussianWorld:
 def as_embeddings(
     features: np.ndarray, logits: np.ndarray, sharpness: np.ndarray | None = None
 ) -> ImageEmbeddings:
-    """Wrap raw arrays (N, D) / (N, C) as embeddings (hashes zero, sharpness 6 unless given,
-    the typical palette)."""
+    """Wrap raw arrays (N, D) / (N, C) as embeddings (hashes zero, sharpness 6 unless given)."""
     n = len(features)
     return ImageEmbeddings(
         features=np.asarray(features, dtype=np.float32),
@@ -64,7 +59,6 @@ def as_embeddings(
         phashes=np.zeros((n, 1), dtype=np.uint64),
         image_shape=(IMAGE_SIZE, IMAGE_SIZE, 3),
         sharpness=np.full(n, 6.0, dtype=np.float32) if sharpness is None else sharpness,
-        colour=np.tile(TYPICAL_PALETTE, (n, 1)).astype(np.float32),
     )
 
 

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from services.ood_filter.colour import colour_histograms
 from services.ood_filter.detectors import (
     DETECTOR_TYPES,
     Detector,
@@ -162,72 +161,3 @@ def test_sharpness_refuses_embeddings_cached_without_it() -> None:
 
     with pytest.raises(ValueError, match="embed the images again"):
         build_detector("sharpness").fit(stale, np.zeros(4, int))
-
-
-def _colour_embeddings(images: np.ndarray) -> ImageEmbeddings:
-    zeros = np.zeros((len(images), 2))
-    embeddings = as_embeddings(zeros, zeros)
-    return ImageEmbeddings(
-        embeddings.features,
-        embeddings.logits,
-        embeddings.phashes,
-        embeddings.image_shape,
-        embeddings.sharpness,
-        colour_histograms(images),
-    )
-
-
-def test_colour_histograms_are_pixel_shares_per_cell() -> None:
-    image = np.zeros((1, 2, 2, 3), dtype=np.uint8)
-    image[0, 0, 0] = (255, 0, 0)  # top red cell
-    image[0, 1, 1] = (0, 255, 255)
-    grey = np.array([[[0, 255], [255, 255]]], dtype=np.uint8)
-
-    histogram = colour_histograms(image)[0]
-    grey_histogram = colour_histograms(grey)[0]
-
-    assert histogram.shape == (512,) and histogram.sum() == pytest.approx(1.0)
-    assert histogram[0] == 0.5 and histogram[7 * 64] == 0.25 and histogram[7 * 8 + 7] == 0.25
-    assert (
-        grey_histogram.shape == (32,) and grey_histogram[0] == 0.25 and grey_histogram[31] == 0.75
-    )
-
-
-def test_colour_flags_a_small_patch_of_a_colour_the_class_never_shows() -> None:
-    rng = np.random.default_rng(6)
-    labels = np.zeros(60, dtype=int)
-    images = make_images(rng, labels)  # class 0: reddish
-    patched = images.copy()
-    patched[:, 6:9, 6:9] = (40, 220, 40)  # a green spot on 9 of 256 pixels (3.5 %)
-
-    detector = build_detector("colour").fit(_colour_embeddings(images[:40]), labels[:40])
-    real = detector.score(_colour_embeddings(images[40:]), 0)
-
-    assert real.min() > detector.score(_colour_embeddings(patched[40:]), 0).max()
-
-
-def test_colour_of_a_two_image_class_borrows_the_palette_of_all_classes() -> None:
-    rng = np.random.default_rng(7)
-    labels = np.r_[np.zeros(40, dtype=int), np.ones(2, dtype=int)]
-    images = make_images(rng, np.r_[np.zeros(40, dtype=int), np.zeros(2, dtype=int)])
-    detector = build_detector("colour").fit(_colour_embeddings(images), labels)
-    held_out = make_images(rng, np.zeros(20, dtype=int))
-    patched = held_out.copy()
-    patched[:, 6:9, 6:9] = (40, 220, 40)
-
-    real = detector.score(_colour_embeddings(held_out), 1)
-    planted = detector.score(_colour_embeddings(patched), 1)
-
-    assert _auroc(real, planted) > 0.95
-    as_if_two = detector.reference_scores(
-        _colour_embeddings(held_out), np.zeros(20, dtype=int), reference_size=2
-    )
-    assert np.median(as_if_two) == pytest.approx(np.median(real), abs=1.0)
-
-
-def test_colour_refuses_embeddings_cached_without_it() -> None:
-    zeros = np.zeros((4, 2))
-    stale = ImageEmbeddings(zeros, zeros, np.zeros((4, 1), np.uint64), (16, 16, 3))
-
-    with pytest.raises(ValueError, match="embed the images again"):
-        build_detector("colour").fit(stale, np.zeros(4, int))
