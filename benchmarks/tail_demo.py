@@ -121,7 +121,15 @@ def main() -> None:
         print_gains(experiment["results"], train_counts)  # noqa: T201
     print(f"grid: {grid}\ntimings: {json.dumps({k: round(v) for k, v in timings.items()})}")  # noqa: T201
     out = args.data_dir / "tail.json"
-    out.write_text(json.dumps({"classes": rows, "job": job, "timings": timings}, indent=1))
+    ids = {
+        "dataset": dataset["id"],
+        "generator": generator_id,
+        "synthesis": synthesis["synthesis_id"],
+    }
+    print(f"ids: {json.dumps(ids)}")  # noqa: T201
+    out.write_text(
+        json.dumps({"ids": ids, "classes": rows, "job": job, "timings": timings}, indent=1)
+    )
 
 
 def reuse_synthesis(data_dir: Path, synthesis_id: str) -> dict[str, Any]:
