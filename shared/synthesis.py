@@ -24,7 +24,7 @@ import math
 import uuid
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -36,10 +36,18 @@ from shared.jobs import create_job
 from shared.models import CuratedSet, Generator, Job, RealImage, Split, SynthesisRequest
 
 MAX_COUNT_PER_CLASS = 100_000
+#: The schedulers a request may name: services.generator.schedulers builds each of them
+#: (a test keeps the two in step), so the API refuses an unknown one at the request
+#: without importing torch.
+SchedulerName = Literal["ddpm", "ddim", "pndm", "euler", "euler_a", "dpmsolver++", "unipc"]
+SCHEDULER_NAMES: tuple[str, ...] = get_args(SchedulerName)
+#: Fewest inference steps a scheduler samples without leftover noise (PNDM's warm-up
+#: step; see services.generator.sampling); the others need one.
+MIN_INFERENCE_STEPS: dict[str, int] = {"pndm": 3}
 #: Sampling defaults, one place for the API's schemas and the workers' fallbacks: the
 #: settings benchmarks/generator_demo_quality.py measured best on the demo set (guidance
 #: 6 over 3 and 2; lesions painted onto images of their own class; see the README).
-DEFAULT_SCHEDULER = "ddim"
+DEFAULT_SCHEDULER: SchedulerName = "ddim"
 DEFAULT_INFERENCE_STEPS = 25
 DEFAULT_GUIDANCE_SCALE = 6.0
 DEFAULT_BACKGROUND_POLICY = "same_class"

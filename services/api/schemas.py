@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from shared.models import Dataset, Job
 from shared.synthesis import (
@@ -14,6 +14,8 @@ from shared.synthesis import (
     DEFAULT_GUIDANCE_SCALE,
     DEFAULT_INFERENCE_STEPS,
     DEFAULT_SCHEDULER,
+    MIN_INFERENCE_STEPS,
+    SchedulerName,
 )
 
 T = TypeVar("T")
@@ -261,11 +263,21 @@ class GeneratorCreated(BaseModel):
 class Sampling(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    scheduler: str = Field(DEFAULT_SCHEDULER, max_length=32)
+    # Checked here, not first by the worker after its GPU has loaded the model.
+    scheduler: SchedulerName = DEFAULT_SCHEDULER
     num_inference_steps: int = Field(DEFAULT_INFERENCE_STEPS, ge=1, le=1000)
     guidance_scale: float = Field(DEFAULT_GUIDANCE_SCALE, ge=0, le=30)  # see GeneratorTraining
     strength: float = Field(0.6, gt=0, le=1, description="img2img only")
     batch_size: int = Field(16, ge=1, le=512)
+
+    @field_validator("num_inference_steps")
+    @classmethod
+    def _enough_steps_for_the_scheduler(cls, steps: int, info: ValidationInfo) -> int:
+        scheduler = info.data.get("scheduler")  # absent when the scheduler itself was refused
+        fewest = MIN_INFERENCE_STEPS.get(str(scheduler), 1)
+        if steps < fewest:
+            raise ValueError(f"{scheduler} needs at least {fewest} steps, got {steps}")
+        return steps
 
 
 class FilterSettings(BaseModel):

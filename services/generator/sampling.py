@@ -47,6 +47,8 @@ from services.generator.checkpoint import CONFIG_FILE, read_manifest, verify_che
 from services.generator.config import GeneratorConfig
 from services.generator.model import DiffusionSpace
 from services.generator.schedulers import SCHEDULER_NAMES, make_scheduler
+from shared.errors import InvalidInput
+from shared.synthesis import MIN_INFERENCE_STEPS
 
 logger = logging.getLogger(__name__)
 
@@ -58,10 +60,16 @@ MAX_INFERENCE_STEPS = 1000
 # PNDM's first step (a Runge-Kutta-like warm-up) evaluates the model at the second
 # timestep, which with 2 steps is t = 0: there eps = (x - a x0) / sqrt(1 - alpha_bar_0)
 # turns a 1 % error of the network into ~50 grey levels of noise in the final image
-# (tests/generator/test_schedulers.py).
-MIN_INFERENCE_STEPS = {"pndm": 3}
+# (tests/generator/test_schedulers.py). The API refuses fewer steps at the request
+# (MIN_INFERENCE_STEPS lives in shared.synthesis for that).
 MAX_GUIDANCE_SCALE = 30.0
 _CACHE_SIZE = 2
+
+
+class SamplingParameterError(InvalidInput, ValueError):
+    """A sampling parameter of the request is out of range: the user's to fix, so a job
+    that meets it fails with this message (an :class:`InvalidInput`), not as an internal
+    error. Still a ``ValueError``, as diffusers' ``check_inputs`` raise."""
 
 
 @dataclass(frozen=True)
@@ -352,22 +360,29 @@ def check_request(
         than inpaint get all-ones masks.
     """
     if params.scheduler not in scheduler_names:
-        raise ValueError(f"unknown scheduler {params.scheduler!r}; choose one of "
-                         f"{', '.join(scheduler_names)}")
-    if not 1 <= params.num_inference_steps <= MAX_INFERENCE_STEPS:
-        raise ValueError(f"num_inference_steps must be in [1, {MAX_INFERENCE_STEPS}], got "
-                         f"{params.num_inference_steps}")
+        raise SamplingParameterError(f"unknown scheduler {params.scheduler!r}; choose one of "
+                                     f"{', '.join(scheduler_names)}", field="sampling.scheduler")
+    steps = params.num_inference_steps
+    if not 1 <= steps <= MAX_INFERENCE_STEPS:
+        raise SamplingParameterError(f"num_inference_steps must be in [1, "
+                                     f"{MAX_INFERENCE_STEPS}], got {steps}",
+                                     field="sampling.num_inference_steps")
     fewest = MIN_INFERENCE_STEPS.get(params.scheduler, 1)
-    if params.num_inference_steps < fewest:
-        raise ValueError(f"num_inference_steps must be >= {fewest} with {params.scheduler}, got "
-                         f"{params.num_inference_steps}")
+    if steps < fewest:
+        raise SamplingParameterError(f"num_inference_steps must be >= {fewest} with "
+                                     f"{params.scheduler}, got {steps}",
+                                     field="sampling.num_inference_steps")
     if not 0.0 <= params.guidance_scale <= MAX_GUIDANCE_SCALE:
-        raise ValueError(f"guidance_scale must be in [0, {MAX_GUIDANCE_SCALE}], got "
-                         f"{params.guidance_scale}")
+        raise SamplingParameterError(f"guidance_scale must be in [0, {MAX_GUIDANCE_SCALE}], "
+                                     f"got {params.guidance_scale}",
+                                     field="sampling.guidance_scale")
     if not 0.0 < params.strength <= 1.0:
-        raise ValueError(f"strength must be in (0, 1], got {params.strength}")
+        raise SamplingParameterError(f"strength must be in (0, 1], got {params.strength}",
+                                     field="sampling.strength")
     if params.classifier_scale < 0:
-        raise ValueError(f"classifier_scale must be >= 0, got {params.classifier_scale}")
+        raise SamplingParameterError(f"classifier_scale must be >= 0, got "
+                                     f"{params.classifier_scale}",
+                                     field="classifier_guidance.scale")
     class_ids = np.asarray(class_ids)
     seeds = np.asarray(seeds)
     if class_ids.ndim != 1 or not np.issubdtype(class_ids.dtype, np.integer):

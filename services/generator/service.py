@@ -402,6 +402,16 @@ def _background_seed(request: SynthesisRequest, class_id: int, generation_round:
     return int(sequence.generate_state(1)[0])
 
 
+def candidate_seed(request_seed: int, index: int) -> int:
+    """The seed of candidate ``index`` of a request seeded ``request_seed``: in
+    [0, 2**63), so it fits the int64 arrays sampling takes and the BIGINT column that
+    records it, for any request seed the API accepts (up to 2**62;
+    ``request_seed * 1_000_003 + index`` overflowed into an object array). Distinct
+    indices get independent seeds (numpy's SeedSequence hash)."""
+    state = np.random.SeedSequence([request_seed, index]).generate_state(1, np.uint64)
+    return int(state[0] >> np.uint64(1))
+
+
 def plan_candidates(request: SynthesisRequest, train: SplitArrays) -> list[CandidatePlan]:
     """The deterministic list of candidates of a request (same request → same list).
 
@@ -433,7 +443,7 @@ def plan_candidates(request: SynthesisRequest, train: SplitArrays) -> list[Candi
                     CandidatePlan(
                         index,
                         class_id,
-                        request.seed * 1_000_003 + index,
+                        candidate_seed(request.seed, index),
                         sources[k],
                         generation_round,
                     )
@@ -521,7 +531,7 @@ def generate_candidates_job(ctx: JobContext, runtime: Runtime) -> NextStage:
         ctx.check_cancel()
         chunk = todo[start : start + batch_size]
         class_ids = np.array([p.class_id for p in chunk])
-        seeds = np.array([p.seed for p in chunk])
+        seeds = np.array([p.seed for p in chunk], dtype=np.int64)
         # Every inpaint/img2img candidate has a source row; "generate" ones have none.
         sources = np.array(
             [p.source_row for p in chunk if p.source_row is not None], dtype=np.int64

@@ -21,6 +21,7 @@ import torch
 from services.generator.config import GeneratorConfig
 from services.generator.sampling import MIN_INFERENCE_STEPS, TrainedGenerator
 from services.generator.schedulers import SCHEDULER_NAMES, make_scheduler
+from shared import synthesis
 
 SIZE = 16
 TIMESTEPS = 1000
@@ -97,3 +98,10 @@ def test_samples_spread_no_more_than_the_data(scheduler: str, steps: int) -> Non
     residual = _sample(scheduler, steps, std=std, error=0.01, n=16)
     assert abs(residual.mean()) < 0.03
     assert 0.2 * std < residual.std() <= 1.1 * std
+
+
+def test_the_api_offers_exactly_the_schedulers_the_generator_builds() -> None:
+    """The API checks names against shared.synthesis (no torch there); the registry here
+    builds them. A name in one and not the other would be refused or fail late."""
+    assert set(synthesis.SCHEDULER_NAMES) == set(SCHEDULER_NAMES)
+    assert synthesis.DEFAULT_SCHEDULER in SCHEDULER_NAMES

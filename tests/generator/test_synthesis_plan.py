@@ -55,3 +55,17 @@ def test_top_up_rounds_follow_the_first_without_collisions() -> None:
     assert all(plan.generation_round == 0 for plan in first)
     assert all(plan.source_row is not None for plan in both)  # inpaint: a background each
     assert plan_candidates(_request([top_up]), train) == both  # deterministic
+
+
+def test_seeds_of_the_largest_request_seed_fit_int64_and_stay_deterministic() -> None:
+    """``seed * 1_000_003 + index`` overflowed int64 for seeds near 2**62: the array of a
+    chunk's seeds became an object array the sampler refused, after the model loaded."""
+    request = _request([])
+    request.seed = 2**62 - 1
+    plans = plan_candidates(request, _train())
+    seeds = np.array([plan.seed for plan in plans])
+    assert seeds.dtype == np.int64 and seeds.min() >= 0
+    assert len(set(seeds.tolist())) == len(plans)
+    assert [plan.seed for plan in plan_candidates(request, _train())] == seeds.tolist()
+    request.seed = 2**62 - 2
+    assert not {plan.seed for plan in plan_candidates(request, _train())} & set(seeds.tolist())
