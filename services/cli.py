@@ -1,7 +1,7 @@
 """``tailsynth``: the server launcher and the client for CI pipelines.
 
 Server side: ``serve`` (embedded default: API + all workers), ``api``, ``worker``,
-``db upgrade``, ``keys create``. Client side (talks HTTP; ``--url`` and
+``db upgrade``, ``keys create|list|revoke``. Client side (talks HTTP; ``--url`` and
 ``--api-key`` or ``TAILSYNTH_URL`` / ``TAILSYNTH_API_KEY``): ``datasets upload``,
 ``datasets demo``, ``jobs wait``. Client verbs exit non-zero when a job fails.
 """
@@ -88,6 +88,53 @@ def keys_create(name: str, tenant: str, data_dir: str | None) -> None:
     with session_scope(make_session_factory(engine)) as session:
         issued = create_api_key(session, name=name, tenant_name=tenant)
     click.echo(issued.key)
+
+
+@keys.command("list")
+@click.option("--tenant", default=None, help="only this tenant's keys")
+@click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
+@click.option("--data-dir", default=None)
+def keys_list(tenant: str | None, as_json: bool, data_dir: str | None) -> None:
+    """List API keys: id, prefix, name, tenant, created, last used (to the minute), revoked.
+    Keys themselves are never shown again; only their hashes are stored."""
+    from services.api.auth import describe_key, list_api_keys
+    from shared.db import make_engine, make_session_factory
+    from shared.migrate import upgrade
+
+    engine = make_engine(_settings(data_dir))
+    upgrade(engine)
+    with make_session_factory(engine)() as session:
+        rows = [describe_key(record) for record in list_api_keys(session, tenant_name=tenant)]
+    if as_json:
+        _echo_json(rows)
+        return
+    columns = ("id", "prefix", "name", "tenant", "created_at", "last_used_at", "revoked_at")
+    widths = {c: max([len(c), *(len(str(row[c] or "-")) for row in rows)]) for c in columns}
+    click.echo("  ".join(c.ljust(widths[c]) for c in columns).rstrip())
+    for row in rows:
+        click.echo("  ".join(str(row[c] or "-").ljust(widths[c]) for c in columns).rstrip())
+
+
+@keys.command("revoke")
+@click.argument("key")
+@click.option("--data-dir", default=None)
+def keys_revoke(key: str, data_dir: str | None) -> None:
+    """Revoke KEY (its id, its prefix 'ts_1a2b3c4d_' or the key itself): requests with it
+    are refused (401) from the next one on."""
+    from services.api.auth import revoke_api_key
+    from shared.db import make_engine, make_session_factory, session_scope
+    from shared.errors import TailsynthError
+    from shared.migrate import upgrade
+
+    engine = make_engine(_settings(data_dir))
+    upgrade(engine)
+    try:
+        with session_scope(make_session_factory(engine)) as session:
+            record, changed = revoke_api_key(session, key)
+            key_id, name = record.id, record.name
+    except TailsynthError as exc:
+        raise click.ClickException(exc.detail) from exc
+    click.echo(f"{'revoked' if changed else 'already revoked'}: {key_id} ({name})")
 
 
 @main.command()

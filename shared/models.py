@@ -103,7 +103,11 @@ class Tenant(TimestampMixin, Base):
 
 
 class ApiKey(TimestampMixin, Base):
-    """An API key, stored only as the sha256 of the secret (keys are 256-bit random)."""
+    """An API key, stored only as the sha256 of the secret (keys are 256-bit random).
+
+    ``last_used_at`` is when it last authenticated a request, to within a minute (the
+    write is throttled); a key with ``revoked_at`` set authenticates nothing.
+    """
 
     __tablename__ = "api_keys"
     id: Mapped[uuid.UUID] = _uuid_pk()
@@ -112,6 +116,7 @@ class ApiKey(TimestampMixin, Base):
     prefix: Mapped[str] = mapped_column(String(16))
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     tenant: Mapped[Tenant] = relationship()
 
 

@@ -100,6 +100,14 @@ class Settings(BaseSettings):
 
     api_host: str = "127.0.0.1"
     api_port: int = 8000
+    # An API key's last-used time is written at most this often (seconds), so requests
+    # do not each write to the database.
+    api_key_last_used_interval_s: float = 60.0
+    # GET /v1/health asks the workers whether they are alive, waiting at most
+    # health_worker_timeout_s for their answers, and reuses the answer for
+    # health_cache_s seconds (health checks are frequent and anonymous).
+    health_worker_timeout_s: float = 1.0
+    health_cache_s: float = 10.0
 
     @model_validator(mode="after")
     def _refuse_default_secrets(self) -> Settings:

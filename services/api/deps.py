@@ -11,7 +11,7 @@ from celery import Celery
 from fastapi import Depends, Header, Query, Request
 from sqlalchemy.orm import Session, sessionmaker
 
-from services.api.auth import tenant_for_key
+from services.api.auth import key_for, record_key_use
 from shared.errors import Unauthorized
 from shared.settings import Settings
 from shared.storage import ObjectStore
@@ -44,15 +44,21 @@ SessionDep = Annotated[Session, Depends(get_session)]
 
 
 def get_tenant_id(
+    state: StateDep,
     session: SessionDep,
     authorization: Annotated[str | None, Header()] = None,
 ) -> uuid.UUID:
+    """The tenant of the request's key, looked up afresh (a revoked key is refused from
+    its next request on); records the key's use, at most once a minute."""
     if not authorization or not authorization.lower().startswith("bearer "):
         raise Unauthorized("send 'Authorization: Bearer <api key>'")
-    tenant = tenant_for_key(session, authorization[7:].strip())
-    if tenant is None:
+    record = key_for(session, authorization[7:].strip())
+    if record is None:
         raise Unauthorized("unknown or revoked API key")
-    return tenant.id
+    record_key_use(
+        state.sessions, record.id, interval_s=state.settings.api_key_last_used_interval_s
+    )
+    return record.tenant_id
 
 
 TenantDep = Annotated[uuid.UUID, Depends(get_tenant_id)]
