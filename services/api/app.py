@@ -18,6 +18,7 @@ from fastapi import FastAPI
 from services.api.deps import AppState
 from services.api.problems import install_problem_handlers, problem
 from services.api.routers import datasets, experiments, generators, health, jobs, synthesis
+from services.api.workers import WorkerCensus
 from shared.celery_app import create_celery_app
 from shared.db import make_engine, make_session_factory
 from shared.errors import PayloadTooLarge
@@ -92,11 +93,15 @@ def create_app(settings: Settings | None = None, *, run_reaper: bool = True) -> 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = make_engine(settings)
+        celery = create_celery_app(settings)
         state = AppState(
             settings=settings,
             sessions=make_session_factory(engine),
             store=make_store(settings),
-            celery=create_celery_app(settings),
+            celery=celery,
+            workers=WorkerCensus(
+                celery, timeout_s=settings.health_worker_timeout_s, cache_s=settings.health_cache_s
+            ),
         )
         app.state.tailsynth = state
         reaper = Reaper(state)

@@ -12,6 +12,7 @@ from fastapi import Depends, Header, Query, Request
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.api.auth import key_for, record_key_use
+from services.api.workers import WorkerCensus
 from shared.errors import Unauthorized
 from shared.settings import Settings
 from shared.storage import ObjectStore
@@ -25,6 +26,7 @@ class AppState:
     sessions: sessionmaker[Session]
     store: ObjectStore
     celery: Celery
+    workers: WorkerCensus
 
 
 def get_state(request: Request) -> AppState:

@@ -149,9 +149,25 @@ class ComponentHealth(BaseModel):
     detail: str | None = None
 
 
+class QueueHealth(BaseModel):
+    """A queue: ``up`` with at least one live worker, ``down`` with none, ``unknown``
+    when the workers could not be asked (the broker is down)."""
+
+    status: str
+    workers: int | None = Field(None, description="live workers consuming the queue")
+    oldest_waiting_s: float | None = Field(
+        None, description="seconds the longest-waiting job of the queue has waited for a worker"
+    )
+
+
 class Health(BaseModel):
+    """``up`` only when every component is up and every queue has a live worker;
+    ``detail`` says what is not."""
+
     status: str
     components: dict[str, ComponentHealth]
+    queues: dict[str, QueueHealth] = Field(default_factory=dict)
+    detail: str | None = None
 
 
 # ----------------------------------------------------------------- generators

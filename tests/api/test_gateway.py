@@ -3,15 +3,19 @@ worker running): auth, tenants, idempotency, problem+json, upload checks, jobs."
 
 from __future__ import annotations
 
+import uuid
+from datetime import timedelta
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from services.api.app import create_app
+from services.api.workers import WorkerCensus
 from shared.db import make_engine, make_session_factory
-from shared.models import Dataset, Job
+from shared.models import Dataset, Job, utcnow
 from shared.storage import LocalObjectStore
 from tests.conftest import ApiHarness, issue_key
 from tests.fixtures.archives import build, samples, write_zip
@@ -55,6 +59,66 @@ def test_health_needs_no_auth_and_reports_components(local_api: ApiHarness) -> N
         "broker": "up",
         "storage": "up",
     }
+
+
+def test_health_is_degraded_naming_each_queue_without_a_live_worker(
+    local_api: ApiHarness,
+) -> None:
+    """No worker runs here: the API still serves (200), but is not ``up``; each queue says
+    it has no worker and how long its oldest job has waited."""
+    job_id = local_api.client.post("/v1/datasets/demo", json={"total": 40}).json()["job_id"]
+    engine = make_engine(local_api.settings)
+    with make_session_factory(engine).begin() as session:
+        job = session.get(Job, uuid.UUID(job_id))
+        assert job is not None
+        job.created_at = utcnow() - timedelta(minutes=5)
+    engine.dispose()
+
+    response = TestClient(local_api.client.app).get("/v1/health")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] == "degraded"
+    assert body["detail"] == "no live worker on queue ingest, generate, filter, train"
+    assert {name: queue["workers"] for name, queue in body["queues"].items()} == {
+        "ingest": 0,
+        "generate": 0,
+        "filter": 0,
+        "train": 0,
+    }
+    assert body["queues"]["ingest"]["status"] == "down"
+    assert 299 <= body["queues"]["ingest"]["oldest_waiting_s"] < 400
+    assert body["queues"]["generate"]["oldest_waiting_s"] is None
+
+
+def test_health_asks_the_workers_at_most_once_per_cache_period() -> None:
+    """Each health call would otherwise broadcast to every worker and wait for replies."""
+    asked: list[float] = []
+    now = [100.0]
+
+    class Inspect:
+        def active_queues(self) -> dict[str, list[dict[str, str]]]:
+            asked.append(now[0])
+            return {
+                "gen@gpu": [{"name": "generate"}],
+                "all@cpu": [{"name": "generate"}, {"name": "train"}],
+            }
+
+    class Control:
+        def inspect(self, timeout: float) -> Inspect:
+            assert timeout == 0.5
+            return Inspect()
+
+    celery = SimpleNamespace(control=Control())
+    census = WorkerCensus(celery, timeout_s=0.5, cache_s=10, clock=lambda: now[0])  # type: ignore[arg-type]
+    first = census.by_queue()
+    assert first == {
+        "ingest": [], "generate": ["all@cpu", "gen@gpu"], "filter": [], "train": ["all@cpu"]
+    }  # fmt: skip
+    now[0] += 9.9
+    assert census.by_queue() == first and asked == [100.0]
+    now[0] += 0.1
+    census.by_queue()
+    assert asked == [100.0, 110.0]
 
 
 def test_health_never_shows_the_exception_of_a_down_component(
