@@ -40,7 +40,8 @@ from kombu.exceptions import OperationalError as BrokerOperationalError
 from minio.error import ServerError as S3ServerError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from sqlalchemy import CursorResult, Update, case, func, or_, select, update
+from sqlalchemy import ColumnElement, CursorResult, Float, Update, case, func, or_, select, update
+from sqlalchemy import cast as sql_cast
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.exc import OperationalError as DatabaseOperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -86,6 +87,34 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 
 def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, TRANSIENT_ERRORS)
+
+
+# --------------------------------------------------------------------- progress
+
+#: The share of what is left of a job that one stage moves it through. A job does not
+#: know how many stages it will have (a synthesis may go back for a top-up round), so
+#: each stage, when its count restarts, takes this share of the rest, and the job reaches
+#: 100 % only when it ends. Later stages are usually the shorter ones (filtering after
+#: generating, the probe after training).
+STAGE_SHARE = 0.9
+
+
+def job_percent(floor: float, done: int, total: int) -> float:
+    """Percent of the whole job, in [0, 100]: ``floor`` (where the job was when its
+    current stage began) plus :data:`STAGE_SHARE` of the rest times the stage's
+    fraction done (``done`` of ``total``; nothing known while ``total`` is 0)."""
+    fraction = min(1.0, done / total) if total > 0 else 0.0
+    return floor + (100.0 - floor) * STAGE_SHARE * fraction
+
+
+def _job_percent_column() -> ColumnElement[float]:
+    """:func:`job_percent` of a row, in SQL (the values before an UPDATE)."""
+    fraction = case(
+        (Job.total <= 0, 0.0),
+        (Job.done >= Job.total, 1.0),
+        else_=sql_cast(Job.done, Float) / Job.total,
+    )
+    return Job.progress_floor + (100.0 - Job.progress_floor) * STAGE_SHARE * fraction
 
 
 class JobCanceled(Exception):
@@ -360,11 +389,18 @@ class JobContext:
             self._lease_lost = True
 
     def progress(self, done: int, total: int | None = None, stage: str | None = None) -> None:
+        """Report ``done`` of ``total`` units of the current stage. A count that restarts
+        (``done`` lower than before, or another ``total``) begins a new stage of the
+        job's progress, which continues from where the job was (:func:`job_percent`),
+        so the job's percent never goes back."""
+        restarts = Job.done > done
         values: dict[str, Any] = {"done": done}
         if total is not None:
             values["total"] = total
+            restarts = or_(restarts, Job.total != total)
         if stage is not None:
             values["stage"] = stage
+        values["progress_floor"] = case((restarts, _job_percent_column()), else_=Job.progress_floor)
         self._write(values)
 
     def heartbeat(self, *_: object) -> None:
@@ -725,6 +761,9 @@ def _hand_over(ctx: JobContext, policy: JobPolicy, stage: NextStage, celery: Cel
             job.task_name = stage.task_name
             job.queue = TASK_QUEUES[stage.task_name]
             job.stage = stage.stage
+            # The next stage counts from zero; the job's progress continues from here.
+            job.progress_floor = job_percent(job.progress_floor, job.done, job.total)
+            job.done = job.total = 0
             job.result = {**job.result, **stage.result}
             job.heartbeat_at = utcnow()
             job.stage_attempts = 0

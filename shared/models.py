@@ -153,6 +153,9 @@ class Job(TimestampMixin, Base):
     stage: Mapped[str] = mapped_column(String(64), default="queued")
     done: Mapped[int] = mapped_column(Integer, default=0)
     total: Mapped[int] = mapped_column(Integer, default=0)
+    #: Percent of the whole job reached when its current stage (``done`` of ``total``)
+    #: began: the job's progress continues from here (shared.jobs.job_percent).
+    progress_floor: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
     error: Mapped[str | None] = mapped_column(Text)
     params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     result: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

@@ -8,7 +8,8 @@ from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from shared.models import Dataset, Job
+from shared.jobs import job_percent
+from shared.models import Dataset, Job, JobState
 from shared.synthesis import (
     DEFAULT_BACKGROUND_POLICY,
     DEFAULT_GUIDANCE_SCALE,
@@ -29,9 +30,15 @@ class Page(BaseModel, Generic[T]):
 
 
 class Progress(BaseModel):
+    """How far a job is: ``percent`` of the whole job, which never goes back (a stage
+    that begins continues from where the job was, and it reaches 100 when the job
+    ends); ``done`` of ``total`` units of its current stage (``JobRead.stage``), and
+    that as ``stage_percent``."""
+
     done: int
     total: int
     percent: float
+    stage_percent: float
 
 
 class JobRead(BaseModel):
@@ -52,16 +59,19 @@ class JobRead(BaseModel):
 
     @classmethod
     def of(cls, job: Job) -> JobRead:
-        percent = (
-            100.0 * job.done / job.total if job.total else (100.0 if job.state.is_final else 0.0)
-        )
+        finished = job.state in (JobState.SUCCEEDED, JobState.PARTIAL)
+        stage_percent = 100.0 * min(job.done / job.total, 1.0) if job.total else 0.0
+        percent = job_percent(job.progress_floor or 0.0, job.done, job.total)
         return cls(
             id=job.id,
             kind=job.kind,
             state=job.state.value,
             stage=job.stage,
             progress=Progress(
-                done=job.done, total=job.total, percent=round(min(percent, 100.0), 1)
+                done=job.done,
+                total=job.total,
+                percent=100.0 if finished else round(percent, 1),
+                stage_percent=100.0 if finished else round(stage_percent, 1),
             ),
             error=job.error,
             result=job.result or {},

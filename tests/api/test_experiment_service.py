@@ -106,7 +106,12 @@ def test_experiment_reports_every_arm_with_intervals_and_a_report_page(
     ]
     job = api.wait_job(body["job_id"], timeout=900)
     assert job["state"] == "succeeded", job
-    assert job["progress"] == {"done": 5, "total": 5, "percent": 100.0}  # arms x folds x epochs
+    assert job["progress"] == {  # arms x folds x epochs
+        "done": 5,
+        "total": 5,
+        "percent": 100.0,
+        "stage_percent": 100.0,
+    }
 
     experiment = api.client.get(f"/v1/experiments/{body['experiment_id']}").json()
     assert experiment["state"] == "succeeded"

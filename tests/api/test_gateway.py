@@ -152,7 +152,7 @@ def test_upload_is_accepted_and_queued(local_api: ApiHarness, demo, tmp_path: Pa
     body = response.json()
     job = local_api.client.get(f"/v1/jobs/{body['job_id']}").json()
     assert job["state"] == "queued" and job["kind"] == "ingest"
-    assert job["progress"] == {"done": 0, "total": 40, "percent": 0.0}
+    assert job["progress"] == {"done": 0, "total": 40, "percent": 0.0, "stage_percent": 0.0}
     dataset = local_api.client.get(f"/v1/datasets/{body['dataset_id']}").json()
     assert dataset["state"] == "ingesting" and dataset["format"] == "csv"
 
