@@ -15,7 +15,9 @@ from shared.synthesis import (
     DEFAULT_GUIDANCE_SCALE,
     DEFAULT_INFERENCE_STEPS,
     DEFAULT_SCHEDULER,
+    DEFAULT_TAIL_GUIDANCE_SCALE,
     MIN_INFERENCE_STEPS,
+    TAIL_TRAIN_IMAGES,
     SchedulerName,
 )
 
@@ -293,6 +295,14 @@ class Sampling(BaseModel):
     scheduler: SchedulerName = DEFAULT_SCHEDULER
     num_inference_steps: int = Field(DEFAULT_INFERENCE_STEPS, ge=1, le=1000)
     guidance_scale: float = Field(DEFAULT_GUIDANCE_SCALE, ge=0, le=30)  # see GeneratorTraining
+    tail_guidance_scale: float | None = Field(
+        DEFAULT_TAIL_GUIDANCE_SCALE,
+        ge=0,
+        le=30,
+        description=f"guidance for classes with fewer than {TAIL_TRAIN_IMAGES} training images "
+        "(at most guidance_scale; null: guidance_scale for every class). Strong guidance "
+        "turns a class learnt from a few images into a caricature (README, the extreme tail)",
+    )
     strength: float = Field(0.6, gt=0, le=1, description="img2img only")
     batch_size: int = Field(16, ge=1, le=512)
 

@@ -16,8 +16,10 @@ from __future__ import annotations
 import logging
 import math
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from functools import partial
+from itertools import groupby
 from pathlib import Path
 from typing import Any, cast
 
@@ -70,6 +72,7 @@ from shared.synthesis import (
     DEFAULT_INFERENCE_STEPS,
     DEFAULT_SCHEDULER,
     candidate_rounds,
+    class_guidance_scale,
 )
 
 log = logging.getLogger(__name__)
@@ -452,6 +455,17 @@ def plan_candidates(request: SynthesisRequest, train: SplitArrays) -> list[Candi
     return plans
 
 
+def _batches(
+    plans: list[CandidatePlan], size: int, key: Callable[[CandidatePlan], float]
+) -> Iterator[list[CandidatePlan]]:
+    """Consecutive runs of at most ``size`` plans that share ``key`` (one sampler call
+    each: a call takes one guidance scale)."""
+    for _, group in groupby(plans, key=key):
+        run = list(group)
+        for start in range(0, len(run), size):
+            yield run[start : start + size]
+
+
 def _insert_candidates(session: Session, rows: list[dict[str, Any]]) -> None:
     dialect = postgresql if session.bind and session.bind.dialect.name == "postgresql" else sqlite
     statement = dialect.insert(SyntheticImage).values(rows)
@@ -527,9 +541,13 @@ def generate_candidates_job(ctx: JobContext, runtime: Runtime) -> NextStage:
     guidance = _guidance_classifier(runtime, generator, request.params.get("classifier_guidance"))
     ctx.progress(len(plans) - len(todo), len(plans), stage)
     checkpoint_sha = generator.checkpoint_sha256 or ""
-    for start in range(0, len(todo), batch_size):
+    train_counts = np.bincount(train.labels, minlength=len(train.class_names))
+    guidance_of = {
+        c: class_guidance_scale(sampling, int(n)) for c, n in enumerate(train_counts)
+    }
+    done = len(plans) - len(todo)
+    for chunk in _batches(todo, batch_size, key=lambda p: guidance_of[p.class_id]):
         ctx.check_cancel()
-        chunk = todo[start : start + batch_size]
         class_ids = np.array([p.class_id for p in chunk])
         seeds = np.array([p.seed for p in chunk], dtype=np.int64)
         # Every inpaint/img2img candidate has a source row; "generate" ones have none.
@@ -542,7 +560,7 @@ def generate_candidates_job(ctx: JobContext, runtime: Runtime) -> NextStage:
             "num_inference_steps": int(
                 sampling.get("num_inference_steps", DEFAULT_INFERENCE_STEPS)
             ),
-            "guidance_scale": float(sampling.get("guidance_scale", DEFAULT_GUIDANCE_SCALE)),
+            "guidance_scale": guidance_of[chunk[0].class_id],
             "batch_size": batch_size,
             **guidance,
         }
@@ -627,7 +645,8 @@ def generate_candidates_job(ctx: JobContext, runtime: Runtime) -> NextStage:
             )
         with runtime.sessions.begin() as session:
             _insert_candidates(session, rows)
-        ctx.progress(len(plans) - len(todo) + start + len(chunk))
+        done += len(chunk)
+        ctx.progress(done)
     return NextStage("tailsynth.filter_candidates", "filtering", {"candidates": len(plans)})
 
 

@@ -16,6 +16,7 @@ from sqlalchemy import select
 
 from shared.imaging import encode_png
 from shared.models import SynthesisRequest, SyntheticImage
+from shared.synthesis import DEFAULT_TAIL_GUIDANCE_SCALE, class_guidance_scale
 from tests.conftest import ApiHarness, _harness
 from tests.fixtures.archives import pick_samples, write_zip
 
@@ -212,3 +213,16 @@ def test_fill_to_max_on_the_extreme_tail_accounts_for_every_class(
     kept = [(size, method) for decision, _, size, method in rows if decision == "kept"]
     assert len(kept) == sum(summary[name]["kept"] for name in ("MEL", "DF"))
     assert all(delivered == (64, "bicubic") for delivered in kept)
+    # The 3-image DF is sampled at the tail guidance, MEL at the request's (default) one.
+    guidance = dict(
+        api.rows(
+            select(SyntheticImage.label, SyntheticImage.guidance_scale)
+            .where(SyntheticImage.synthesis_id == uuid.UUID(body["synthesis_id"]))
+            .distinct()
+        )
+    )
+    mel_train = curated["thresholds"]["classes"]["MEL"]["n_train"]
+    assert guidance == {
+        "DF": DEFAULT_TAIL_GUIDANCE_SCALE,
+        "MEL": class_guidance_scale({}, mel_train),
+    }

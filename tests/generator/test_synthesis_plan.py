@@ -8,10 +8,15 @@ import uuid
 
 import numpy as np
 
-from services.generator.service import plan_candidates
+from services.generator.service import _batches, plan_candidates
 from shared.dataset_arrays import SplitArrays
 from shared.models import SynthesisRequest
-from shared.synthesis import candidate_rounds
+from shared.synthesis import (
+    DEFAULT_GUIDANCE_SCALE,
+    DEFAULT_TAIL_GUIDANCE_SCALE,
+    candidate_rounds,
+    class_guidance_scale,
+)
 
 NAMES = ["NV", "MEL", "DF"]
 
@@ -69,3 +74,32 @@ def test_seeds_of_the_largest_request_seed_fit_int64_and_stay_deterministic() ->
     assert [plan.seed for plan in plan_candidates(request, _train())] == seeds.tolist()
     request.seed = 2**62 - 2
     assert not {plan.seed for plan in plan_candidates(request, _train())} & set(seeds.tolist())
+
+
+def test_tail_classes_are_sampled_at_the_tail_guidance_in_batches_of_one_scale() -> None:
+    # MEL has 6 training images and DF 3: both below TAIL_TRAIN_IMAGES; NV has 12.
+    assert class_guidance_scale({}, 12) == DEFAULT_GUIDANCE_SCALE
+    assert class_guidance_scale({}, 3) == DEFAULT_TAIL_GUIDANCE_SCALE < DEFAULT_GUIDANCE_SCALE
+    assert class_guidance_scale({"guidance_scale": 2.0}, 3) == 2.0  # never above the scale
+    assert class_guidance_scale({"tail_guidance_scale": None}, 3) == DEFAULT_GUIDANCE_SCALE
+    assert class_guidance_scale({"guidance_scale": 5.0, "tail_guidance_scale": 1.5}, 9) == 1.5
+
+    request = SynthesisRequest(
+        counts={"NV": 5, "DF": 3},
+        params={"oversample": 1.0, "background_policy": "any_class"},
+        mode="inpaint",
+        seed=7,
+        top_up_rounds=[],
+    )
+    plans = plan_candidates(request, _train())
+    scale = {0: 6.0, 2: 3.0}
+    batches = list(_batches(plans, 2, key=lambda p: scale[p.class_id]))
+
+    assert [[NAMES[p.class_id] for p in batch] for batch in batches] == [
+        ["NV", "NV"],
+        ["NV", "NV"],
+        ["NV"],
+        ["DF", "DF"],
+        ["DF"],
+    ]
+    assert [p for batch in batches for p in batch] == plans
