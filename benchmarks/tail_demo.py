@@ -11,7 +11,9 @@ the real validation images. It writes a PNG grid per class (rows: real training 
 kept candidates, rejected candidates with their reason) and, unless ``--no-experiment``,
 runs ce / weighted_ce / logit_adjusted / curated + logit_adjusted over ``--seeds`` seeds
 and prints each tail class's recall gain with its paired 95 % interval. A second run with
-``--dataset-id`` / ``--generator-id`` reuses what the first one made::
+``--dataset-id`` / ``--generator-id`` reuses what the first one made, so guidance can
+be swept on one generator (``--classes DF,VASC --guidance-scale 3 --tail-guidance-scale
+none``)::
 
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/tail_demo.py --total 2000 --imbalance 400 \\
         --min-per-class 5 --per-class 40 --seeds 3
@@ -44,6 +46,12 @@ def main() -> None:
     parser.add_argument("--per-class", type=int, default=40, help="asked per non-head class")
     parser.add_argument(
         "--guidance-scale", type=float, default=DemoPlan.guidance_scale, help="synthesis"
+    )
+    parser.add_argument(
+        "--tail-guidance-scale",
+        default=None,
+        help="guidance for classes with < 10 training images (default: the API's; "
+        "'none': --guidance-scale for every class, as before the tail rule)",
     )
     parser.add_argument("--classes", help="comma-separated classes to ask for (default: all)")
     parser.add_argument("--seeds", type=int, default=3)
@@ -93,6 +101,7 @@ def main() -> None:
                 "sampling": {
                     "num_inference_steps": plan.sampling_steps,
                     "guidance_scale": args.guidance_scale,
+                    **tail_guidance(args.tail_guidance_scale),
                 },
                 "background_policy": plan.background_policy,
                 "filter": {
@@ -130,6 +139,13 @@ def main() -> None:
     out.write_text(
         json.dumps({"ids": ids, "classes": rows, "job": job, "timings": timings}, indent=1)
     )
+
+
+def tail_guidance(value: str | None) -> dict[str, float | None]:
+    """The request's ``tail_guidance_scale`` field for the flag (none: the API default)."""
+    if value is None:
+        return {}
+    return {"tail_guidance_scale": None if value.lower() == "none" else float(value)}
 
 
 def reuse_synthesis(data_dir: Path, synthesis_id: str) -> dict[str, Any]:
