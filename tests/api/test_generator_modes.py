@@ -4,92 +4,23 @@ broker, no worker): rows a worker would have written are added directly."""
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 import pytest
 from sqlalchemy import func, select
 
-from shared.db import make_engine, make_session_factory, session_scope
 from shared.models import (
-    Dataset,
-    DatasetState,
-    Generator,
     Job,
-    RealImage,
-    Split,
     SynthesisRequest,
-    Tenant,
 )
 from tests.conftest import ApiHarness
+from tests.fixtures.rows import ready_dataset, ready_generator
 
-CLASSES = ("MEL", "NV")
-
-
-def _add(api: ApiHarness, *rows: Any) -> None:
-    engine = make_engine(api.settings)
-    try:
-        with session_scope(make_session_factory(engine)) as session:
-            session.add_all(rows)
-    finally:
-        engine.dispose()
+VAL_COUNTS = {"MEL": 6, "NV": 6}
 
 
 def _count(api: ApiHarness, model: type) -> int:
     return int(api.rows(select(func.count()).select_from(model))[0][0])
-
-
-def _tenant_id(api: ApiHarness) -> uuid.UUID:
-    return uuid.UUID(str(api.rows(select(Tenant.id).where(Tenant.name == api.tenant_name))[0][0]))
-
-
-def _ready_dataset(api: ApiHarness, channels: int) -> str:
-    """A ready dataset of 12 train and 6 val images per class (rows only)."""
-    tenant_id, dataset_id = _tenant_id(api), uuid.uuid4()
-    images = [
-        RealImage(
-            dataset_id=dataset_id,
-            source_path=f"{label}/{split.value}{i}.png",
-            sha256=uuid.uuid4().hex * 2,
-            object_key=f"k/{label}{split.value}{i}",
-            label=label,
-            split=split,
-            width=16,
-            height=16,
-            channels=channels,
-        )
-        for label in CLASSES
-        for split, n in ((Split.TRAIN, 12), (Split.VAL, 6))
-        for i in range(n)
-    ]
-    dataset = Dataset(
-        id=dataset_id,
-        tenant_id=tenant_id,
-        name="set",
-        format="csv",
-        state=DatasetState.READY,
-        class_names=list(CLASSES),
-        class_counts={c: 18 for c in CLASSES},
-    )
-    _add(api, dataset, *images)
-    return str(dataset_id)
-
-
-def _ready_generator(api: ApiHarness, dataset_id: str, kind: str, config: dict[str, Any]) -> str:
-    generator_id = uuid.uuid4()
-    _add(
-        api,
-        Generator(
-            id=generator_id,
-            tenant_id=_tenant_id(api),
-            dataset_id=uuid.UUID(dataset_id),
-            kind=kind,
-            state="ready",
-            config=config,
-            checkpoint_sha256="0" * 64,
-        ),
-    )
-    return str(generator_id)
 
 
 def _field(response: Any) -> str:
@@ -113,7 +44,10 @@ def _synthesis(api: ApiHarness, dataset_id: str, generator_id: str, mode: str) -
 def test_training_records_the_modes_and_the_augmentation_it_will_use(
     local_api: ApiHarness,
 ) -> None:
-    colour, gray = _ready_dataset(local_api, 3), _ready_dataset(local_api, 1)
+    colour, gray = (
+        ready_dataset(local_api, VAL_COUNTS, channels=3),
+        ready_dataset(local_api, VAL_COUNTS, channels=1),
+    )
     cases = [
         (colour, {}, {}, ["inpaint"], "dermoscopy"),
         (colour, {"modality": "chest_xray"}, {"modes": ["img2img"]}, ["img2img"], "none"),
@@ -141,7 +75,7 @@ def test_training_records_the_modes_and_the_augmentation_it_will_use(
 def test_bad_modes_or_augmentation_are_422_before_any_job(
     local_api: ApiHarness, training: dict[str, Any], field: str
 ) -> None:
-    dataset_id = _ready_dataset(local_api, 3)
+    dataset_id = ready_dataset(local_api, VAL_COUNTS, channels=3)
     jobs = _count(local_api, Job)
     response = local_api.client.post(
         "/v1/generators", json={"dataset_id": dataset_id, "training": training}
@@ -152,10 +86,8 @@ def test_bad_modes_or_augmentation_are_422_before_any_job(
 
 
 def test_a_generator_refuses_the_modes_it_was_not_trained_for(local_api: ApiHarness) -> None:
-    dataset_id = _ready_dataset(local_api, 1)
-    inpaint_only = _ready_generator(
-        local_api, dataset_id, "trained", {"training": {"modes": ["inpaint"]}}
-    )
+    dataset_id = ready_dataset(local_api, VAL_COUNTS, channels=1)
+    inpaint_only = ready_generator(local_api, dataset_id, {"training": {"modes": ["inpaint"]}})
     before = _count(local_api, SynthesisRequest), _count(local_api, Job)
     for mode in ("img2img", "generate"):
         refused = _synthesis(local_api, dataset_id, inpaint_only, mode)
@@ -176,8 +108,8 @@ def test_a_generator_refuses_the_modes_it_was_not_trained_for(local_api: ApiHarn
 def test_pretrained_old_and_all_mode_generators_serve_every_mode(
     local_api: ApiHarness, kind: str, config: dict[str, Any]
 ) -> None:
-    dataset_id = _ready_dataset(local_api, 1)
-    generator_id = _ready_generator(local_api, dataset_id, kind, config)
+    dataset_id = ready_dataset(local_api, VAL_COUNTS, channels=1)
+    generator_id = ready_generator(local_api, dataset_id, config, kind=kind)
     for mode in ("inpaint", "img2img", "generate"):
         response = _synthesis(local_api, dataset_id, generator_id, mode)
         assert response.status_code == 202, (mode, response.text)

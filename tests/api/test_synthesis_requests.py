@@ -5,24 +5,14 @@ would have written are added directly."""
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 from sqlalchemy import func, select
 
-from shared.db import make_engine, make_session_factory, session_scope
-from shared.models import Dataset, DatasetState, Generator, Job, RealImage, Split, Tenant
+from shared.models import Job
 from shared.synthesis import SCHEDULER_NAMES
 from tests.conftest import ApiHarness
-
-
-def _add(api: ApiHarness, *rows: Any) -> None:
-    engine = make_engine(api.settings)
-    try:
-        with session_scope(make_session_factory(engine)) as session:
-            session.add_all(rows)
-    finally:
-        engine.dispose()
+from tests.fixtures.rows import ready_dataset, ready_generator
 
 
 def _jobs(api: ApiHarness) -> int:
@@ -30,48 +20,11 @@ def _jobs(api: ApiHarness) -> int:
 
 
 def _ready(api: ApiHarness, val_counts: dict[str, int]) -> tuple[str, str]:
-    """A ready dataset with 12 training images per class and ``val_counts`` validation
-    images, and a ready generator trained on it (rows only): their ids."""
-    tenant_id = uuid.UUID(
-        str(api.rows(select(Tenant.id).where(Tenant.name == api.tenant_name))[0][0])
-    )
-    dataset_id, generator_id = uuid.uuid4(), uuid.uuid4()
-    images = [
-        RealImage(
-            dataset_id=dataset_id,
-            source_path=f"{label}/{split.value}{i}.png",
-            sha256=uuid.uuid4().hex * 2,
-            object_key=f"k/{label}{split.value}{i}",
-            label=label,
-            split=split,
-            width=16,
-            height=16,
-            channels=3,
-        )
-        for label, n_val in val_counts.items()
-        for split, n in ((Split.TRAIN, 12), (Split.VAL, n_val))
-        for i in range(n)
-    ]
-    dataset = Dataset(
-        id=dataset_id,
-        tenant_id=tenant_id,
-        name="set",
-        format="csv",
-        state=DatasetState.READY,
-        class_names=list(val_counts),
-        class_counts={c: 12 + n for c, n in val_counts.items()},
-    )
-    generator = Generator(
-        id=generator_id,
-        tenant_id=tenant_id,
-        dataset_id=dataset_id,
-        kind="trained",
-        state="ready",
-        config={"training": {"resolution": 16, "modes": ["inpaint"]}},
-        checkpoint_sha256="0" * 64,
-    )
-    _add(api, dataset, generator, *images)
-    return str(dataset_id), str(generator_id)
+    """A ready dataset with ``val_counts`` validation images and a ready generator trained
+    on it for inpainting (rows only): their ids."""
+    dataset_id = ready_dataset(api, val_counts)
+    config = {"training": {"resolution": 16, "modes": ["inpaint"]}}
+    return dataset_id, ready_generator(api, dataset_id, config)
 
 
 def _post(api: ApiHarness, dataset_id: str, generator_id: str, **fields: Any) -> Any:
