@@ -115,6 +115,9 @@ def main() -> None:
     parser.add_argument("--dataset-id", help="reuse a dataset of an earlier run in --data-dir")
     parser.add_argument("--generator-id", help="reuse a generator of an earlier run")
     parser.add_argument("--curated-set-id", help="reuse a curated set of an earlier run")
+    parser.add_argument(
+        "--no-experiment", action="store_true", help="stop after the synthesis and its grid"
+    )
     parser.add_argument("--out", type=Path, default=None, help="JSON results (default in data dir)")
     args = parser.parse_args()
 
@@ -152,6 +155,17 @@ def main() -> None:
             counts = {name: args.per_class for name in args.rare_classes}
             curated_id = synthesize(client, plan, dataset_id, generator_id, counts)["id"]
         timings["synthesis_s"] = time.monotonic() - started
+        ids = {"dataset": dataset_id, "generator": generator_id, "curated": curated_id}
+        grid = write_grids(
+            args.data_dir,
+            dataset_id,
+            synthesis_of(args.data_dir, curated_id),
+            list(args.rare_classes),
+            "grid.png",
+        )
+        print(f"ids: {json.dumps(ids)}\ngrid (real / kept / rejected per class): {grid}")  # noqa: T201
+        if args.no_experiment:
+            return
         started = time.monotonic()
         experiment = run_experiment(
             client,
@@ -178,11 +192,6 @@ def main() -> None:
     results = experiment["results"]
     out = args.out or args.data_dir / "experiment.json"
     out.write_text(json.dumps({"experiment": experiment, "timings": timings}, indent=1))
-    classes = list(args.rare_classes)
-    grid = write_grids(
-        args.data_dir, dataset_id, synthesis_of(args.data_dir, curated_id), classes, "grid.png"
-    )
-    ids = {"dataset": dataset_id, "generator": generator_id, "curated": curated_id}
     lines = [
         table(results),
         best_curated_vs_best_baseline(results),
