@@ -33,6 +33,7 @@ from grids import candidates_of, database, pixels, write_grids
 
 from services.client import TailsynthClient
 from services.demo import DemoPlan, embedded_server, ingest_demo, run_experiment, train_generator
+from shared.synthesis import TAIL_TRAIN_IMAGES
 
 
 def main() -> None:
@@ -50,8 +51,8 @@ def main() -> None:
     parser.add_argument(
         "--tail-guidance-scale",
         default=None,
-        help="guidance for classes with < 10 training images (default: the API's; "
-        "'none': --guidance-scale for every class, as before the tail rule)",
+        help=f"guidance for classes with < {TAIL_TRAIN_IMAGES} training images (default: "
+        "the API's; 'none': --guidance-scale for every class, as before the tail rule)",
     )
     parser.add_argument("--classes", help="comma-separated classes to ask for (default: all)")
     parser.add_argument("--seeds", type=int, default=3)

@@ -23,6 +23,7 @@ import click
 import httpx
 
 from services.client import FINAL_STATES, TailsynthClient
+from shared.synthesis import DEFAULT_BACKGROUND_POLICY, DEFAULT_GUIDANCE_SCALE
 
 
 @contextmanager
@@ -129,10 +130,11 @@ class DemoPlan:
     synthesis_mode: str = "inpaint"
     per_class: int = 24
     sampling_steps: int = 20  # DDIM; the steps of the README's generator-quality figures
-    guidance_scale: float = 6.0  # the best of 3 and 6 in benchmarks/generator_demo_quality.py
-    # Rare lesions painted into same-class images read as their class far more reliably
-    # than ones painted into head-class images (README, generator quality).
-    background_policy: str = "same_class"
+    # The API's defaults (shared.synthesis): guidance 6, the best of 3 and 6 in
+    # benchmarks/generator_demo_quality.py; rare lesions painted into same-class images
+    # read as their class far more reliably than ones painted into head-class images.
+    guidance_scale: float = DEFAULT_GUIDANCE_SCALE
+    background_policy: str = DEFAULT_BACKGROUND_POLICY
     classifier_backbone: str = "resnet18"
     classifier_epochs: int = 6
     classifier_min_steps: int = 300
