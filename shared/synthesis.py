@@ -24,7 +24,7 @@ import math
 import uuid
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -35,15 +35,12 @@ from shared.errors import Conflict, InvalidInput
 from shared.jobs import create_job
 from shared.models import CuratedSet, Generator, Job, RealImage, Split, SynthesisRequest
 
+# Re-exported: the API's schemas and tests name them as part of a synthesis request.
+from shared.sampling_params import MIN_INFERENCE_STEPS as MIN_INFERENCE_STEPS
+from shared.sampling_params import SCHEDULER_NAMES as SCHEDULER_NAMES
+from shared.sampling_params import SchedulerName
+
 MAX_COUNT_PER_CLASS = 100_000
-#: The schedulers a request may name: services.generator.schedulers builds each of them
-#: (a test keeps the two in step), so the API refuses an unknown one at the request
-#: without importing torch.
-SchedulerName = Literal["ddpm", "ddim", "pndm", "euler", "euler_a", "dpmsolver++", "unipc"]
-SCHEDULER_NAMES: tuple[str, ...] = get_args(SchedulerName)
-#: Fewest inference steps a scheduler samples without leftover noise (PNDM's warm-up
-#: step; see services.generator.sampling); the others need one.
-MIN_INFERENCE_STEPS: dict[str, int] = {"pndm": 3}
 #: Sampling defaults, one place for the API's schemas and the workers' fallbacks: the
 #: settings benchmarks/generator_demo_quality.py measured best on the demo set (guidance
 #: 6 over 3 and 2; lesions painted onto images of their own class; see the README).

@@ -48,7 +48,7 @@ from services.generator.config import GeneratorConfig
 from services.generator.model import DiffusionSpace
 from services.generator.schedulers import SCHEDULER_NAMES, make_scheduler
 from shared.errors import InvalidInput
-from shared.synthesis import MIN_INFERENCE_STEPS
+from shared.sampling_params import MIN_INFERENCE_STEPS
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ MAX_INFERENCE_STEPS = 1000
 # timestep, which with 2 steps is t = 0: there eps = (x - a x0) / sqrt(1 - alpha_bar_0)
 # turns a 1 % error of the network into ~50 grey levels of noise in the final image
 # (tests/generator/test_schedulers.py). The API refuses fewer steps at the request
-# (MIN_INFERENCE_STEPS lives in shared.synthesis for that).
+# (MIN_INFERENCE_STEPS lives in shared.sampling_params for that).
 MAX_GUIDANCE_SCALE = 30.0
 _CACHE_SIZE = 2
 
