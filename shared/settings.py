@@ -75,6 +75,10 @@ class Settings(BaseSettings):
     max_archive_total_bytes: int = 20 * 1024**3
     max_compression_ratio: float = 100.0
     max_image_pixels: int = 40_000_000
+    # A label file (.csv/.tsv/.txt entry) is read whole by the API's pre-flight check.
+    max_label_file_bytes: int = 16 * 1024**2
+    # Rows a curated set's manifest (and so its archive) may list; more answer 413.
+    max_manifest_rows: int = 200_000
 
     # Task time limits in seconds, per queue.
     ingest_time_limit_s: int = 2 * 3600
