@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import SecretStr, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
@@ -86,7 +86,16 @@ class Settings(BaseSettings):
     filter_time_limit_s: int = 2 * 3600
     train_time_limit_s: int = 5 * 3600
 
-    # Jobs: a running job whose heartbeat is older than this is re-sent by the reaper.
+    # Generator training keeps this many of its newest checkpoints (the last one is the
+    # final one), in storage and on the worker's scratch; older ones are deleted once a
+    # newer one is stored.
+    generator_keep_checkpoints: int = Field(2, ge=1)
+
+    # Jobs: the lease (seconds) a worker's claim on a job holds. The worker renews it
+    # every third of this while the job runs; a running job whose lease ran out (its
+    # worker died or hung) or whose owner process on the same host is gone may be
+    # claimed again, and the reaper re-sends it. Scratch
+    # leftovers (.tmp-*) untouched for this long belong to no live task and are deleted.
     job_lease_s: int = 600
     # A stage of a job is claimed at most this many times (its worker died, its lease ran
     # out) before the job fails with its last error.
