@@ -116,6 +116,12 @@ class Settings(BaseSettings):
     # An API key's last-used time is written at most this often (seconds), so requests
     # do not each write to the database.
     api_key_last_used_interval_s: float = 60.0
+    # A request body that is not a multipart upload (JSON) is refused over this size (413);
+    # uploads have max_upload_bytes.
+    max_json_body_bytes: int = 1024**2
+    # An Idempotency-Key's answer is replayed for this long (seconds); after that the key
+    # is free again and the API's reaper deletes the record.
+    idempotency_ttl_s: float = 24 * 3600
     # GET /v1/health asks the workers whether they are alive, waiting at most
     # health_worker_timeout_s for their answers, and reuses the answer for
     # health_cache_s seconds (health checks are frequent and anonymous).
