@@ -32,7 +32,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,8 +98,11 @@ def write_checkpoint(
             vae.save_pretrained(staging / "vae")
         torch.save(training_state, staging / TRAINING_STATE_FILE)
         files = {rel: _sha256_file(staging / rel) for rel in _relative_files(staging)}
-        manifest: dict[str, Any] = {"step": step, "files": files,
-                                    "sha256": _inference_sha256(files)}
+        manifest: dict[str, Any] = {
+            "step": step,
+            "files": files,
+            "sha256": _inference_sha256(files),
+        }
         _fsync_write(staging / MANIFEST_FILE, json.dumps(manifest, indent=2, sort_keys=True))
         _move_into_place(staging, final)
     except BaseException:
@@ -144,8 +147,11 @@ def list_checkpoints(checkpoint_dir: Path) -> list[CheckpointInfo]:
     for path in checkpoint_dir.iterdir():
         if path.name.startswith(_PREFIX) and (path / MANIFEST_FILE).is_file():
             manifest = read_manifest(path)
-            found.append(CheckpointInfo(path=path, step=int(manifest["step"]),
-                                        sha256=str(manifest["sha256"])))
+            found.append(
+                CheckpointInfo(
+                    path=path, step=int(manifest["step"]), sha256=str(manifest["sha256"])
+                )
+            )
     return sorted(found, key=lambda info: info.step)
 
 
@@ -155,10 +161,32 @@ def latest_checkpoint(checkpoint_dir: Path) -> CheckpointInfo | None:
     return checkpoints[-1] if checkpoints else None
 
 
-def prune_checkpoints(checkpoint_dir: Path, keep: int) -> None:
-    """Delete all but the ``keep`` newest complete checkpoints."""
-    for info in list_checkpoints(checkpoint_dir)[:-keep]:
-        shutil.rmtree(info.path, ignore_errors=True)
+def retained_steps(steps: Iterable[int], keep: int, protect: Iterable[int] = ()) -> set[int]:
+    """The steps a retention policy keeps: the ``keep`` newest of ``steps`` (``keep`` >= 1)
+    and every one of ``protect`` among them (e.g. the checkpoint a generator samples from).
+
+    Training records no validation metric per checkpoint (its loss curve is the loss of
+    single noisy batches), so there is no "best" checkpoint to keep apart from these.
+    """
+    if keep < 1:
+        raise ValueError(f"keep must be at least 1, got {keep}")
+    ordered = sorted(set(steps))
+    return set(ordered[-keep:]) | (set(ordered) & set(protect))
+
+
+def prune_checkpoints(checkpoint_dir: Path, keep: int, protect: Iterable[int] = ()) -> list[int]:
+    """Delete the complete checkpoints that :func:`retained_steps` does not keep; the
+    deleted steps. The manifest goes first, so a checkpoint whose deletion is cut short
+    is no longer listed as complete."""
+    checkpoints = list_checkpoints(checkpoint_dir)
+    kept = retained_steps((c.step for c in checkpoints), keep, protect)
+    deleted = []
+    for info in checkpoints:
+        if info.step not in kept:
+            (info.path / MANIFEST_FILE).unlink(missing_ok=True)
+            shutil.rmtree(info.path, ignore_errors=True)
+            deleted.append(info.step)
+    return deleted
 
 
 def read_manifest(checkpoint_path: Path) -> dict[str, Any]:
@@ -187,8 +215,9 @@ def verify_checkpoint(checkpoint_path: Path) -> str:
 
 
 def load_training_state(checkpoint_path: Path) -> dict[str, Any]:
-    state: dict[str, Any] = torch.load(checkpoint_path / TRAINING_STATE_FILE, map_location="cpu",
-                                       weights_only=True)
+    state: dict[str, Any] = torch.load(
+        checkpoint_path / TRAINING_STATE_FILE, map_location="cpu", weights_only=True
+    )
     return state
 
 

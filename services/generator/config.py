@@ -109,7 +109,9 @@ class GeneratorConfig:
             ``EMAModel``); the EMA weights are the ones sampled from.
         checkpoint_every: write a checkpoint every this many steps (and at the end,
             and when canceled).
-        keep_checkpoints: how many of the newest checkpoints to keep on disk.
+        keep_checkpoints: how many of the newest checkpoints to keep on disk (the last
+            one, the run's final checkpoint, always among them). The service sets it from
+            ``Settings.generator_keep_checkpoints`` and keeps as many in storage.
         mixed_precision: ``"bf16"`` autocast on CUDA, ``"no"`` for fp32; ignored on CPU.
         seed: seed of every random draw of the run (init, batches, noise, dropout).
     """
@@ -148,8 +150,13 @@ class GeneratorConfig:
 
     def __post_init__(self) -> None:
         # Tuples survive a JSON round trip as lists; normalise so equality holds.
-        for name in ("block_out_channels", "attention_levels", "vae_block_out_channels",
-                     "class_names", "modes"):
+        for name in (
+            "block_out_channels",
+            "attention_levels",
+            "vae_block_out_channels",
+            "class_names",
+            "modes",
+        ):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         if self.full_mask_probability is None:
             object.__setattr__(self, "full_mask_probability", full_mask_share(self.modes))
@@ -213,8 +220,9 @@ class GeneratorConfig:
             raise ValueError(f"modes must be distinct and not empty, got {list(self.modes)}")
         unknown = [m for m in self.modes if m not in SYNTHESIS_MODES]
         if unknown:
-            raise ValueError(f"unknown mode {unknown[0]!r} in modes; choose from "
-                             f"{', '.join(SYNTHESIS_MODES)}")
+            raise ValueError(
+                f"unknown mode {unknown[0]!r} in modes; choose from {', '.join(SYNTHESIS_MODES)}"
+            )
         if self.augment not in AUGMENTATIONS:
             raise ValueError(f"augment must be 'dermoscopy' or 'none', got {self.augment!r}")
         for name in ("class_dropout", "full_mask_probability", "class_balance"):
@@ -222,8 +230,13 @@ class GeneratorConfig:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.mask_loss_weight < 1.0:
             raise ValueError(f"mask_loss_weight must be >= 1, got {self.mask_loss_weight}")
-        for name in ("batch_size", "max_train_steps", "checkpoint_every", "keep_checkpoints",
-                     "num_train_timesteps"):
+        for name in (
+            "batch_size",
+            "max_train_steps",
+            "checkpoint_every",
+            "keep_checkpoints",
+            "num_train_timesteps",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.mixed_precision not in ("no", "bf16"):

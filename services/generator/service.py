@@ -5,7 +5,9 @@ Thin glue between the job system, storage and Postgres on one side and the libra
 other. Everything is idempotent per job:
 
 - training checkpoints are mirrored to storage as they are written, and a redelivered
-  training task first pulls the newest one back, so a killed worker resumes;
+  training task first pulls the newest one back, so a killed worker resumes (on any
+  host); storage and scratch keep the newest ``generator_keep_checkpoints`` of them;
+- each task first deletes what killed runs left on scratch (:mod:`.scratch`);
 - each candidate has a fixed (request, index) with a fixed seed, source image and mask;
   its PNG key and row are keyed by that index, so a redelivered generation task skips
   what is recorded and redoes nothing twice.
@@ -16,8 +18,8 @@ from __future__ import annotations
 import logging
 import math
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 from itertools import groupby
 from pathlib import Path
@@ -36,6 +38,7 @@ from services.generator.checkpoint import (
     checkpoint_step,
     install_checkpoint,
     latest_checkpoint,
+    retained_steps,
 )
 from services.generator.config import GeneratorConfig
 from services.generator.masks import (
@@ -52,6 +55,7 @@ from services.generator.quality import (
     quality_report,
 )
 from services.generator.sampling import load_generator
+from services.generator.scratch import sweep_scratch
 from services.generator.training import train_generator
 from services.trainer.classifier import ImageClassifier
 from services.trainer.dataset_classifier import (
@@ -105,12 +109,25 @@ def _pull_checkpoint(runtime: Runtime, key: str, local: Path) -> CheckpointInfo:
 
 class _CheckpointMirror:
     """Copies each new local checkpoint to storage (the manifest last, so a half-copied
-    checkpoint in storage has no manifest and is never taken for a complete one)."""
+    checkpoint in storage has no manifest and is never taken for a complete one), then
+    deletes the stored checkpoints the retention policy no longer keeps: the ``keep``
+    newest and those in ``protect`` (:func:`~.checkpoint.retained_steps`). A stored
+    checkpoint is deleted only after a newer one is complete in storage, manifest first."""
 
-    def __init__(self, runtime: Runtime, local_dir: Path, generator_id: uuid.UUID) -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        local_dir: Path,
+        generator_id: uuid.UUID,
+        *,
+        keep: int,
+        protect: Iterable[int] = (),
+    ) -> None:
         self.runtime = runtime
         self.local_dir = local_dir
         self.prefix = checkpoint_prefix(generator_id)
+        self.keep = keep
+        self.protect = frozenset(protect)
         self.uploaded_step = -1
 
     def stored_steps(self) -> list[int]:
@@ -129,6 +146,7 @@ class _CheckpointMirror:
         local = latest_checkpoint(self.local_dir)
         for step in self.stored_steps():
             if local is not None and local.step >= step:
+                self.uploaded_step = step
                 return None
             name = checkpoint_name(step)
             try:
@@ -143,21 +161,51 @@ class _CheckpointMirror:
         return None
 
     def sync(self) -> None:
+        """Upload the newest local checkpoint if storage does not hold it yet (one a
+        killed run wrote but did not upload, or the last of a run)."""
         newest = latest_checkpoint(self.local_dir)
-        if newest is None or newest.step <= self.uploaded_step:
-            return
-        name = newest.path.name
-        manifest = newest.path / "manifest.json"
-        for file in sorted(newest.path.rglob("*")):
+        if newest is not None and newest.step > self.uploaded_step:
+            self.upload(newest)
+
+    def upload(self, checkpoint: CheckpointInfo) -> None:
+        """Store ``checkpoint`` (manifest last), then prune storage to the retained ones."""
+        name = checkpoint.path.name
+        manifest = checkpoint.path / MANIFEST_FILE
+        for file in sorted(checkpoint.path.rglob("*")):
             if file.is_file() and file != manifest:
                 with file.open("rb") as handle:
                     self.runtime.store.put_stream(
-                        f"{self.prefix}/{name}/{file.relative_to(newest.path).as_posix()}",
+                        f"{self.prefix}/{name}/{file.relative_to(checkpoint.path).as_posix()}",
                         handle,
                         file.stat().st_size,
                     )
-        self.runtime.store.put_bytes(f"{self.prefix}/{name}/manifest.json", manifest.read_bytes())
-        self.uploaded_step = newest.step
+        self.runtime.store.put_bytes(f"{self.prefix}/{name}/{MANIFEST_FILE}", manifest.read_bytes())
+        self.uploaded_step = max(self.uploaded_step, checkpoint.step)
+        self.prune()
+
+    def prune(self) -> list[int]:
+        """Delete the stored checkpoints the policy does not keep, each manifest first (one
+        whose deletion is cut short is no longer complete), and the torn uploads of steps
+        older than the newest complete one; the deleted steps."""
+        keys: dict[int, list[str]] = {}
+        for key in self.runtime.store.list_keys(self.prefix + "/"):
+            step = checkpoint_step(key[len(self.prefix) + 1 :].partition("/")[0])
+            if step is not None:
+                keys.setdefault(step, []).append(key)
+        complete = self.stored_steps()
+        if not complete:
+            return []
+        kept = retained_steps(complete, self.keep, self.protect)
+        deleted = sorted(
+            step for step in keys if step not in kept and (step in complete or step < complete[0])
+        )
+        for step in deleted:
+            manifest = f"{self.prefix}/{checkpoint_name(step)}/{MANIFEST_FILE}"
+            for key in sorted(keys[step], key=lambda k: k != manifest):
+                self.runtime.store.delete(key)
+        if deleted:
+            log.info("deleted stored checkpoints of steps %s (%s)", deleted, self.prefix)
+        return deleted
 
 
 def _config_for(generator: Generator, class_names: list[str], channels: int) -> GeneratorConfig:
@@ -184,6 +232,9 @@ def train_generator_job(ctx: JobContext, runtime: Runtime) -> dict[str, Any]:
         class_names = list(dataset.class_names)
         channels = dataset_channels(session, dataset.id)
         config = _config_for(generator, class_names, channels)
+    # Storage and scratch keep as many checkpoints (the last is the final one).
+    config = replace(config, keep_checkpoints=runtime.settings.generator_keep_checkpoints)
+    sweep_scratch(runtime.settings)
     ctx.progress(0, config.max_train_steps, "loading data")
     train = load_split(
         runtime.sessions,
@@ -195,16 +246,19 @@ def train_generator_job(ctx: JobContext, runtime: Runtime) -> dict[str, Any]:
         progress=ctx.heartbeat,
     )
     local_dir = _scratch(runtime, "generators", str(generator_id))
-    mirror = _CheckpointMirror(runtime, local_dir, generator_id)
+    recorded = checkpoint_step(Path(generator.checkpoint_key or "").name)
+    mirror = _CheckpointMirror(
+        runtime,
+        local_dir,
+        generator_id,
+        keep=config.keep_checkpoints,
+        protect=() if recorded is None else (recorded,),
+    )
     mirror.restore()
+    mirror.sync()  # one this host wrote before it died, unuploaded
     ctx.progress(0, config.max_train_steps, "training")
 
     def on_step(step: int, total: int) -> None:
-        # Training writes a step's checkpoint just after reporting the step: the one of
-        # step k reaches storage at step k + 1 (the last one after training), not a whole
-        # checkpoint interval later.
-        if step % config.checkpoint_every == 1 or config.checkpoint_every == 1:
-            mirror.sync()
         if step % 10 == 0 or step == total:
             ctx.progress(step, total)
 
@@ -217,6 +271,8 @@ def train_generator_job(ctx: JobContext, runtime: Runtime) -> dict[str, Any]:
         local_dir,
         progress=on_step,
         should_cancel=ctx.should_cancel,
+        # Each checkpoint is in storage before training prunes the older local ones.
+        on_checkpoint=mirror.upload,
     )
     mirror.sync()
     if result.status == "canceled" or result.checkpoint is None:
@@ -493,17 +549,21 @@ def _load_model(runtime: Runtime, generator: Generator, class_names: list[str]) 
             if cached.sha256 == generator.checkpoint_sha256:
                 return cached
         except (OSError, ValueError) as exc:
-            log.warning("cached checkpoint %s is unusable (%s); downloading it again",
-                        checkpoint, exc)
+            log.warning(
+                "cached checkpoint %s is unusable (%s); downloading it again", checkpoint, exc
+            )
     pulled = _pull_checkpoint(runtime, key, checkpoint)
     if pulled.sha256 != generator.checkpoint_sha256:
-        raise ValueError(f"stored checkpoint {key} has sha256 {pulled.sha256}, the generator "
-                         f"records {generator.checkpoint_sha256}")
+        raise ValueError(
+            f"stored checkpoint {key} has sha256 {pulled.sha256}, the generator "
+            f"records {generator.checkpoint_sha256}"
+        )
     return load_generator(checkpoint)
 
 
 def generate_candidates_job(ctx: JobContext, runtime: Runtime) -> NextStage:
     synthesis_id = uuid.UUID(ctx.params["synthesis_id"])
+    sweep_scratch(runtime.settings)
     with runtime.sessions() as session:
         request = session.get(SynthesisRequest, synthesis_id)
         if request is None:
@@ -542,9 +602,7 @@ def generate_candidates_job(ctx: JobContext, runtime: Runtime) -> NextStage:
     ctx.progress(len(plans) - len(todo), len(plans), stage)
     checkpoint_sha = generator.checkpoint_sha256 or ""
     train_counts = np.bincount(train.labels, minlength=len(train.class_names))
-    guidance_of = {
-        c: class_guidance_scale(sampling, int(n)) for c, n in enumerate(train_counts)
-    }
+    guidance_of = {c: class_guidance_scale(sampling, int(n)) for c, n in enumerate(train_counts)}
     done = len(plans) - len(todo)
     for chunk in _batches(todo, batch_size, key=lambda p: guidance_of[p.class_id]):
         ctx.check_cancel()

@@ -57,6 +57,7 @@ logger = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[int, int], None]
 CancelCallback = Callable[[], bool]
+CheckpointCallback = Callable[[CheckpointInfo], None]
 
 # Settings that may change between a run and its resumption (they only set its length
 # or its bookkeeping); everything else must match the checkpoint.
@@ -110,6 +111,7 @@ def train_generator(
     device: str | torch.device | None = None,
     progress: ProgressCallback | None = None,
     should_cancel: CancelCallback | None = None,
+    on_checkpoint: CheckpointCallback | None = None,
 ) -> TrainingResult:
     """Train (or resume training) a generator on a labelled image set.
 
@@ -126,6 +128,9 @@ def train_generator(
         device: torch device; default CUDA when available, else CPU.
         progress: called as ``progress(step, max_train_steps)`` after every step.
         should_cancel: polled after every step; ``True`` checkpoints and returns.
+        on_checkpoint: called with each checkpoint as soon as it is written (e.g. to
+            upload it). Older checkpoints beyond ``config.keep_checkpoints`` are deleted
+            only after it returns, so one that raises deletes nothing.
 
     Returns:
         A :class:`TrainingResult`.
@@ -144,15 +149,21 @@ def train_generator(
     space = DiffusionSpace(config, vae)
     data = prepare_training_data(images, masks, labels, config, space, device)
 
-    ema = EMAModel(unet.parameters(), decay=config.ema_decay, model_cls=UNet2DModel,
-                   model_config=unet.config)
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=config.learning_rate,
-                                  weight_decay=config.adam_weight_decay)
-    lr_schedule = get_scheduler(config.lr_scheduler, optimizer,
-                                num_warmup_steps=config.lr_warmup_steps,
-                                num_training_steps=config.max_train_steps)
-    noise_schedule = DDPMScheduler(num_train_timesteps=config.num_train_timesteps,
-                                   beta_schedule=config.beta_schedule)
+    ema = EMAModel(
+        unet.parameters(), decay=config.ema_decay, model_cls=UNet2DModel, model_config=unet.config
+    )
+    optimizer = torch.optim.AdamW(
+        unet.parameters(), lr=config.learning_rate, weight_decay=config.adam_weight_decay
+    )
+    lr_schedule = get_scheduler(
+        config.lr_scheduler,
+        optimizer,
+        num_warmup_steps=config.lr_warmup_steps,
+        num_training_steps=config.max_train_steps,
+    )
+    noise_schedule = DDPMScheduler(
+        num_train_timesteps=config.num_train_timesteps, beta_schedule=config.beta_schedule
+    )
     rng = torch.Generator().manual_seed(config.seed + 1)
     step, loss_curve = 0, []
     if state is not None:
@@ -171,18 +182,30 @@ def train_generator(
         # Clone the raw weights: ema.copy_to below overwrites the live parameters in place.
         raw_weights = {k: v.detach().clone() for k, v in unet.state_dict().items()}
         training_state = {
-            "config": config.to_dict(), "unet": raw_weights, "ema": ema.state_dict(),
-            "optimizer": optimizer.state_dict(), "lr_scheduler": lr_schedule.state_dict(),
-            "rng": rng.get_state(), "step": step, "loss_curve": loss_curve,
+            "config": config.to_dict(),
+            "unet": raw_weights,
+            "ema": ema.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "lr_scheduler": lr_schedule.state_dict(),
+            "rng": rng.get_state(),
+            "step": step,
+            "loss_curve": loss_curve,
         }
         ema.store(unet.parameters())
         ema.copy_to(unet.parameters())
         try:
-            info = write_checkpoint(checkpoint_dir, step=step, config=config,
-                                    inference_unet=unet, vae=vae,
-                                    training_state=training_state)
+            info = write_checkpoint(
+                checkpoint_dir,
+                step=step,
+                config=config,
+                inference_unet=unet,
+                vae=vae,
+                training_state=training_state,
+            )
         finally:
             ema.restore(unet.parameters())
+        if on_checkpoint is not None:
+            on_checkpoint(info)
         prune_checkpoints(checkpoint_dir, config.keep_checkpoints)
         return info
 
@@ -229,16 +252,19 @@ def prepare_training_data(
     if images.ndim != 4 or images.dtype != np.uint8:
         raise ValueError(f"images must be uint8 (N, H, W, C), got {images.dtype} {images.shape}")
     if images.shape[3] != config.channels:
-        raise ValueError(f"images have {images.shape[3]} channels, config.channels is "
-                         f"{config.channels}")
+        raise ValueError(
+            f"images have {images.shape[3]} channels, config.channels is {config.channels}"
+        )
     labels = np.asarray(labels)
     if labels.shape != (len(images),):
         raise ValueError(f"labels must have shape ({len(images)},), got {labels.shape}")
     if len(images) == 0:
         raise ValueError("cannot train on an empty image set")
     if labels.min() < 0 or labels.max() >= config.num_classes:
-        raise ValueError(f"labels must be in [0, {config.num_classes}), got range "
-                         f"[{labels.min()}, {labels.max()}]")
+        raise ValueError(
+            f"labels must be in [0, {config.num_classes}), got range "
+            f"[{labels.min()}, {labels.max()}]"
+        )
     if masks is None:
         masks = auto_masks(images)
     masks = np.asarray(masks)
@@ -254,9 +280,12 @@ def prepare_training_data(
     with torch.no_grad():
         for chunk in torch.split(pixels, encode_batch):
             samples.append(space.encode(chunk.to(device)).float().cpu())
-    return TrainingData(torch.cat(samples), space.mask_to_model(mask_t),
-                        torch.from_numpy(labels.astype(np.int64)),
-                        class_balanced_weights(labels, config.class_balance))
+    return TrainingData(
+        torch.cat(samples),
+        space.mask_to_model(mask_t),
+        torch.from_numpy(labels.astype(np.int64)),
+        class_balanced_weights(labels, config.class_balance),
+    )
 
 
 def class_balanced_weights(labels: np.ndarray, balance: float) -> torch.Tensor:
@@ -296,25 +325,25 @@ def training_step(
     return per_example.mean()
 
 
-def drop_class_labels(labels: torch.Tensor, dropped: torch.Tensor, null_class_id: int
-                      ) -> torch.Tensor:
+def drop_class_labels(
+    labels: torch.Tensor, dropped: torch.Tensor, null_class_id: int
+) -> torch.Tensor:
     """Replace ``labels[dropped]`` with the null class (classifier-free guidance)."""
     return torch.where(dropped, torch.full_like(labels, null_class_id), labels)
 
 
-def _draw_batch(data: TrainingData, config: GeneratorConfig, rng: torch.Generator
-                ) -> TrainingData:
+def _draw_batch(data: TrainingData, config: GeneratorConfig, rng: torch.Generator) -> TrainingData:
     assert data.draw_weights is not None
-    index = torch.multinomial(data.draw_weights, config.batch_size, replacement=True,
-                              generator=rng)
+    index = torch.multinomial(data.draw_weights, config.batch_size, replacement=True, generator=rng)
     samples, masks = data.samples[index], data.masks[index]
     if config.augment == "dermoscopy" and not config.latent:
         samples, masks = dihedral_augment(samples, masks, rng)
     return TrainingData(samples, masks, data.labels[index])
 
 
-def dihedral_augment(samples: torch.Tensor, masks: torch.Tensor, rng: torch.Generator
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
+def dihedral_augment(
+    samples: torch.Tensor, masks: torch.Tensor, rng: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Each (sample, mask) pair turned by one of the 8 symmetries of the square, drawn
     uniformly: a horizontal flip or not, then 0-3 quarter turns.
 
@@ -367,4 +396,3 @@ def _check_resumable(saved: GeneratorConfig, current: GeneratorConfig) -> None:
             f"checkpoint directory holds a run with a different config ({', '.join(changed)}); "
             f"use a new directory or the same settings"
         )
-

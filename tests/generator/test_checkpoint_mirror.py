@@ -39,12 +39,19 @@ def _runtime(root: Path) -> Runtime:
 def _stopped_run(scratch: Path, runtime: Runtime, steps: int) -> _CheckpointMirror:
     """Host A: train, mirroring each checkpoint to storage, and stop after ``steps``."""
     images, masks, labels = make_dataset()
-    mirror = _CheckpointMirror(runtime, scratch, GENERATOR_ID)
+    mirror = _CheckpointMirror(runtime, scratch, GENERATOR_ID, keep=2)
     polls: list[int] = []
-    result = train_generator(images, masks, labels, CLASS_NAMES,
-                             tiny_config(max_train_steps=6, checkpoint_every=2), scratch,
-                             device="cpu", progress=lambda step, total: mirror.sync(),
-                             should_cancel=lambda: polls.append(1) or len(polls) >= steps)
+    result = train_generator(
+        images,
+        masks,
+        labels,
+        CLASS_NAMES,
+        tiny_config(max_train_steps=6, checkpoint_every=2),
+        scratch,
+        device="cpu",
+        progress=lambda step, total: mirror.sync(),
+        should_cancel=lambda: polls.append(1) or len(polls) >= steps,
+    )
     assert result.status == "canceled" and result.step == steps
     mirror.sync()
     return mirror
@@ -63,14 +70,20 @@ def test_training_resumes_from_storage_on_a_fresh_scratch_dir(tmp_path: Path) ->
     assert first.stored_steps() == [4, 2]
 
     fresh = tmp_path / "host-b"  # another host: nothing local
-    mirror = _CheckpointMirror(runtime, fresh, GENERATOR_ID)
+    mirror = _CheckpointMirror(runtime, fresh, GENERATOR_ID, keep=2)
     pulled = mirror.restore()
     assert pulled is not None and pulled.step == 4 and pulled.path.name == checkpoint_name(4)
     assert [c.step for c in list_checkpoints(fresh)] == [4]
     images, masks, labels = make_dataset()
-    resumed = train_generator(images, masks, labels, CLASS_NAMES,
-                              tiny_config(max_train_steps=6, checkpoint_every=2), fresh,
-                              device="cpu")
+    resumed = train_generator(
+        images,
+        masks,
+        labels,
+        CLASS_NAMES,
+        tiny_config(max_train_steps=6, checkpoint_every=2),
+        fresh,
+        device="cpu",
+    )
     assert resumed.status == "completed" and resumed.resumed_from_step == 4
     assert [s for s, _ in resumed.loss_curve] == [1, 2, 3, 4, 5, 6]
     assert mirror.restore() is None  # the local checkpoint is now the newest
@@ -84,7 +97,7 @@ def test_a_corrupt_stored_checkpoint_is_skipped_for_the_one_before(tmp_path: Pat
     state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])  # a torn upload
 
     fresh = tmp_path / "host-b"
-    pulled = _CheckpointMirror(runtime, fresh, GENERATOR_ID).restore()
+    pulled = _CheckpointMirror(runtime, fresh, GENERATOR_ID, keep=2).restore()
     assert pulled is not None and pulled.step == 2
     assert [c.step for c in list_checkpoints(fresh)] == [2]
     assert [p.name for p in fresh.iterdir()] == [checkpoint_name(2)]  # no staging left
@@ -109,8 +122,10 @@ def test_an_interrupted_download_leaves_nothing_that_looks_complete(tmp_path: Pa
     assert not target.exists() and list(target.parent.iterdir()) == []
 
     with pytest.raises(ValueError, match="missing"):
-        install_checkpoint(target, lambda staging: shutil.copy(source.path / MANIFEST_FILE,
-                                                                staging / MANIFEST_FILE))
+        install_checkpoint(
+            target,
+            lambda staging: shutil.copy(source.path / MANIFEST_FILE, staging / MANIFEST_FILE),
+        )
     assert not target.exists()
 
 
@@ -144,5 +159,5 @@ def test_a_worker_killed_mid_download_is_not_trusted_and_the_next_pull_succeeds(
     assert child.exitcode == -signal.SIGKILL
     assert latest_checkpoint(fresh) is None  # the killed copy is hidden staging only
     assert not (fresh / checkpoint_name(2)).exists()
-    pulled = _CheckpointMirror(runtime, fresh, GENERATOR_ID).restore()
+    pulled = _CheckpointMirror(runtime, fresh, GENERATOR_ID, keep=2).restore()
     assert pulled is not None and pulled.step == 2 and latest_checkpoint(fresh) == pulled
