@@ -3,19 +3,24 @@ images per class, follow what the filter kept, and download the curated set."""
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Header, Query, Response
 from fastapi.responses import JSONResponse, StreamingResponse
-from sqlalchemy import select
-from zipstream import ZipStream
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
-from services.api.deps import IdempotencyKeyDep, SessionDep, StateDep, TenantDep
+from services.api.curated_archive import (
+    CuratedArchive,
+    RangeNotSatisfiable,
+    byte_range,
+    manifest_chunks,
+    slice_bytes,
+)
+from services.api.deps import AppState, IdempotencyKeyDep, SessionDep, StateDep, TenantDep
 from services.api.idempotency import Idempotency, body_hash
+from services.api.problems import problem
 from services.api.routers._submit import submit_job
 from services.api.schemas import (
     CuratedSetRead,
@@ -24,36 +29,11 @@ from services.api.schemas import (
     SyntheticImageRead,
 )
 from shared.db import get_owned
-from shared.errors import Conflict
+from shared.errors import Conflict, PayloadTooLarge
 from shared.models import CuratedSet, OodScore, SyntheticImage
 from shared.synthesis import add_synthesis
 
 router = APIRouter(tags=["synthesis"])
-MANIFEST_FIELDS = (
-    "id",
-    "file",
-    "label",
-    "synthetic",
-    "mode",
-    "source_image_id",
-    "mask_key",
-    "generator_id",
-    "checkpoint_sha256",
-    "scheduler",
-    "steps",
-    "guidance_scale",
-    "strength",
-    "seed",
-    "prompt",
-    "job_id",
-    "decision",
-    "decision_reason",
-    "scores",
-    "generation_round",
-    "size",
-    "resized_from",
-    "resize_method",
-)
 
 
 @router.post(
@@ -74,7 +54,12 @@ def create_synthesis(
 ) -> JSONResponse:
     """Generate candidates per class, filter them, and fill a curated set."""
     idempotency = Idempotency(
-        session, tenant_id, idempotency_key, "POST /v1/synthesis", body_hash(request.model_dump())
+        session,
+        tenant_id,
+        idempotency_key,
+        "POST /v1/synthesis",
+        body_hash(request.model_dump()),
+        ttl_s=state.settings.idempotency_ttl_s,
     )
 
     def create() -> tuple[uuid.UUID, SynthesisCreated]:
@@ -124,118 +109,117 @@ def read_curated_set(
     return CuratedSetRead.model_validate(get_curated_set(session, tenant_id, curated_set_id))
 
 
-def _kept_rows(session: SessionDep, curated: CuratedSet) -> list[SyntheticImage]:
-    return list(
-        session.scalars(
-            select(SyntheticImage)
-            .where(SyntheticImage.curated_set_id == curated.id)
-            .order_by(SyntheticImage.label, SyntheticImage.index_in_request)
-        )
-    )
-
-
-def _scores_by_image(
-    session: SessionDep, image_ids: list[uuid.UUID]
-) -> dict[uuid.UUID, dict[str, float]]:
-    scores: dict[uuid.UUID, dict[str, float]] = {}
-    for start in range(0, len(image_ids), 500):
-        for row in session.scalars(
-            select(OodScore).where(OodScore.synthetic_image_id.in_(image_ids[start : start + 500]))
-        ):
-            scores.setdefault(row.synthetic_image_id, {})[row.detector] = round(row.score, 6)
-    return scores
-
-
-def _manifest_rows(session: SessionDep, rows: list[SyntheticImage]) -> list[dict[str, object]]:
-    scores = _scores_by_image(session, [r.id for r in rows])
-    return [
-        {
-            "id": str(r.id),
-            "file": f"{r.label}/{r.id}.png",
-            "label": r.label,
-            "synthetic": True,
-            "mode": r.mode,
-            "source_image_id": str(r.source_image_id) if r.source_image_id else "",
-            "mask_key": r.mask_key or "",
-            "generator_id": str(r.generator_id),
-            "checkpoint_sha256": r.checkpoint_sha256,
-            "scheduler": r.scheduler,
-            "steps": r.steps,
-            "guidance_scale": r.guidance_scale,
-            "strength": r.strength if r.strength is not None else "",
-            "seed": r.seed,
-            "prompt": r.prompt or "",
-            "job_id": str(r.job_id),
-            "decision": r.decision,
-            "decision_reason": r.decision_reason or "",
-            "scores": json.dumps(scores.get(r.id, {}), sort_keys=True),
-            "generation_round": r.generation_round,
-            # Side in px of the file, and of the candidate it was resampled from (if it was).
-            "size": r.size or "",
-            "resized_from": r.candidate_size if r.resize_method else "",
-            "resize_method": r.resize_method or "",
-        }
-        for r in rows
-    ]
-
-
-def _manifest_csv(rows: list[dict[str, object]]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=MANIFEST_FIELDS)
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
-
-
 def _ready(curated: CuratedSet) -> CuratedSet:
     if curated.state != "ready":
         raise Conflict(f"curated set {curated.id} is {curated.state}; wait for its synthesis job")
     return curated
 
 
+def _check_manifest_rows(session: Session, curated: CuratedSet, limit: int) -> None:
+    """Refuse (413) a set whose manifest would list more than ``limit`` rows."""
+    rows = session.scalar(
+        select(func.count())
+        .select_from(SyntheticImage)
+        .where(SyntheticImage.curated_set_id == curated.id)
+    )
+    if rows and rows > limit:
+        raise PayloadTooLarge(
+            f"curated set {curated.id} has {rows:,} images; a manifest lists at most "
+            f"{limit:,} (max_manifest_rows)",
+            rows=rows,
+            limit=limit,
+        )
+
+
+def _readable_set(
+    state: AppState, session: Session, tenant_id: uuid.UUID, curated_set_id: uuid.UUID
+) -> uuid.UUID:
+    """The id of the tenant's ready curated set whose manifest fits the cap; the request's
+    session is closed after, so a streamed answer holds no database connection."""
+    curated = _ready(get_curated_set(session, tenant_id, curated_set_id))
+    _check_manifest_rows(session, curated, state.settings.max_manifest_rows)
+    session.close()
+    return curated.id
+
+
 @router.get(
-    "/v1/curated-sets/{curated_set_id}/manifest", responses={409: {"description": "not ready"}}
+    "/v1/curated-sets/{curated_set_id}/manifest",
+    responses={409: {"description": "not ready"}, 413: {"description": "over max_manifest_rows"}},
 )
 def curated_set_manifest(
+    state: StateDep,
     session: SessionDep,
     tenant_id: TenantDep,
     curated_set_id: uuid.UUID,
     format: Annotated[str, Query(pattern="^(csv|jsonl)$")] = "csv",
 ) -> StreamingResponse:
     """The manifest alone: one row per kept image with its provenance, scores, generation
-    round, and size (``resized_from`` and ``resize_method`` when it was resampled)."""
-    curated = _ready(get_curated_set(session, tenant_id, curated_set_id))
-    rows = _manifest_rows(session, _kept_rows(session, curated))
-    if format == "jsonl":
-        body = "".join(json.dumps(row) + "\n" for row in rows)
-        return StreamingResponse(iter([body]), media_type="application/x-ndjson")
-    return StreamingResponse(iter([_manifest_csv(rows)]), media_type="text/csv")
+    round, size (``resized_from`` and ``resize_method`` when it was resampled) and the
+    sha256 of its file. Streamed a batch of rows at a time."""
+    set_id = _readable_set(state, session, tenant_id, curated_set_id)
+    return StreamingResponse(
+        manifest_chunks(state.sessions, set_id, format),
+        media_type="application/x-ndjson" if format == "jsonl" else "text/csv",
+    )
 
 
 @router.get(
-    "/v1/curated-sets/{curated_set_id}/archive", responses={409: {"description": "not ready"}}
+    "/v1/curated-sets/{curated_set_id}/archive",
+    status_code=200,
+    responses={
+        206: {"description": "the requested byte range (Range: bytes=N- or N-M)"},
+        409: {"description": "not ready"},
+        413: {"description": "over max_manifest_rows"},
+        416: {"description": "range beyond the archive's end"},
+    },
 )
 def curated_set_archive(
-    state: StateDep, session: SessionDep, tenant_id: TenantDep, curated_set_id: uuid.UUID
-) -> StreamingResponse:
+    state: StateDep,
+    session: SessionDep,
+    tenant_id: TenantDep,
+    curated_set_id: uuid.UUID,
+    range_header: Annotated[str | None, Header(alias="Range")] = None,
+    if_range: Annotated[str | None, Header(alias="If-Range")] = None,
+) -> Response:
     """Streamed zip: ImageFolder layout (``<class>/<id>.png``) plus ``manifest.csv``.
 
     The images are at the curated set's resolution (the dataset's unless the request
-    named one); the manifest says each one's size, the size it was resampled from and how.
+    named one); the manifest says each one's size, the size it was resampled from, how,
+    and each file's sha256 (the integrity check: a digest of the whole archive would
+    need a pass over every image before the first byte).
 
-    Built by zipstream-ng as it is sent: no temporary file, memory bounded by one image.
+    Resumable: the archive's bytes are the same on every request, so it has a
+    ``Content-Length``, an ``ETag`` naming its content, and answers ``Range: bytes=N-``
+    (or ``N-M``, or ``-K``) with 206 and ``Content-Range``; 416 past its end. A range is
+    cut from the archive as it is generated, so the server reads the images before it
+    again but sends only the range. Built by zipstream-ng as it is sent: no temporary
+    file, memory bounded by one image and one entry per kept image.
     """
-    curated = _ready(get_curated_set(session, tenant_id, curated_set_id))
-    images = _kept_rows(session, curated)
-    rows = _manifest_rows(session, images)
-    archive = ZipStream(sized=False)
-    for image, row in zip(images, rows, strict=True):
-        archive.add(state.store.iter_chunks(image.object_key), str(row["file"]))
-    archive.add(_manifest_csv(rows).encode(), "manifest.csv")
+    set_id = _readable_set(state, session, tenant_id, curated_set_id)
+    archive = CuratedArchive.plan(state.sessions, state.store, set_id)
+    headers = {
+        "Accept-Ranges": "bytes",
+        "ETag": archive.etag,
+        "Content-Disposition": f'attachment; filename="curated-{set_id}.zip"',
+    }
+    wanted = None if if_range not in (None, archive.etag) else range_header
+    try:
+        span = byte_range(wanted, archive.size)
+    except RangeNotSatisfiable as exc:
+        response = problem(416, "Range not satisfiable", str(exc), range=wanted)
+        response.headers.update({**headers, "Content-Range": f"bytes */{archive.size}"})
+        return response
+    if span is None:
+        headers["Content-Length"] = str(archive.size)
+        return StreamingResponse(archive.chunks(), media_type="application/zip", headers=headers)
+    first, last = span
+    headers["Content-Length"] = str(last - first + 1)
+    headers["Content-Range"] = f"bytes {first}-{last}/{archive.size}"
     return StreamingResponse(
-        iter(archive),
+        slice_bytes(archive.chunks(), first, last),
+        status_code=206,
         media_type="application/zip",
-        headers={"Content-Disposition": f'attachment; filename="curated-{curated.id}.zip"'},
+        headers=headers,
     )
 
 

@@ -1,0 +1,135 @@
+"""A curated set's manifest and archive are streamed in batches, capped, and the archive
+is resumable: a size, an ETag, byte ranges — on Postgres and the S3 server."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import uuid
+import zipfile
+from collections.abc import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+
+from services.api import curated_archive
+from services.api.app import create_app
+from shared.settings import Settings
+from tests.conftest import ApiHarness, issue_key
+from tests.fixtures.curated import ready_curated_set
+
+PER_CLASS = {"MEL": 4, "DF": 3}
+
+
+def harness(settings: Settings) -> Iterator[ApiHarness]:
+    tenant = f"tenant-{uuid.uuid4().hex[:8]}"
+    key = issue_key(settings, tenant)
+    with TestClient(create_app(settings, run_reaper=False)) as client:
+        client.headers["Authorization"] = f"Bearer {key}"
+        yield ApiHarness(client, settings, key, tenant)
+
+
+@pytest.fixture
+def api(service_settings: Settings) -> Iterator[ApiHarness]:
+    """The real app on Postgres and the S3 server; no worker: nothing here runs a job."""
+    yield from harness(service_settings)
+
+
+@pytest.fixture
+def small_batches(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Batches of 3 rows, so that 7 images take three keyset reads."""
+    monkeypatch.setattr(curated_archive, "BATCH_ROWS", 3)
+
+
+def test_archive_has_a_length_an_etag_and_the_same_bytes_each_time(
+    api: ApiHarness, small_batches: None
+) -> None:
+    curated_id = ready_curated_set(api, PER_CLASS)
+    first = api.client.get(f"/v1/curated-sets/{curated_id}/archive")
+    again = api.client.get(f"/v1/curated-sets/{curated_id}/archive")
+
+    assert first.status_code == 200 and first.headers["accept-ranges"] == "bytes"
+    assert int(first.headers["content-length"]) == len(first.content)
+    assert first.headers["etag"] == again.headers["etag"] and first.content == again.content
+    with zipfile.ZipFile(io.BytesIO(first.content)) as zipped:
+        assert zipped.testzip() is None
+        names = zipped.namelist()
+        rows = list(csv.DictReader(io.StringIO(zipped.read("manifest.csv").decode())))
+        assert names[-1] == "manifest.csv" and names[:-1] == [row["file"] for row in rows]
+        for row in rows:
+            assert hashlib.sha256(zipped.read(row["file"])).hexdigest() == row["sha256"]
+    # Manifest order: label, then request index; every image once.
+    assert [row["label"] for row in rows] == ["DF"] * 3 + ["MEL"] * 4
+    assert len({row["id"] for row in rows}) == sum(PER_CLASS.values())
+    print(f"archive: {len(first.content)} bytes, {len(names)} entries, {first.headers['etag']}")  # noqa: T201
+
+
+def test_ranged_downloads_reassemble_the_archive(api: ApiHarness) -> None:
+    curated_id = ready_curated_set(api, PER_CLASS)
+    url = f"/v1/curated-sets/{curated_id}/archive"
+    full = api.client.get(url)
+    etag, size = full.headers["etag"], len(full.content)
+    cut = size // 3
+
+    head = api.client.get(url, headers={"Range": f"bytes=0-{cut - 1}"})
+    tail = api.client.get(url, headers={"Range": f"bytes={cut}-", "If-Range": etag})
+
+    assert (head.status_code, tail.status_code) == (206, 206)
+    assert head.headers["content-range"] == f"bytes 0-{cut - 1}/{size}"
+    assert tail.headers["content-range"] == f"bytes {cut}-{size - 1}/{size}"
+    assert int(tail.headers["content-length"]) == size - cut == len(tail.content)
+    assert head.content + tail.content == full.content
+    with zipfile.ZipFile(io.BytesIO(head.content + tail.content)) as zipped:
+        assert zipped.testzip() is None
+    suffix = api.client.get(url, headers={"Range": "bytes=-100"})
+    assert suffix.status_code == 206 and suffix.content == full.content[-100:]
+    print(f"ranged: {cut} + {size - cut} bytes == {size} bytes, zip opens")  # noqa: T201
+
+
+def test_a_range_past_the_end_or_a_stale_if_range(api: ApiHarness) -> None:
+    curated_id = ready_curated_set(api, {"MEL": 1, "DF": 1})
+    url = f"/v1/curated-sets/{curated_id}/archive"
+    size = len(api.client.get(url).content)
+
+    past = api.client.get(url, headers={"Range": f"bytes={size}-"})
+    assert past.status_code == 416 and past.headers["content-range"] == f"bytes */{size}"
+    assert past.headers["content-type"] == "application/problem+json"
+    assert str(size) in past.json()["detail"]
+    # An archive that changed since the client's first bytes is sent whole (200).
+    stale = api.client.get(url, headers={"Range": "bytes=10-", "If-Range": '"older"'})
+    assert stale.status_code == 200 and len(stale.content) == size
+    # A malformed or multi-part range is ignored (RFC 9110), never a 500.
+    for header in ("bytes=abc", "bytes=0-1,5-9", "items=0-1", "bytes=9-3"):
+        answer = api.client.get(url, headers={"Range": header})
+        assert answer.status_code == 200 and len(answer.content) == size, header
+
+
+def test_manifest_streams_every_row_once_across_batches(
+    api: ApiHarness, small_batches: None
+) -> None:
+    curated_id = ready_curated_set(api, PER_CLASS)
+    url = f"/v1/curated-sets/{curated_id}/manifest"
+    with api.client.stream("GET", url) as answer:
+        chunks = list(answer.iter_raw())
+    rows = list(csv.DictReader(io.StringIO(b"".join(chunks).decode())))
+    lines = api.client.get(url, params={"format": "jsonl"}).text.splitlines()
+
+    assert [row["id"] for row in rows] == [json.loads(line)["id"] for line in lines]
+    assert len({row["id"] for row in rows}) == len(rows) == sum(PER_CLASS.values())
+    assert [int(row["seed"]) for row in rows] == [4, 5, 6, 0, 1, 2, 3]  # DF, then MEL
+    assert all(json.loads(row["scores"]) == {"mahalanobis": float(row["seed"])} for row in rows)
+    print(f"manifest: {len(rows)} rows in batches of 3, {len(chunks)} chunks streamed")  # noqa: T201
+
+
+def test_manifest_and_archive_over_the_cap_answer_413(service_settings: Settings) -> None:
+    capped = service_settings.model_copy(update={"max_manifest_rows": 2})
+    for api in harness(capped):
+        curated_id = ready_curated_set(api, {"MEL": 2, "DF": 1})
+        for route in ("manifest", "archive"):
+            answer = api.client.get(f"/v1/curated-sets/{curated_id}/{route}")
+            assert answer.status_code == 413, route
+            assert answer.headers["content-type"] == "application/problem+json"
+            assert "max_manifest_rows" in answer.json()["detail"]
+            assert (answer.json()["rows"], answer.json()["limit"]) == (3, 2)
