@@ -9,6 +9,7 @@ its output is the predicted noise (``C`` channels). The class embedding has
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -65,6 +66,15 @@ def build_vae(config: GeneratorConfig) -> AutoencoderKL:
         norm_num_groups=_norm_groups(config.vae_block_out_channels),
         sample_size=config.resolution,
     )
+
+
+def unet_autocast(device: torch.device, config: GeneratorConfig
+                  ) -> contextlib.AbstractContextManager:
+    """bf16 autocast for the UNet on CUDA when ``config.mixed_precision`` asks for it
+    (training and sampling alike); float32 on the CPU."""
+    if device.type == "cuda" and config.mixed_precision == "bf16":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def _norm_groups(widths: tuple[int, ...]) -> int:

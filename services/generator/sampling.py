@@ -45,7 +45,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from services.generator.batching import run_in_batches
 from services.generator.checkpoint import CONFIG_FILE, read_manifest, verify_checkpoint
 from services.generator.config import GeneratorConfig
-from services.generator.model import DiffusionSpace
+from services.generator.model import DiffusionSpace, unet_autocast
 from services.generator.schedulers import SCHEDULER_NAMES, make_scheduler
 from shared.errors import InvalidInput
 from shared.sampling_params import MIN_INFERENCE_STEPS
@@ -309,10 +309,12 @@ class TrainedGenerator:
         """Noise prediction with classifier-free guidance (one doubled batch when g != 1)."""
         unet_input = torch.cat([model_input, masked_known, model_mask], dim=1)
         if guidance_scale == 1.0:
-            return self.unet(unet_input, t, class_labels=labels).sample.float()
+            with unet_autocast(self.device, self.config):
+                return self.unet(unet_input, t, class_labels=labels).sample.float()
         null = torch.full_like(labels, self.config.null_class_id)
-        both = self.unet(torch.cat([unet_input, unet_input]), t,
-                         class_labels=torch.cat([labels, null])).sample.float()
+        with unet_autocast(self.device, self.config):
+            both = self.unet(torch.cat([unet_input, unet_input]), t,
+                             class_labels=torch.cat([labels, null])).sample.float()
         eps_class, eps_null = both.chunk(2)
         return eps_null + guidance_scale * (eps_class - eps_null)
 
