@@ -16,6 +16,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from services.api.deps import AppState
+from services.api.idempotency import purge_expired
 from services.api.problems import install_problem_handlers, problem
 from services.api.routers import datasets, experiments, generators, health, jobs, synthesis
 from services.api.workers import WorkerCensus
@@ -70,7 +71,8 @@ class BodySizeLimit:
 
 
 class Reaper:
-    """Calls :func:`shared.jobs.reap` every ``interval`` seconds until stopped."""
+    """Every ``reaper_interval_s`` seconds until stopped: :func:`shared.jobs.reap`, and the
+    purge of expired idempotency records."""
 
     def __init__(self, state: AppState) -> None:
         self.state = state
@@ -85,6 +87,13 @@ class Reaper:
                 )
             except Exception:  # keep reaping after a passing DB or broker outage
                 log.exception("job reaper pass failed")
+            try:
+                with self.state.sessions.begin() as session:
+                    purged = purge_expired(session, self.state.settings.idempotency_ttl_s)
+                if purged:
+                    log.info("purged %d expired idempotency records", purged)
+            except Exception:
+                log.exception("purging expired idempotency records failed")
 
 
 def create_app(settings: Settings | None = None, *, run_reaper: bool = True) -> FastAPI:

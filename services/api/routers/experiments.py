@@ -76,6 +76,7 @@ def create_experiment(
         idempotency_key,
         "POST /v1/experiments",
         body_hash(request.model_dump()),
+        ttl_s=state.settings.idempotency_ttl_s,
     )
     if (request.mode == "adaptive") != (request.adaptive is not None):
         raise InvalidInput(

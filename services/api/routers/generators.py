@@ -47,7 +47,12 @@ def create_generator(
     """Train a class-conditional inpainting diffusion model on a dataset's real training
     split, or register pretrained diffusers weights (loaded offline by the worker)."""
     idempotency = Idempotency(
-        session, tenant_id, idempotency_key, "POST /v1/generators", body_hash(request.model_dump())
+        session,
+        tenant_id,
+        idempotency_key,
+        "POST /v1/generators",
+        body_hash(request.model_dump()),
+        ttl_s=state.settings.idempotency_ttl_s,
     )
 
     def create() -> tuple[uuid.UUID, GeneratorCreated]:
