@@ -86,6 +86,25 @@ def record_key_use(factory: sessionmaker[Session], key_id: uuid.UUID, *, interva
         log.warning("could not record the use of API key %s", key_id, exc_info=True)
 
 
+def authenticate(
+    factory: sessionmaker[Session], key: str, *, interval_s: float
+) -> uuid.UUID | None:
+    """The tenant of ``key`` if it is live (None if unknown or revoked), read now; records
+    the key's use (:func:`record_key_use`).
+
+    Each step takes a connection of its own and gives it back before the next, never
+    the request's: a request that held one connection while waiting for a second
+    deadlocked the pool under load (20 concurrent requests against 15 connections, each
+    holding one and waiting out the pool timeout for another, then a 500)."""
+    with factory() as session:
+        record = key_for(session, key)
+        found = None if record is None else (record.id, record.tenant_id)
+    if found is None:
+        return None
+    record_key_use(factory, found[0], interval_s=interval_s)
+    return found[1]
+
+
 def list_api_keys(session: Session, *, tenant_name: str | None = None) -> list[ApiKey]:
     """Keys, oldest first, with their tenants loaded (of one tenant if named)."""
     query = select(ApiKey).join(Tenant).order_by(ApiKey.created_at, ApiKey.id)

@@ -11,7 +11,7 @@ from celery import Celery
 from fastapi import Depends, Header, Query, Request
 from sqlalchemy.orm import Session, sessionmaker
 
-from services.api.auth import key_for, record_key_use
+from services.api.auth import authenticate
 from services.api.workers import WorkerCensus
 from shared.errors import Unauthorized
 from shared.settings import Settings
@@ -47,20 +47,21 @@ SessionDep = Annotated[Session, Depends(get_session)]
 
 def get_tenant_id(
     state: StateDep,
-    session: SessionDep,
     authorization: Annotated[str | None, Header()] = None,
 ) -> uuid.UUID:
     """The tenant of the request's key, looked up afresh (a revoked key is refused from
-    its next request on); records the key's use, at most once a minute."""
+    its next request on); records the key's use, at most once a minute. Not in the
+    request's session: authentication holds no connection while the route runs."""
     if not authorization or not authorization.lower().startswith("bearer "):
         raise Unauthorized("send 'Authorization: Bearer <api key>'")
-    record = key_for(session, authorization[7:].strip())
-    if record is None:
-        raise Unauthorized("unknown or revoked API key")
-    record_key_use(
-        state.sessions, record.id, interval_s=state.settings.api_key_last_used_interval_s
+    tenant_id = authenticate(
+        state.sessions,
+        authorization[7:].strip(),
+        interval_s=state.settings.api_key_last_used_interval_s,
     )
-    return record.tenant_id
+    if tenant_id is None:
+        raise Unauthorized("unknown or revoked API key")
+    return tenant_id
 
 
 TenantDep = Annotated[uuid.UUID, Depends(get_tenant_id)]

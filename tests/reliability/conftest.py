@@ -1,0 +1,214 @@
+"""Fixtures of the fault and abuse suite: live API servers, pairs of job workers, tenants.
+
+Everything is real: ``tailsynth api`` (uvicorn) as its own process on Postgres, Redis
+and the moto S3 server of the session (tests/conftest.py), and Celery worker processes.
+Each fixture has its own Redis key prefix under the session's, so a server's queued
+jobs reach only the workers meant to run them.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from celery import Celery
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from services.api.auth import hash_key
+from shared.celery_app import create_celery_app
+from shared.db import make_engine, make_session_factory
+from shared.models import ApiKey, Job, JobState, Tenant
+from shared.settings import Settings
+from tests.conftest import issue_key
+from tests.fixtures.services import (
+    ManagedProcess,
+    free_port,
+    start_process,
+    start_worker,
+    wait_for,
+)
+
+
+@dataclass
+class LiveApi:
+    """``tailsynth -v api`` serving HTTP on loopback, with a tenant's key."""
+
+    url: str
+    settings: Settings
+    process: ManagedProcess
+    api_key: str
+    factory: sessionmaker[Session]
+
+    def client(self, api_key: str | None = None, **kwargs: Any) -> httpx.Client:
+        key = api_key or self.api_key
+        kwargs.setdefault("timeout", 30)
+        return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {key}"}, **kwargs)
+
+    def tenant_id(self, api_key: str | None = None) -> uuid.UUID:
+        """The tenant of ``api_key`` (the fixture's own by default)."""
+        with self.factory() as session:
+            tenant_id = session.scalar(
+                select(ApiKey.tenant_id).where(ApiKey.key_hash == hash_key(api_key or self.api_key))
+            )
+        assert tenant_id is not None
+        return tenant_id
+
+    def new_key(self, tenant: str | None = None) -> str:
+        """A key of a new tenant (or of ``tenant``)."""
+        return issue_key(self.settings, tenant or f"rel-{uuid.uuid4().hex[:8]}")
+
+
+def start_api(settings: Settings, log_dir: Path) -> tuple[ManagedProcess, str]:
+    """``tailsynth -v api`` (INFO logs) on a free port, once it answers /v1/health."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+
+    def answers(_: ManagedProcess) -> bool:
+        try:
+            return httpx.get(f"{url}/v1/health", timeout=5).status_code in (200, 503)
+        except httpx.HTTPError:
+            return False
+
+    env = {**os.environ, **settings.environ(), "OMP_NUM_THREADS": "1"}
+    process = start_process(
+        [sys.executable, "-m", "services.cli", "-v", "api", "--port", str(port)],
+        log_dir / "api.log",
+        env,
+        answers,
+        timeout=120,
+    )
+    return process, url
+
+
+def _live_api(settings: Settings, log_dir: Path) -> Iterator[LiveApi]:
+    process, url = start_api(settings, log_dir)
+    engine = make_engine(settings)
+    try:
+        key = issue_key(settings, f"rel-{uuid.uuid4().hex[:8]}")
+        yield LiveApi(url, settings, process, key, make_session_factory(engine))
+    finally:
+        process.stop()
+        engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def queued_only_api(
+    service_settings: Settings, redis_prefix: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveApi]:
+    """A live API whose queue no worker consumes: the jobs it accepts stay queued, so
+    abuse tests (fuzzing, races, limits) cost no worker time. Its reaper runs every
+    second (it purges expired idempotency records too)."""
+    settings = service_settings.model_copy(
+        update={"broker_key_prefix": f"{redis_prefix}queued-only:", "reaper_interval_s": 1.0}
+    )
+    yield from _live_api(settings, tmp_path_factory.mktemp("queued-only-api"))
+
+
+@pytest.fixture(scope="session")
+def working_api(
+    service_settings: Settings,
+    service_worker: ManagedProcess,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[LiveApi]:
+    """A live API on the session's queues, which its real worker consumes."""
+    yield from _live_api(service_settings, tmp_path_factory.mktemp("working-api"))
+
+
+# ----------------------------------------------------------------- two job workers
+
+#: Lease and attempt cap of :func:`worker_pair` (seconds, claims per stage).
+PAIR_LEASE_S = 3
+PAIR_MAX_ATTEMPTS = 3
+
+
+@dataclass
+class WorkerPair:
+    """Two Celery worker processes of tests/fixtures/job_tasks.py on one queue."""
+
+    settings: Settings
+    factory: sessionmaker[Session]
+    celery: Celery
+    tenant_id: uuid.UUID
+    workers: tuple[ManagedProcess, ManagedProcess]
+
+    def add_job(self, task_name: str, log: Path, **params: Any) -> uuid.UUID:
+        """A queued job of a test task on the ``ingest`` queue (nothing sent yet)."""
+        with self.factory.begin() as session:
+            job = Job(
+                tenant_id=self.tenant_id,
+                kind="test",
+                task_name=task_name,
+                queue="ingest",
+                params={"log": str(log), **params},
+                state=JobState.QUEUED,
+                stage="queued",
+            )
+            session.add(job)
+            session.flush()
+            return job.id
+
+    def job(self, job_id: uuid.UUID) -> Job:
+        with self.factory() as session:
+            job = session.get(Job, job_id)
+            assert job is not None
+            return job
+
+    def wait_final(self, job_id: uuid.UUID, timeout: float = 90) -> Job:
+        try:
+            wait_for(lambda: self.job(job_id).state.is_final, timeout, f"job {job_id}")
+        except TimeoutError:
+            logs = "\n".join(w.log()[-3000:] for w in self.workers)
+            raise AssertionError(f"job {job_id} never ended:\n{logs}") from None
+        return self.job(job_id)
+
+
+@pytest.fixture(scope="module")
+def worker_pair(
+    service_settings: Settings, redis_prefix: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[WorkerPair]:
+    """Two worker processes (one pool process each) consuming the ``ingest`` queue of
+    their own broker prefix, with a short lease and the attempt cap of the settings."""
+    settings = service_settings.model_copy(
+        update={
+            "broker_key_prefix": f"{redis_prefix}pair-{uuid.uuid4().hex[:6]}:",
+            "job_lease_s": PAIR_LEASE_S,
+            "job_max_attempts": PAIR_MAX_ATTEMPTS,
+            "job_transient_tries": 2,
+            "job_transient_backoff_s": 0.05,
+            "job_transient_backoff_max_s": 0.2,
+        }
+    )
+    env = {**os.environ, **settings.environ(), "OMP_NUM_THREADS": "1"}
+    started: list[ManagedProcess] = []
+    engine = make_engine(settings)
+    try:
+        for name in ("a", "b"):
+            started.append(
+                start_worker(
+                    tmp_path_factory.mktemp(f"worker-{name}"),
+                    env,
+                    queues="ingest",
+                    app="tests.fixtures.job_tasks",
+                )
+            )
+        factory = make_session_factory(engine)
+        with factory.begin() as session:
+            tenant = Tenant(name=f"rel-jobs-{uuid.uuid4().hex[:8]}")
+            session.add(tenant)
+            session.flush()
+            tenant_id = tenant.id
+        yield WorkerPair(
+            settings, factory, create_celery_app(settings), tenant_id, (started[0], started[1])
+        )
+    finally:
+        for worker in started:
+            worker.stop()
+        engine.dispose()
