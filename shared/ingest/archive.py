@@ -1,25 +1,42 @@
 """Reading uploaded zip and tar(.gz) archives without trusting them.
 
 Every entry is checked before anything is extracted: no ``..`` or absolute paths, no
-symlinks, hard links or devices, at most ``max_entries`` entries, at most
-``max_total_bytes`` uncompressed, and a compression ratio no higher than
-``max_compression_ratio`` (a zip bomb). Extraction then counts the bytes it really
-writes, so an archive whose headers lie is still stopped.
+symlinks, hard links or devices, at most ``max_entries`` entries (a zip's count is read
+from its end record before its directory is parsed), at most ``max_total_bytes``
+uncompressed, a compression ratio no higher than ``max_compression_ratio`` (a zip
+bomb), and no ``.csv`` (a label file, read whole) over ``max_text_bytes``. A truncated
+or corrupt archive is refused naming the entry it broke in. Extraction then counts the
+bytes it really writes, so an archive whose headers lie is still stopped.
 """
 
 from __future__ import annotations
 
+import gzip
+import lzma
 import posixpath
 import tarfile
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from shared.errors import InvalidInput, PayloadTooLarge
 
 TEXT_SUFFIXES = (".csv", ".txt", ".tsv")
-MAX_TEXT_BYTES = 64 * 1024 * 1024
+LABEL_SUFFIX = ".csv"
+MAX_TEXT_BYTES = 16 * 1024 * 1024
 IGNORED_PREFIXES = ("__MACOSX/",)
+# What reading a broken archive raises: truncated or corrupt data, bad CRCs, a
+# compression method Python does not have.
+CORRUPT_ARCHIVE_ERRORS = (
+    zipfile.BadZipFile,
+    tarfile.TarError,
+    EOFError,
+    zlib.error,
+    gzip.BadGzipFile,
+    lzma.LZMAError,
+    NotImplementedError,
+)
 
 
 @dataclass(frozen=True)
@@ -27,6 +44,8 @@ class ArchiveLimits:
     max_entries: int
     max_total_bytes: int
     max_compression_ratio: float
+    #: Text entries are read whole; a bigger ``.csv`` is refused, other text skipped.
+    max_text_bytes: int = MAX_TEXT_BYTES
 
 
 @dataclass
@@ -83,53 +102,102 @@ def _check_totals(count: int, total: int, archive_bytes: int, limits: ArchiveLim
         )
 
 
+def _wanted_text(name: str, size: int, limits: ArchiveLimits) -> bool:
+    """Whether to read entry ``name`` as text: a small ``.csv``, ``.txt`` or ``.tsv``. A
+    ``.csv`` (a label file) over ``max_text_bytes`` is refused; other big text is a
+    readme, listed but not read."""
+    lower = name.lower()
+    if not lower.endswith(TEXT_SUFFIXES) or size <= limits.max_text_bytes:
+        return lower.endswith(TEXT_SUFFIXES)
+    if lower.endswith(LABEL_SUFFIX):
+        raise PayloadTooLarge(
+            f"archive entry {name!r} is {size:,} bytes; a label file may be at most "
+            f"{limits.max_text_bytes:,} (max_label_file_bytes)",
+            file=name,
+        )
+    return False
+
+
+def _zip_entry_count(path: Path) -> int:
+    """The entry count a zip's end record states, read without parsing its directory
+    (which holds every entry in memory at once). zipfile has no public reader for it."""
+    with path.open("rb") as handle:
+        end = zipfile._EndRecData(handle)  # type: ignore[attr-defined]
+    return int(end[zipfile._ECD_ENTRIES_TOTAL]) if end else 0  # type: ignore[attr-defined]
+
+
+class _Listing:
+    """Counts and totals of one archive as its entries are read."""
+
+    def __init__(self, kind: str, path: Path, limits: ArchiveLimits) -> None:
+        self.listing = ArchiveListing(kind=kind)
+        self.archive_bytes = path.stat().st_size
+        self.limits = limits
+        self.count = self.total = 0
+        self.current = ""  # the entry being read, named if it turns out broken
+
+    def add(self, name: str, size: int) -> None:
+        self.total += size
+        _check_totals(self.count, self.total, self.archive_bytes, self.limits)
+        self.listing.sizes[name] = size
+
+
+def _list_zip(path: Path, state: _Listing) -> None:
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            state.count += 1
+            state.current = info.filename
+            name = _normalise(info.filename)
+            mode = (info.external_attr >> 16) & 0o170000
+            if mode == 0o120000:
+                raise InvalidInput(f"archive entry {info.filename!r} is a symlink", file=name)
+            if info.is_dir() or _skip(name):
+                continue
+            state.add(name, info.file_size)
+            if _wanted_text(name, info.file_size, state.limits):
+                state.listing.texts[name] = archive.read(info)
+
+
+def _list_tar(path: Path, state: _Listing) -> None:
+    with tarfile.open(path, "r:*") as archive:
+        for member in archive:
+            state.count += 1
+            state.current = member.name
+            name = _normalise(member.name)
+            if member.issym() or member.islnk():
+                raise InvalidInput(f"archive entry {member.name!r} is a link", file=name)
+            if member.isdir():
+                continue
+            if not member.isfile():
+                raise InvalidInput(
+                    f"archive entry {member.name!r} is not a regular file", file=name
+                )
+            if _skip(name):
+                continue
+            state.add(name, member.size)
+            if _wanted_text(name, member.size, state.limits):
+                handle = archive.extractfile(member)
+                if handle is not None:
+                    state.listing.texts[name] = handle.read()
+
+
 def list_archive(path: Path, limits: ArchiveLimits) -> ArchiveListing:
     """Validate every entry of the archive at ``path`` and read its small text files."""
     kind = detect_kind(path)
-    listing = ArchiveListing(kind=kind)
-    archive_bytes = path.stat().st_size
-    count = total = 0
-    if kind == "zip":
-        with zipfile.ZipFile(path) as archive:
-            for info in archive.infolist():
-                count += 1
-                name = _normalise(info.filename)
-                mode = (info.external_attr >> 16) & 0o170000
-                if mode == 0o120000:
-                    raise InvalidInput(f"archive entry {info.filename!r} is a symlink", file=name)
-                if info.is_dir() or _skip(name):
-                    continue
-                total += info.file_size
-                _check_totals(count, total, archive_bytes, limits)
-                listing.sizes[name] = info.file_size
-                if name.lower().endswith(TEXT_SUFFIXES) and info.file_size <= MAX_TEXT_BYTES:
-                    listing.texts[name] = archive.read(info)
-    else:
-        with tarfile.open(path, "r:*") as archive:
-            for member in archive:
-                count += 1
-                name = _normalise(member.name)
-                if member.issym() or member.islnk():
-                    raise InvalidInput(f"archive entry {member.name!r} is a link", file=name)
-                if member.isdir():
-                    continue
-                if not member.isfile():
-                    raise InvalidInput(
-                        f"archive entry {member.name!r} is not a regular file", file=name
-                    )
-                if _skip(name):
-                    continue
-                total += member.size
-                _check_totals(count, total, archive_bytes, limits)
-                listing.sizes[name] = member.size
-                if name.lower().endswith(TEXT_SUFFIXES) and member.size <= MAX_TEXT_BYTES:
-                    handle = archive.extractfile(member)
-                    if handle is not None:
-                        listing.texts[name] = handle.read()
-    _check_totals(count, total, archive_bytes, limits)
-    if not listing.sizes:
+    if kind == "zip" and _zip_entry_count(path) > limits.max_entries:
+        raise PayloadTooLarge(f"archive has more than {limits.max_entries:,} entries", field="file")
+    state = _Listing(kind, path, limits)
+    try:
+        (_list_zip if kind == "zip" else _list_tar)(path, state)
+    except CORRUPT_ARCHIVE_ERRORS as exc:
+        where = f" at entry {state.current!r}" if state.current else ""
+        raise InvalidInput(
+            f"archive is truncated or corrupt{where}: {exc}", field="file", file=state.current
+        ) from exc
+    _check_totals(state.count, state.total, state.archive_bytes, limits)
+    if not state.listing.sizes:
         raise InvalidInput("archive contains no files", field="file")
-    return listing
+    return state.listing
 
 
 def extract_archive(path: Path, dest: Path, listing: ArchiveListing) -> None:

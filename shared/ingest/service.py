@@ -50,6 +50,7 @@ def archive_limits(settings: Settings) -> ArchiveLimits:
         max_entries=settings.max_archive_entries,
         max_total_bytes=settings.max_archive_total_bytes,
         max_compression_ratio=settings.max_compression_ratio,
+        max_text_bytes=settings.max_label_file_bytes,
     )
 
 

@@ -95,7 +95,13 @@ def upload_dataset(
     split_seed: Annotated[int, Form(ge=0)] = 0,
     idempotency_key: IdempotencyKeyDep = None,
 ) -> JSONResponse:
-    """Upload a labelled dataset; it is checked now and ingested by a job."""
+    """Upload a labelled dataset; it is checked now and ingested by a job.
+
+    The request's database connection goes back to the pool once the key is checked:
+    spooling, checking and storing an archive of up to 2 GiB holds none. The session
+    takes a fresh one for the replay check and the job's rows.
+    """
+    session.close()
     if format is not None and format not in FORMATS:
         raise InvalidInput(
             f"unknown format {format!r}; use one of {', '.join(FORMATS)}", field="format"
@@ -110,6 +116,7 @@ def upload_dataset(
             idempotency_key,
             "POST /v1/datasets",
             body_hash(name, format, allowed, split_seed, file_sha),
+            ttl_s=state.settings.idempotency_ttl_s,
         )
         if (replay := idempotency.replay()) is not None:
             return replay
@@ -175,6 +182,7 @@ def create_demo_dataset(
         idempotency_key,
         "POST /v1/datasets/demo",
         body_hash(request.model_dump()),
+        ttl_s=state.settings.idempotency_ttl_s,
     )
 
     def create() -> tuple[uuid.UUID, DatasetCreated]:
