@@ -1,9 +1,12 @@
 """``tailsynth``: the server launcher and the client for CI pipelines.
 
 Server side: ``serve`` (embedded default: API + all workers), ``api``, ``worker``,
-``db upgrade``, ``keys create|list|revoke``. Client side (talks HTTP; ``--url`` and
-``--api-key`` or ``TAILSYNTH_URL`` / ``TAILSYNTH_API_KEY``): ``datasets upload``,
-``datasets demo``, ``jobs wait``. Client verbs exit non-zero when a job fails.
+``db upgrade``, ``keys create|list|revoke`` (local, on the server's database). Client
+side, on :mod:`services.client` (``--url`` / ``--api-key`` anywhere on the line, or
+``TAILSYNTH_URL`` / ``TAILSYNTH_API_KEY``): ``datasets upload|list|show|demo``,
+``generators train|register|show``, ``synthesize``, ``jobs list|show|wait|cancel``,
+``curated show|download|manifest``, ``experiments run|list|show|report``. Read verbs
+take ``--json``; exit codes are documented in ``EXIT_CODES_EPILOG`` (``--help``).
 """
 
 from __future__ import annotations
@@ -15,13 +18,24 @@ import signal
 import subprocess
 import sys
 import time
+from enum import IntEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
 from services.demo import DemoPlan
 from shared.settings import Settings
+
+if TYPE_CHECKING:
+    from services.api.schemas import (
+        CuratedSetRead,
+        DatasetRead,
+        ExperimentRead,
+        GeneratorRead,
+        JobRead,
+    )
+    from services.client import TailsynthClient
 
 EMBEDDED_QUEUES = ("ingest", "generate", "filter", "train")
 
@@ -38,8 +52,125 @@ def _echo_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2, default=str))
 
 
-@click.group()
+# ------------------------------------------------------------- connection and exit codes
+#
+# Every client verb takes --url / --api-key / --max-retries anywhere on the command line
+# (before the group, after it, or after the verb); the last one given wins, and unset
+# ones come from TAILSYNTH_URL / TAILSYNTH_API_KEY / TAILSYNTH_MAX_RETRIES.
+
+_CONNECTION = "tailsynth.connection"
+
+
+def _remember(name: str) -> Any:
+    def callback(ctx: click.Context, _: click.Parameter, value: Any) -> None:
+        if value is not None:
+            ctx.find_root().meta.setdefault(_CONNECTION, {})[name] = value
+
+    return callback
+
+
+def _connection_options(func: Any) -> Any:
+    """--url, --api-key and --max-retries on a group or a verb (not passed to it)."""
+    func = click.option(
+        "--max-retries",
+        type=click.IntRange(0, 100),
+        default=None,
+        expose_value=False,
+        callback=_remember("max_retries"),
+        help="retries on connection errors and 429/502/503/504 [env TAILSYNTH_MAX_RETRIES; 5]",
+    )(func)
+    func = click.option(
+        "--api-key",
+        default=None,
+        expose_value=False,
+        callback=_remember("api_key"),
+        help="API key [env TAILSYNTH_API_KEY]",
+    )(func)
+    func = click.option(
+        "--url",
+        default=None,
+        expose_value=False,
+        callback=_remember("url"),
+        help="server URL [env TAILSYNTH_URL; http://127.0.0.1:8000]",
+    )(func)
+    return func
+
+
+class ExitCode(IntEnum):
+    """What a client verb's exit status means (also in ``tailsynth --help``)."""
+
+    OK = 0
+    ERROR = 1  # anything else, e.g. a local file that cannot be read
+    USAGE = 2  # click: a wrong flag or argument
+    JOB_FAILED = 3
+    JOB_CANCELED = 4
+    TIMEOUT = 5
+    AUTH = 6
+    NOT_FOUND = 7
+    INVALID = 8
+    UNREACHABLE = 9
+    CONFLICT = 10
+    SERVER_ERROR = 11
+    NO_GAIN = 12
+    VERIFY_FAILED = 13
+
+
+EXIT_CODES_EPILOG = """\b
+Exit codes of the client verbs:
+   0  success (a job that ended partial too; its result says what fell short)
+   1  other error
+   2  usage error (a wrong flag or argument)
+   3  job failed (the server's reason is printed)
+   4  job canceled
+   5  timed out waiting (--timeout; the job goes on)
+   6  auth error (no key, a wrong or revoked key)
+   7  not found (an unknown id, or another tenant's)
+   8  invalid request (the field at fault is named)
+   9  server unreachable (after the retry budget)
+  10  conflict (not ready yet, or already finished)
+  11  server error (5xx after the retry budget)
+  12  no gain: experiments run|show --require-gain found no better synthetic arm
+  13  download failed verification
+"""
+
+
+def _fail(message: str, code: ExitCode) -> NoReturn:
+    """End the command: ``Error: message`` on stderr and a documented exit code."""
+    click.echo(f"Error: {message}", err=True)
+    raise click.exceptions.Exit(int(code))
+
+
+def _exit_code_for(exc: Exception) -> ExitCode:
+    from services.client import errors
+
+    kinds: list[tuple[type[Exception], ExitCode]] = [
+        (errors.JobCanceled, ExitCode.JOB_CANCELED),
+        (errors.JobFailed, ExitCode.JOB_FAILED),
+        (errors.WaitTimeout, ExitCode.TIMEOUT),
+        (errors.AuthError, ExitCode.AUTH),
+        (errors.NotFound, ExitCode.NOT_FOUND),
+        (errors.InvalidRequest, ExitCode.INVALID),
+        (errors.ServerUnreachable, ExitCode.UNREACHABLE),
+        (errors.Conflict, ExitCode.CONFLICT),
+        (errors.ServerError, ExitCode.SERVER_ERROR),
+        (errors.RateLimited, ExitCode.SERVER_ERROR),
+        (errors.DownloadError, ExitCode.VERIFY_FAILED),
+    ]
+    return next((code for kind, code in kinds if isinstance(exc, kind)), ExitCode.ERROR)
+
+
+def _message(exc: Exception) -> str:
+    from services.client import ApiError
+
+    if isinstance(exc, ApiError) and len(exc.errors) > 1:
+        fields = "; ".join(f"{e.get('field')}: {e.get('message')}" for e in exc.errors)
+        return f"HTTP {exc.status} {exc.title}: {fields}"
+    return str(exc)
+
+
+@click.group(epilog=EXIT_CODES_EPILOG)
 @click.option("-v", "--verbose", is_flag=True, help="log at INFO level")
+@_connection_options
 def main(verbose: bool) -> None:
     """tailsynth: fill the long tail of medical image datasets with curated synthetic images."""
     logging.basicConfig(
@@ -288,7 +419,7 @@ def demo(
     the curated images help a classifier (verdicts and an HTML report). The data directory
     is deleted first: one that is not empty and that no earlier demo made is refused
     unless --force."""
-    from services.client import ApiError, JobFailed
+    from services.client import TailsynthClientError
     from services.demo import run_demo
 
     plan = DemoPlan(
@@ -307,65 +438,181 @@ def demo(
     signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
         run_demo(Path(data_dir), plan, port=port, force=force)
-    except (ApiError, JobFailed, TimeoutError) as exc:
-        raise click.ClickException(f"demo stopped: {exc}") from exc
+    except TailsynthClientError as exc:
+        _fail(f"demo stopped: {_message(exc)}", _exit_code_for(exc))
 
 
 # --------------------------------------------------------------------------- client side
 
 
-def _client(ctx: click.Context) -> Any:
-    from services.client import TailsynthClient
+def _client(ctx: click.Context) -> TailsynthClient:
+    from services.client import RetryPolicy, TailsynthClient
 
-    return TailsynthClient(ctx.obj["url"], ctx.obj["api_key"])
-
-
-def _client_options(func: Any) -> Any:
-    func = click.option("--api-key", envvar="TAILSYNTH_API_KEY", default=None)(func)
-    func = click.option("--url", envvar="TAILSYNTH_URL", default="http://127.0.0.1:8000")(func)
-    return func
-
-
-def _wait_and_report(client: Any, job_id: str, timeout: float) -> dict[str, Any]:
-    from services.client import JobFailed
-
-    def show(job: dict[str, Any]) -> None:
-        p = job["progress"]
-        click.echo(
-            f"  {job['state']:<9} {job['stage']:<12} {p['done']}/{p['total']} ({p['percent']}%)",
-            err=True,
-        )
-
-    try:
-        return client.wait(job_id, timeout=timeout, on_progress=show)  # type: ignore[no-any-return]
-    except JobFailed as exc:
-        raise click.ClickException(str(exc)) from exc
-    except TimeoutError as exc:
-        raise click.ClickException(str(exc)) from exc
+    given = ctx.find_root().meta.get(_CONNECTION, {})
+    retries = given.get("max_retries")
+    if retries is None:
+        retries = int(os.environ.get("TAILSYNTH_MAX_RETRIES", "5"))
+    return TailsynthClient(
+        given.get("url"), given.get("api_key"), retry=RetryPolicy(max_retries=retries)
+    )
 
 
-def _api_call(func: Any) -> Any:
-    """Turn :class:`ApiError` into a clean non-zero exit with the server's message."""
+def _client_call(func: Any) -> Any:
+    """Turn the client's errors into a message on stderr and their exit code."""
     import functools
 
-    from services.client import ApiError
+    from services.client import TailsynthClientError
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except ApiError as exc:
-            raise click.ClickException(str(exc)) from exc
+        except TailsynthClientError as exc:
+            _fail(_message(exc), _exit_code_for(exc))
 
-    return wrapper
+    return _connection_options(wrapper)
+
+
+def _echo_model(value: Any, as_json: bool, human: Any = None) -> None:
+    """A result on stdout: JSON with --json (or when there is no human form)."""
+    from pydantic import BaseModel
+
+    if as_json or human is None:
+        data = value.model_dump(mode="json") if isinstance(value, BaseModel) else value
+        _echo_json(data)
+    else:
+        human(value)
+
+
+def _json_option(func: Any) -> Any:
+    return click.option("--json", "as_json", is_flag=True, help="print JSON on stdout")(func)
+
+
+def _quiet_option(func: Any) -> Any:
+    return click.option(
+        "-q", "--quiet", is_flag=True, help="print only the new id (for shell scripts)"
+    )(func)
+
+
+def _timeout_option(func: Any) -> Any:
+    return click.option(
+        "--timeout",
+        type=float,
+        default=None,
+        help="give up waiting after this many seconds (exit 5; the job goes on) "
+        "[default: wait as long as the job runs]",
+    )(func)
+
+
+def _wait_for(client: TailsynthClient, job_id: Any, timeout: float | None) -> JobRead:
+    """Wait with progress on stderr; a partial job is reported and counts as success."""
+    from services.client.progress import JobProgress
+
+    with JobProgress() as progress:
+        job = client.jobs.wait(job_id, timeout=timeout, on_progress=progress)
+    if job.state == "partial":
+        click.echo(f"note: job {job.id} ended partial: {job.error or job.result}", err=True)
+    return job
+
+
+def _table(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> None:
+    widths = {c: max([len(c), *(len(str(row.get(c) or "-")) for row in rows)]) for c in columns}
+    click.echo("  ".join(c.ljust(widths[c]) for c in columns).rstrip())
+    for row in rows:
+        click.echo("  ".join(str(row.get(c) or "-").ljust(widths[c]) for c in columns).rstrip())
+
+
+def _pairs(title: str, pairs: dict[str, Any]) -> None:
+    click.echo(title)
+    width = max([1, *(len(str(k)) for k in pairs)])
+    for key, value in pairs.items():
+        click.echo(f"  {key:<{width}}  {value}")
+
+
+def _show_dataset(dataset: DatasetRead) -> None:
+    ratio = "-" if dataset.imbalance_ratio is None else f"{dataset.imbalance_ratio:.1f}"
+    click.echo(
+        f"dataset {dataset.id} {dataset.name!r}: {dataset.state}, format {dataset.format}, "
+        f"imbalance ratio {ratio}"
+    )
+    if dataset.class_counts:
+        _pairs("class counts:", dataset.class_counts)
+    rejected = dataset.ingest_report.get("rejected")
+    if rejected:
+        click.echo(f"ingest rejected: {rejected}")
+
+
+def _show_generator(generator: GeneratorRead) -> None:
+    sha = (generator.checkpoint_sha256 or "-")[:16]
+    click.echo(
+        f"generator {generator.id}: {generator.kind}, {generator.state}, dataset "
+        f"{generator.dataset_id}, checkpoint sha256 {sha}"
+    )
+    if generator.loss_curve:
+        first, last = generator.loss_curve[0], generator.loss_curve[-1]
+        click.echo(f"loss {first[1]:.4f} (step {first[0]}) -> {last[1]:.4f} (step {last[0]})")
+
+
+def _show_job(job: JobRead) -> None:
+    p = job.progress
+    line = f"job {job.id}: {job.kind} {job.state} {job.stage} {p.done}/{p.total} ({p.percent}%)"
+    click.echo(line + (f" - {job.error}" if job.error else ""))
+
+
+def _show_curated(curated: CuratedSetRead) -> None:
+    click.echo(f"curated set {curated.id}: {curated.state}, dataset {curated.dataset_id}")
+    if curated.summary:
+        _pairs(
+            "per class (generated -> kept; rejected by reason):",
+            {
+                name: f"{entry.get('generated', 0)} -> {entry.get('kept', 0)}; "
+                f"{entry.get('rejected', {})}"
+                for name, entry in curated.summary.items()
+                if isinstance(entry, dict)
+            },
+        )
+
+
+def _show_experiment(experiment: ExperimentRead) -> None:
+    click.echo(f"experiment {experiment.id}: {experiment.state}, dataset {experiment.dataset_id}")
+    results = experiment.results
+    if results.get("best_baseline"):
+        click.echo(f"best non-generative arm: {results['best_baseline']}")
+    for line in results.get("verdicts") or []:
+        click.echo(f"  {line}")
+    if experiment.report_url:
+        click.echo(f"report: tailsynth experiments report {experiment.id} --out report.html")
+
+
+def _load_json_file(path: Path | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    try:
+        loaded = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        _fail(f"--config {path}: {exc}", ExitCode.USAGE)
+    if not isinstance(loaded, dict):
+        _fail(f"--config {path}: expected a JSON object", ExitCode.USAGE)
+    return loaded
+
+
+def _config_option(func: Any) -> Any:
+    return click.option(
+        "--config",
+        "config_file",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        default=None,
+        help="JSON file with more request fields (the flags override it)",
+    )(func)
+
+
+# ----------------------------------------------------------------- datasets
 
 
 @main.group()
-@_client_options
-@click.pass_context
-def datasets(ctx: click.Context, url: str, api_key: str | None) -> None:
-    """Datasets: upload an archive, ask for the demo set, make demo files locally."""
-    ctx.obj = {"url": url, "api_key": api_key}
+@_connection_options
+def datasets() -> None:
+    """Datasets: upload an archive, ask for the demo set, list, show; make demo files."""
 
 
 @datasets.command("upload")
@@ -373,27 +620,45 @@ def datasets(ctx: click.Context, url: str, api_key: str | None) -> None:
 @click.option("--name", required=True)
 @click.option("--format", "fmt", type=click.Choice(["isic2019", "ham10000", "imagefolder", "csv"]))
 @click.option("--classes", default=None, help="comma-separated closed list of labels")
-@click.option("--wait/--no-wait", default=True, show_default=True)
-@click.option("--timeout", type=float, default=3600)
+@click.option("--split-seed", type=int, default=0, show_default=True)
+@click.option("--wait/--no-wait", default=True, show_default=True, help="wait for the ingest")
+@_timeout_option
+@_json_option
+@_quiet_option
 @click.pass_context
-@_api_call
+@_client_call
 def datasets_upload(
     ctx: click.Context,
     archive: Path,
     name: str,
     fmt: str | None,
     classes: str | None,
+    split_seed: int,
     wait: bool,
-    timeout: float,
+    timeout: float | None,
+    as_json: bool,
+    quiet: bool,
 ) -> None:
-    """Upload a zip or tar.gz dataset and (by default) wait for its ingest."""
+    """Upload a zip or tar.gz dataset (streamed, with progress) and wait for its ingest."""
+    from services.client.progress import ByteProgress
+
     with _client(ctx) as client:
-        created = client.upload_dataset(
-            archive, name=name, format=fmt, classes=classes.split(",") if classes else None
-        )
+        with ByteProgress(f"upload {archive.name}") as progress:
+            created = client.datasets.upload(
+                archive,
+                name=name,
+                format=fmt,
+                classes=classes.split(",") if classes else None,
+                split_seed=split_seed,
+                on_progress=progress,
+            )
         if wait:
-            _wait_and_report(client, created["job_id"], timeout)
-        _echo_json(client.dataset(created["dataset_id"]))
+            _wait_for(client, created.job_id, timeout)
+        dataset = client.datasets.get(created.dataset_id)
+    if quiet:
+        click.echo(str(dataset.id))
+    else:
+        _echo_model(dataset, as_json, _show_dataset)
 
 
 @datasets.command("demo")
@@ -401,19 +666,76 @@ def datasets_upload(
 @click.option("--total", type=int, default=2400, show_default=True)
 @click.option("--image-size", type=int, default=64, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--timeout", type=float, default=3600)
+@click.option("--variant", type=click.Choice(["dermoscopy", "chest_xray"]), default=None)
+@click.option("--imbalance", type=float, default=None, help="dermoscopy: head/rarest ratio")
+@click.option("--min-per-class", type=int, default=None)
+@click.option("--wait/--no-wait", default=True, show_default=True)
+@_timeout_option
+@_json_option
+@_quiet_option
 @click.pass_context
-@_api_call
+@_client_call
 def datasets_demo(
-    ctx: click.Context, name: str, total: int, image_size: int, seed: int, timeout: float
+    ctx: click.Context,
+    name: str,
+    total: int,
+    image_size: int,
+    seed: int,
+    variant: str | None,
+    imbalance: float | None,
+    min_per_class: int | None,
+    wait: bool,
+    timeout: float | None,
+    as_json: bool,
+    quiet: bool,
 ) -> None:
-    """Ask the server to build and ingest the built-in demo dataset; wait for it."""
+    """Ask the server to build and ingest the built-in long-tailed demo dataset."""
+    optional = {"variant": variant, "imbalance": imbalance, "min_per_class": min_per_class}
     with _client(ctx) as client:
-        created = client.create_demo_dataset(
-            name=name, total=total, image_size=image_size, seed=seed
+        body = {"name": name, "total": total, "image_size": image_size, "seed": seed}
+        created = client.datasets.create_demo(
+            body | {k: v for k, v in optional.items() if v is not None}
         )
-        _wait_and_report(client, created["job_id"], timeout)
-        _echo_json(client.dataset(created["dataset_id"]))
+        if wait:
+            _wait_for(client, created.job_id, timeout)
+        dataset = client.datasets.get(created.dataset_id)
+    if quiet:
+        click.echo(str(dataset.id))
+    else:
+        _echo_model(dataset, as_json, _show_dataset)
+
+
+@datasets.command("list")
+@click.option("--limit", type=int, default=50, show_default=True)
+@click.option("--offset", type=int, default=0, show_default=True)
+@_json_option
+@click.pass_context
+@_client_call
+def datasets_list(ctx: click.Context, limit: int, offset: int, as_json: bool) -> None:
+    """Your datasets, newest first."""
+    with _client(ctx) as client:
+        page = client.datasets.list(limit=limit, offset=offset)
+
+    def human(_: Any) -> None:
+        rows = [
+            {**d.model_dump(mode="json"), "images": sum(d.class_counts.values())}
+            for d in page.items
+        ]
+        _table(rows, ("id", "name", "state", "format", "images", "imbalance_ratio"))
+        click.echo(f"{len(page.items)} of {page.total}")
+
+    _echo_model(page, as_json, human)
+
+
+@datasets.command("show")
+@click.argument("dataset_id")
+@_json_option
+@click.pass_context
+@_client_call
+def datasets_show(ctx: click.Context, dataset_id: str, as_json: bool) -> None:
+    """One dataset: state, class counts, imbalance ratio, splits, ingest report."""
+    with _client(ctx) as client:
+        _echo_model(client.datasets.get(dataset_id), as_json, _show_dataset)
 
 
 @datasets.command("make-demo")
@@ -429,33 +751,572 @@ def datasets_make_demo(out_dir: Path, total: int, image_size: int, seed: int) ->
     click.echo(str(manifest))
 
 
+# ----------------------------------------------------------------- generators
+
+
 @main.group()
-@_client_options
+@_connection_options
+def generators() -> None:
+    """Generators: train one on a dataset, register pretrained weights, show one."""
+
+
+def _finish_generator(
+    ctx: click.Context,
+    body: dict[str, Any],
+    wait: bool,
+    timeout: float | None,
+    as_json: bool,
+    quiet: bool,
+) -> None:
+    with _client(ctx) as client:
+        created = client.generators.create(body)
+        if not wait:
+            _echo_model(created, as_json) if not quiet else click.echo(str(created.generator_id))
+            return
+        _wait_for(client, created.job_id, timeout)
+        generator = client.generators.get(created.generator_id)
+    if quiet:
+        click.echo(str(generator.id))
+    else:
+        _echo_model(generator, as_json, _show_generator)
+
+
+@generators.command("train")
+@click.option("--dataset", "dataset_id", required=True)
+@click.option("--steps", type=int, default=None, help="training steps (max_train_steps)")
+@click.option("--resolution", type=int, default=None, help="square side in px")
+@click.option("--batch-size", type=int, default=None)
+@click.option("--learning-rate", type=float, default=None)
+@click.option(
+    "--mode",
+    "modes",
+    multiple=True,
+    type=click.Choice(["inpaint", "img2img", "generate"]),
+    help="synthesis modes it must serve (repeat; default inpaint)",
+)
+@click.option("--no-probe", is_flag=True, help="skip the quality probe")
+@_config_option
+@click.option("--wait/--no-wait", default=True, show_default=True)
+@_timeout_option
+@_json_option
+@_quiet_option
 @click.pass_context
-def jobs(ctx: click.Context, url: str, api_key: str | None) -> None:
-    """Jobs: wait for one, cancel one."""
-    ctx.obj = {"url": url, "api_key": api_key}
+@_client_call
+def generators_train(
+    ctx: click.Context,
+    dataset_id: str,
+    steps: int | None,
+    resolution: int | None,
+    batch_size: int | None,
+    learning_rate: float | None,
+    modes: tuple[str, ...],
+    no_probe: bool,
+    config_file: Path | None,
+    wait: bool,
+    timeout: float | None,
+    as_json: bool,
+    quiet: bool,
+) -> None:
+    """Train a class-conditional inpainting diffusion generator on a dataset."""
+    body = _load_json_file(config_file)
+    training = dict(body.get("training") or {})
+    for key, value in (
+        ("max_train_steps", steps),
+        ("resolution", resolution),
+        ("batch_size", batch_size),
+        ("learning_rate", learning_rate),
+        ("modes", list(modes) or None),
+    ):
+        if value is not None:
+            training[key] = value
+    body |= {"kind": "trained", "dataset_id": dataset_id, "training": training}
+    if no_probe:
+        body["quality_probe"] = {**(body.get("quality_probe") or {}), "enabled": False}
+    _finish_generator(ctx, body, wait, timeout, as_json, quiet)
+
+
+@generators.command("register")
+@click.option("--dataset", "dataset_id", required=True)
+@click.option(
+    "--source",
+    required=True,
+    help="diffusers pipeline directory under the server's weights roots, or a model id",
+)
+@click.option("--modality", default=None, help="prompt templates (default dermoscopy)")
+@click.option("--no-probe", is_flag=True, help="skip the quality probe")
+@click.option("--wait/--no-wait", default=True, show_default=True)
+@_timeout_option
+@_json_option
+@_quiet_option
+@click.pass_context
+@_client_call
+def generators_register(
+    ctx: click.Context,
+    dataset_id: str,
+    source: str,
+    modality: str | None,
+    no_probe: bool,
+    wait: bool,
+    timeout: float | None,
+    as_json: bool,
+    quiet: bool,
+) -> None:
+    """Register pretrained diffusers weights (loaded offline by the server's worker)."""
+    body: dict[str, Any] = {"kind": "pretrained", "dataset_id": dataset_id, "source": source}
+    if modality:
+        body["modality"] = modality
+    if no_probe:
+        body["quality_probe"] = {"enabled": False}
+    _finish_generator(ctx, body, wait, timeout, as_json, quiet)
+
+
+@generators.command("show")
+@click.argument("generator_id")
+@_json_option
+@click.pass_context
+@_client_call
+def generators_show(ctx: click.Context, generator_id: str, as_json: bool) -> None:
+    """One generator: kind, state, training config, checkpoint sha256, loss curve."""
+    with _client(ctx) as client:
+        _echo_model(client.generators.get(generator_id), as_json, _show_generator)
+
+
+# ----------------------------------------------------------------- synthesis
+
+
+def _parse_counts(values: tuple[str, ...]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for value in values:
+        name, sep, number = value.rpartition("=")
+        if not sep or not name:
+            raise click.BadParameter(f"{value!r} is not CLASS=N", param_hint="--count")
+        try:
+            counts[name] = int(number)
+        except ValueError as exc:
+            raise click.BadParameter(
+                f"{value!r}: N must be an integer", param_hint="--count"
+            ) from exc
+    return counts
+
+
+@main.command()
+@click.option("--dataset", "dataset_id", required=True)
+@click.option("--generator", "generator_id", required=True)
+@click.option("--count", "count_values", multiple=True, help="CLASS=N, e.g. DF=500 (repeat)")
+@click.option("--fill-to-max", is_flag=True, help="fill every class to the head class")
+@click.option("--mode", type=click.Choice(["inpaint", "img2img", "generate"]), default=None)
+@click.option("--seed", type=int, default=None)
+@click.option("--steps", type=int, default=None, help="sampling steps")
+@click.option("--guidance", type=float, default=None, help="guidance scale")
+@_config_option
+@click.option("--wait", is_flag=True, help="wait for the job, then show the curated set")
+@_timeout_option
+@_json_option
+@_quiet_option
+@click.pass_context
+@_client_call
+def synthesize(
+    ctx: click.Context,
+    dataset_id: str,
+    generator_id: str,
+    count_values: tuple[str, ...],
+    fill_to_max: bool,
+    mode: str | None,
+    seed: int | None,
+    steps: int | None,
+    guidance: float | None,
+    config_file: Path | None,
+    wait: bool,
+    timeout: float | None,
+    as_json: bool,
+    quiet: bool,
+) -> None:
+    """Ask for synthetic images per class (--count DF=500 --count VASC=300, or
+    --fill-to-max), OOD-filtered into a curated set. Prints the curated set id."""
+    if bool(count_values) == fill_to_max:
+        raise click.UsageError("give --count CLASS=N (repeatable) or --fill-to-max, not both")
+    body = _load_json_file(config_file)
+    body |= {"dataset_id": dataset_id, "generator_id": generator_id}
+    if fill_to_max:
+        body["target"] = "fill_to_max"
+    else:
+        body["counts"] = _parse_counts(count_values)
+    sampling = dict(body.get("sampling") or {})
+    if steps is not None:
+        sampling["num_inference_steps"] = steps
+    if guidance is not None:
+        sampling["guidance_scale"] = guidance
+    if sampling:
+        body["sampling"] = sampling
+    for key, value in (("mode", mode), ("seed", seed)):
+        if value is not None:
+            body[key] = value
+    with _client(ctx) as client:
+        created = client.synthesis.create(body)
+        if not wait:
+            if quiet:
+                click.echo(str(created.curated_set_id))
+            else:
+                _echo_model(created, as_json)
+            return
+        _wait_for(client, created.job_id, timeout)
+        curated = client.curated_sets.get(created.curated_set_id)
+    if quiet:
+        click.echo(str(curated.id))
+    else:
+        _echo_model(curated, as_json, _show_curated)
+
+
+# ----------------------------------------------------------------- jobs
+
+
+@main.group()
+@_connection_options
+def jobs() -> None:
+    """Jobs: list, show, wait for one, cancel one."""
+
+
+@jobs.command("list")
+@click.option("--state", default=None, help="queued|running|succeeded|partial|failed|canceled")
+@click.option("--kind", default=None, help="e.g. ingest, train_generator, synthesize")
+@click.option("--limit", type=int, default=50, show_default=True)
+@click.option("--offset", type=int, default=0, show_default=True)
+@_json_option
+@click.pass_context
+@_client_call
+def jobs_list(
+    ctx: click.Context, state: str | None, kind: str | None, limit: int, offset: int, as_json: bool
+) -> None:
+    """Your jobs, newest first."""
+    with _client(ctx) as client:
+        page = client.jobs.list(state=state, kind=kind, limit=limit, offset=offset)
+
+    def human(_: Any) -> None:
+        rows = [{**j.model_dump(mode="json"), "percent": j.progress.percent} for j in page.items]
+        _table(rows, ("id", "kind", "state", "stage", "percent", "created_at"))
+        click.echo(f"{len(page.items)} of {page.total}")
+
+    _echo_model(page, as_json, human)
+
+
+@jobs.command("show")
+@click.argument("job_id")
+@_json_option
+@click.pass_context
+@_client_call
+def jobs_show(ctx: click.Context, job_id: str, as_json: bool) -> None:
+    """One job: kind, state, stage, progress, error, result ids."""
+    with _client(ctx) as client:
+        _echo_model(client.jobs.get(job_id), as_json, _show_job)
 
 
 @jobs.command("wait")
 @click.argument("job_id")
-@click.option("--timeout", type=float, default=3600)
+@_timeout_option
+@_json_option
 @click.pass_context
-@_api_call
-def jobs_wait(ctx: click.Context, job_id: str, timeout: float) -> None:
-    """Wait for a job; exit 1 if it failed or was canceled."""
+@_client_call
+def jobs_wait(ctx: click.Context, job_id: str, timeout: float | None, as_json: bool) -> None:
+    """Wait for a job with progress on stderr; exit 3 if it failed, 4 if canceled,
+    5 on --timeout."""
     with _client(ctx) as client:
-        _echo_json(_wait_and_report(client, job_id, timeout))
+        _echo_model(_wait_for(client, job_id, timeout), as_json, _show_job)
 
 
 @jobs.command("cancel")
 @click.argument("job_id")
+@_json_option
 @click.pass_context
-@_api_call
-def jobs_cancel(ctx: click.Context, job_id: str) -> None:
+@_client_call
+def jobs_cancel(ctx: click.Context, job_id: str, as_json: bool) -> None:
     """Cancel a job; finished work is kept."""
     with _client(ctx) as client:
-        _echo_json(client.cancel(job_id))
+        _echo_model(client.jobs.cancel(job_id), as_json, _show_job)
+
+
+# ----------------------------------------------------------------- curated sets
+
+
+@main.group()
+@_connection_options
+def curated() -> None:
+    """Curated sets: show one, download its archive, print its manifest."""
+
+
+@curated.command("show")
+@click.argument("curated_set_id")
+@_json_option
+@click.pass_context
+@_client_call
+def curated_show(ctx: click.Context, curated_set_id: str, as_json: bool) -> None:
+    """Per class: generated, kept, rejected by reason; the thresholds used."""
+    with _client(ctx) as client:
+        _echo_model(client.curated_sets.get(curated_set_id), as_json, _show_curated)
+
+
+@curated.command("download")
+@click.argument("curated_set_id")
+@click.option(
+    "--out",
+    "out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="zip to write [default: curated-<id>.zip]",
+)
+@_json_option
+@click.pass_context
+@_client_call
+def curated_download(
+    ctx: click.Context, curated_set_id: str, out: Path | None, as_json: bool
+) -> None:
+    """Download the curated set (ImageFolder zip + manifest.csv), resuming an interrupted
+    download (<out>.part), verified against the server's digest or the manifest."""
+    from services.client.progress import ByteProgress
+
+    dest = out or Path(f"curated-{curated_set_id}.zip")
+    with _client(ctx) as client, ByteProgress(f"download {dest.name}") as progress:
+        result = client.curated_sets.download(curated_set_id, dest, on_progress=progress)
+    summary = {
+        "path": str(result.path),
+        "size": result.size,
+        "sha256": result.sha256,
+        "resumed": result.resumed,
+        "verified_by": result.verified_by,
+    }
+    if as_json:
+        _echo_json(summary)
+    else:
+        click.echo(
+            f"{result.path}: {result.size} bytes, sha256 {result.sha256}, verified by "
+            f"{', '.join(result.verified_by) or 'nothing the server offered'}"
+            + (" (resumed)" if result.resumed else "")
+        )
+
+
+@curated.command("manifest")
+@click.argument("curated_set_id")
+@click.option("--format", "fmt", type=click.Choice(["csv", "jsonl"]), default="csv")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@_json_option
+@click.pass_context
+@_client_call
+def curated_manifest(
+    ctx: click.Context, curated_set_id: str, fmt: str, out: Path | None, as_json: bool
+) -> None:
+    """The manifest alone: one row per kept image with provenance and scores (CSV, or
+    JSON Lines with --format jsonl; --json prints one JSON array)."""
+    with _client(ctx) as client:
+        text = client.curated_sets.manifest(
+            curated_set_id, format="jsonl" if as_json or fmt == "jsonl" else "csv"
+        )
+    if as_json:
+        text = json.dumps([json.loads(line) for line in text.splitlines() if line], indent=2)
+    if out is not None:
+        out.write_text(text)
+        click.echo(str(out), err=True)
+    else:
+        click.echo(text, nl=not text.endswith("\n"))
+
+
+# ----------------------------------------------------------------- experiments
+
+
+@main.group()
+@_connection_options
+def experiments() -> None:
+    """Experiments: does a curated set help a classifier? Run, list, show, report."""
+
+
+def _gain(experiment: ExperimentRead) -> tuple[bool, str]:
+    """Whether a synthetic arm beat its reference (its balanced-accuracy interval above
+    zero against the best non-generative arm, or ce when there is none), and why."""
+    arms = experiment.results.get("arms") or {}
+    synthetic = {
+        name: arm
+        for name, arm in arms.items()
+        if (arm.get("spec") or {}).get("kind", "baseline") != "baseline"
+    }
+    if not synthetic:
+        return False, "no curated or adaptive arm to judge"
+    better = []
+    for name, arm in synthetic.items():
+        comparisons = arm.get("comparisons") or {}
+        comparison = comparisons.get("vs_best_baseline") or comparisons.get("vs_ce")
+        if comparison and comparison.get("better"):
+            better.append(f"{name} over {comparison.get('against')}")
+    if better:
+        return True, "gain: " + ", ".join(better)
+    return False, f"no synthetic arm is better ({', '.join(synthetic)})"
+
+
+def _check_gain(experiment: ExperimentRead) -> None:
+    if experiment.state not in ("succeeded", "partial"):
+        _fail(f"experiment {experiment.id} is {experiment.state}; no verdict", ExitCode.NO_GAIN)
+    gained, why = _gain(experiment)
+    if not gained:
+        _fail(f"--require-gain: {why}", ExitCode.NO_GAIN)
+    click.echo(why, err=True)
+
+
+@experiments.command("run")
+@click.option("--dataset", "dataset_id", required=True)
+@click.option(
+    "--arm",
+    "arms",
+    multiple=True,
+    help="a baseline (ce, weighted_ce, balanced_sampler, focal, logit_adjusted, "
+    "balanced_softmax); repeat. Default: the server's",
+)
+@click.option(
+    "--curated", "curated_ids", multiple=True, help="a curated set id: adds a curated arm"
+)
+@click.option(
+    "--curated-loss", "curated_losses", multiple=True, help="also a curated arm with this loss"
+)
+@click.option("--backbone", default=None, help="any timm model")
+@click.option("--image-size", type=int, default=None)
+@click.option("--epochs", type=int, default=None)
+@click.option("--min-train-steps", type=int, default=None)
+@click.option("--folds", type=int, default=None, help="0: the dataset's split; k: k-fold")
+@click.option("--seeds", type=int, default=None)
+@_config_option
+@click.option("--wait/--no-wait", default=True, show_default=True)
+@_timeout_option
+@click.option(
+    "--require-gain",
+    is_flag=True,
+    help="exit 12 unless a curated arm beats the best non-generative one (95 % interval)",
+)
+@click.option(
+    "--report", type=click.Path(dir_okay=False, path_type=Path), help="write the HTML report"
+)
+@_json_option
+@_quiet_option
+@click.pass_context
+@_client_call
+def experiments_run(
+    ctx: click.Context,
+    dataset_id: str,
+    arms: tuple[str, ...],
+    curated_ids: tuple[str, ...],
+    curated_losses: tuple[str, ...],
+    backbone: str | None,
+    image_size: int | None,
+    epochs: int | None,
+    min_train_steps: int | None,
+    folds: int | None,
+    seeds: int | None,
+    config_file: Path | None,
+    wait: bool,
+    timeout: float | None,
+    require_gain: bool,
+    report: Path | None,
+    as_json: bool,
+    quiet: bool,
+) -> None:
+    """Train and score classifiers: baselines vs real + curated images, on real held-out
+    images, with per-class metrics, intervals and verdicts."""
+    if require_gain and not wait:
+        raise click.UsageError("--require-gain needs the verdict: drop --no-wait")
+    body = _load_json_file(config_file)
+    body["dataset_id"] = dataset_id
+    if arms or curated_ids:
+        chosen: list[Any] = list(arms) or list(body.get("arms") or [])
+        if curated_ids:
+            chosen.append({"curated_set_ids": list(curated_ids)})
+            chosen += [{"curated_set_ids": list(curated_ids), "loss": x} for x in curated_losses]
+        body["arms"] = chosen
+    for key, value in (
+        ("backbone", backbone),
+        ("image_size", image_size),
+        ("epochs", epochs),
+        ("min_train_steps", min_train_steps),
+        ("folds", folds),
+        ("seeds", seeds),
+    ):
+        if value is not None:
+            body[key] = value
+    with _client(ctx) as client:
+        created = client.experiments.create(body)
+        if not wait:
+            if quiet:
+                click.echo(str(created.experiment_id))
+            else:
+                _echo_model(created, as_json)
+            return
+        _wait_for(client, created.job_id, timeout)
+        experiment = client.experiments.get(created.experiment_id)
+        if report is not None and experiment.report_url:
+            report.write_text(client.experiments.report(experiment.id), encoding="utf-8")
+    if quiet:
+        click.echo(str(experiment.id))
+    else:
+        _echo_model(experiment, as_json, _show_experiment)
+    if require_gain:
+        _check_gain(experiment)
+
+
+@experiments.command("list")
+@click.option("--state", default=None)
+@click.option("--dataset", "dataset_id", default=None)
+@click.option("--limit", type=int, default=50, show_default=True)
+@click.option("--offset", type=int, default=0, show_default=True)
+@_json_option
+@click.pass_context
+@_client_call
+def experiments_list(
+    ctx: click.Context,
+    state: str | None,
+    dataset_id: str | None,
+    limit: int,
+    offset: int,
+    as_json: bool,
+) -> None:
+    """Your experiments, newest first."""
+    with _client(ctx) as client:
+        page = client.experiments.list(
+            state=state, dataset_id=dataset_id, limit=limit, offset=offset
+        )
+
+    def human(_: Any) -> None:
+        rows = [e.model_dump(mode="json") for e in page.items]
+        _table(rows, ("id", "dataset_id", "state", "created_at"))
+        click.echo(f"{len(page.items)} of {page.total}")
+
+    _echo_model(page, as_json, human)
+
+
+@experiments.command("show")
+@click.argument("experiment_id")
+@click.option("--require-gain", is_flag=True, help="exit 12 unless a curated arm is better")
+@_json_option
+@click.pass_context
+@_client_call
+def experiments_show(
+    ctx: click.Context, experiment_id: str, require_gain: bool, as_json: bool
+) -> None:
+    """Per arm: metrics with 95 % intervals, comparisons and verdicts."""
+    with _client(ctx) as client:
+        experiment = client.experiments.get(experiment_id)
+    _echo_model(experiment, as_json, _show_experiment)
+    if require_gain:
+        _check_gain(experiment)
+
+
+@experiments.command("report")
+@click.argument("experiment_id")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.pass_context
+@_client_call
+def experiments_report(ctx: click.Context, experiment_id: str, out: Path | None) -> None:
+    """The self-contained HTML report (to --out, or stdout)."""
+    with _client(ctx) as client:
+        html = client.experiments.report(experiment_id)
+    if out is None:
+        click.echo(html, nl=False)
+    else:
+        out.write_text(html, encoding="utf-8")
+        click.echo(str(out), err=True)
 
 
 if __name__ == "__main__":

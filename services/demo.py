@@ -22,6 +22,7 @@ from typing import Any
 import click
 import httpx
 
+from services.api.schemas import JobRead
 from services.client import FINAL_STATES, TailsynthClient
 from shared.synthesis import DEFAULT_BACKGROUND_POLICY, DEFAULT_GUIDANCE_SCALE
 
@@ -73,16 +74,13 @@ class _Progress:
         self.tty = sys.stderr.isatty()
         self.last: tuple[str, int] | None = None
 
-    def __call__(self, job: dict[str, Any]) -> None:
-        p = job["progress"]
-        line = (
-            f"  {job['kind']:<16} {job['stage']:<14} {p['done']:>6}/{p['total']:<6} "
-            f"{p['percent']:5.1f}%"
-        )
+    def __call__(self, job: JobRead) -> None:
+        p = job.progress
+        line = f"  {job.kind:<16} {job.stage:<14} {p.done:>6}/{p.total:<6} {p.percent:5.1f}%"
         if self.tty:
-            click.echo("\r" + line, nl=job["state"] in FINAL_STATES, err=True)
+            click.echo("\r" + line, nl=job.state in FINAL_STATES, err=True)
             return
-        mark = (job["stage"], int(p["percent"] // 10))
+        mark = (job.stage, int(p.percent // 10))
         if mark != self.last:
             click.echo(line, err=True)
             self.last = mark
@@ -167,8 +165,9 @@ def prepare_data_dir(data_dir: Path, *, force: bool = False) -> None:
         raise click.ClickException(f"--data-dir {data_dir} is a file, not a directory")
     protected = {Path.home().resolve(), *Path.cwd().resolve().parents, Path.cwd().resolve()}
     if resolved in protected:
-        raise click.ClickException(f"--data-dir {data_dir} would delete {resolved}; "
-                                   f"choose a directory of its own")
+        raise click.ClickException(
+            f"--data-dir {data_dir} would delete {resolved}; choose a directory of its own"
+        )
     if (
         data_dir.is_dir()
         and any(data_dir.iterdir())
@@ -199,13 +198,11 @@ def run_demo(data_dir: Path, plan: DemoPlan, *, port: int, force: bool = False) 
         counts = {name: plan.per_class for name in plan.rare_classes}
         with _timed("synthesis and filtering"):
             curated = synthesize(client, plan, dataset["id"], generator_id, counts)
-        archive = data_dir / "curated.zip"
-        with archive.open("wb") as out:
-            with client.http.stream("GET", f"/v1/curated-sets/{curated['id']}/archive") as response:
-                response.raise_for_status()
-                for chunk in response.iter_bytes():
-                    out.write(chunk)
-        click.echo(f"\ncurated set downloaded to {archive} (ImageFolder layout + manifest.csv)")
+        archive = client.curated_sets.download(curated["id"], data_dir / "curated.zip")
+        click.echo(
+            f"\ncurated set downloaded to {archive.path} (ImageFolder layout + manifest.csv; "
+            f"verified by {', '.join(archive.verified_by)})"
+        )
         with _timed("experiment"):
             run_experiment(client, data_dir, plan, dataset["id"], curated["id"])
     click.echo(f"\ndemo finished in {_minutes(time.monotonic() - started)}")
@@ -231,18 +228,18 @@ def ingest_demo(client: TailsynthClient, plan: DemoPlan) -> dict[str, Any]:
     for name in ("positive_fraction", "imbalance", "min_per_class"):
         if getattr(plan, name) is not None:
             extra[name] = getattr(plan, name)
-    created = client.create_demo_dataset(
+    created = client.datasets.create_demo(
         name="demo", total=plan.total, image_size=plan.image_size, seed=0, **extra
     )
-    client.wait(created["job_id"], on_progress=_Progress())
-    dataset = client.dataset(created["dataset_id"])
-    _table("class counts:", dataset["class_counts"])
-    click.echo(f"  imbalance ratio {dataset['imbalance_ratio']:.1f}")
+    client.jobs.wait(created.job_id, on_progress=_Progress())
+    dataset = client.datasets.get(created.dataset_id)
+    _table("class counts:", dataset.class_counts)
+    click.echo(f"  imbalance ratio {dataset.imbalance_ratio or 0:.1f}")
     _table(
         "split sizes (grouped by patient, seed-fixed):",
-        {split: sum(c.values()) for split, c in dataset["split_counts"].items()},
+        {split: sum(c.values()) for split, c in dataset.split_counts.items()},
     )
-    return dataset
+    return dataset.model_dump(mode="json")
 
 
 def train_generator(client: TailsynthClient, plan: DemoPlan, dataset_id: str) -> str:
@@ -250,10 +247,8 @@ def train_generator(client: TailsynthClient, plan: DemoPlan, dataset_id: str) ->
     click.echo(
         f"\n2. training the inpainting diffusion generator ({plan.train_steps} steps, 32 px)"
     )
-    generator = client.request(
-        "POST",
-        "/v1/generators",
-        json={
+    generator = client.generators.create(
+        {
             "dataset_id": dataset_id,
             "training": {
                 "resolution": 32,
@@ -276,22 +271,22 @@ def train_generator(client: TailsynthClient, plan: DemoPlan, dataset_id: str) ->
             },
         },
     )
-    client.wait(generator["job_id"], on_progress=_Progress(), timeout=6 * 3600)
-    trained = client.request("GET", f"/v1/generators/{generator['generator_id']}")
-    curve = trained["loss_curve"]
+    client.jobs.wait(generator.job_id, on_progress=_Progress())
+    trained = client.generators.get(generator.generator_id)
+    curve = trained.loss_curve
     click.echo(
-        f"\n  checkpoint sha256 {trained['checkpoint_sha256'][:16]}…, loss "
+        f"\n  checkpoint sha256 {(trained.checkpoint_sha256 or '')[:16]}…, loss "
         f"{curve[0][1]:.3f} → {curve[-1][1]:.3f}"
     )
     _table(
         "quality probe (a real-data classifier's accuracy per class, on inpainted and on "
         "real val images):",
-        {q["class_name"]: _quality_line(q) for q in trained["quality"]["per_class"]},
+        {q["class_name"]: _quality_line(q) for q in trained.quality["per_class"]},
     )
-    health = trained["quality"].get("classifier_health")
+    health = trained.quality.get("classifier_health")
     if health:
         click.echo(f"  the probe's own classifier: {health['message']}")
-    return str(generator["generator_id"])
+    return str(generator.generator_id)
 
 
 def synthesize(
@@ -306,10 +301,8 @@ def synthesize(
     click.echo(
         f"\n3. synthesizing {counts} ({plan.synthesis_mode}), then OOD-filtering the candidates"
     )
-    synthesis = client.request(
-        "POST",
-        "/v1/synthesis",
-        json={
+    synthesis = client.synthesis.create(
+        {
             "dataset_id": dataset_id,
             "generator_id": generator_id,
             "counts": counts,
@@ -326,18 +319,16 @@ def synthesize(
             },
         },
     )
-    client.wait(synthesis["job_id"], on_progress=_Progress(), timeout=6 * 3600)
-    curated: dict[str, Any] = client.request(
-        "GET", f"/v1/curated-sets/{synthesis['curated_set_id']}"
-    )
+    client.jobs.wait(synthesis.job_id, on_progress=_Progress())
+    curated = client.curated_sets.get(synthesis.curated_set_id)
     _table(
         "curated set (generated → kept; rejected by reason):",
         {
             name: f"{e['generated']:>4} → {e['kept']:>4} kept; {e['rejected']}"
-            for name, e in curated["summary"].items()
+            for name, e in curated.summary.items()
         },
     )
-    return curated
+    return curated.model_dump(mode="json")
 
 
 def run_experiment(
@@ -375,10 +366,10 @@ def run_experiment(
         f"({body['backbone']}, {body['image_size']} px, {body['epochs']} epochs, "
         f"{body['seeds']} seed(s); {protocol})"
     )
-    created = client.create_experiment(**body)
-    client.wait(created["job_id"], on_progress=_Progress(), timeout=12 * 3600)
-    experiment = client.experiment(created["experiment_id"])
-    results = experiment["results"]
+    created = client.experiments.create(body)
+    client.jobs.wait(created.job_id, on_progress=_Progress())
+    experiment = client.experiments.get(created.experiment_id)
+    results = experiment.results
     rare = results["task"]["rarest_classes"]
     _table(
         f"balanced accuracy and {' / '.join(rare)} recall per arm (95 % bootstrap intervals):",
@@ -389,11 +380,9 @@ def run_experiment(
     for line in results["verdicts"]:
         click.echo(f"  {line}")
     report = data_dir / "experiment-report.html"
-    report.write_text(client.experiment_report(created["experiment_id"]), encoding="utf-8")
-    click.echo(
-        f"\nreport: {report.resolve()} (GET /v1/experiments/{created['experiment_id']}/report)"
-    )
-    return experiment
+    report.write_text(client.experiments.report(created.experiment_id), encoding="utf-8")
+    click.echo(f"\nreport: {report.resolve()} (GET /v1/experiments/{created.experiment_id}/report)")
+    return experiment.model_dump(mode="json")
 
 
 def _arm_line(arm: dict[str, Any], rare: list[str]) -> str:

@@ -81,7 +81,7 @@ def _cli(url: str, key: str, *args: str, timeout: float = 300) -> subprocess.Com
 
 def test_demo_dataset_over_http_ends_ready(server: tuple[str, str, Path]) -> None:
     url, key, _ = server
-    done = _cli(url, key, "datasets", "demo", "--total", "120", "--image-size", "32")
+    done = _cli(url, key, "datasets", "demo", "--total", "120", "--image-size", "32", "--json")
     assert done.returncode == 0, done.stderr
     dataset = json.loads(done.stdout)
     assert dataset["state"] == "ready" and sum(dataset["class_counts"].values()) == 120
@@ -91,7 +91,7 @@ def test_demo_dataset_over_http_ends_ready(server: tuple[str, str, Path]) -> Non
 def test_upload_with_the_cli_and_wait(server: tuple[str, str, Path], tmp_path: Path) -> None:
     url, key, _ = server
     archive = build("isic2019", tmp_path, samples(total=48, image_size=24, seed=2), tar=True)
-    done = _cli(url, key, "datasets", "upload", str(archive.path), "--name", "isic")
+    done = _cli(url, key, "datasets", "upload", str(archive.path), "--name", "isic", "--json")
     assert done.returncode == 0, done.stderr
     dataset = json.loads(done.stdout)
     assert dataset["format"] == "isic2019" and dataset["class_counts"] == archive.expected_counts
