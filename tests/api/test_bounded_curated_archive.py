@@ -7,28 +7,17 @@ import csv
 import hashlib
 import io
 import json
-import uuid
 import zipfile
 from collections.abc import Iterator
 
 import pytest
-from fastapi.testclient import TestClient
 
 from services.api import curated_archive
-from services.api.app import create_app
 from shared.settings import Settings
-from tests.conftest import ApiHarness, issue_key
-from tests.fixtures.curated import ready_curated_set
+from tests.conftest import ApiHarness
+from tests.fixtures.curated import harness, ready_curated_set
 
 PER_CLASS = {"MEL": 4, "DF": 3}
-
-
-def harness(settings: Settings) -> Iterator[ApiHarness]:
-    tenant = f"tenant-{uuid.uuid4().hex[:8]}"
-    key = issue_key(settings, tenant)
-    with TestClient(create_app(settings, run_reaper=False)) as client:
-        client.headers["Authorization"] = f"Bearer {key}"
-        yield ApiHarness(client, settings, key, tenant)
 
 
 @pytest.fixture

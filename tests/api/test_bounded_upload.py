@@ -21,9 +21,8 @@ from shared.imaging import encode_png
 from shared.models import Dataset
 from shared.settings import Settings
 from shared.storage import ObjectStore
-from tests.api.test_bounded_curated_archive import harness
 from tests.conftest import ApiHarness
-from tests.fixtures.curated import app_state
+from tests.fixtures.curated import app_state, harness
 
 STORE_DELAY_S = 0.5
 
