@@ -57,7 +57,7 @@ from services.generator.quality import (
 from services.generator.sampling import load_generator
 from services.generator.scratch import sweep_scratch
 from services.generator.training import train_generator
-from services.trainer.classifier import ImageClassifier
+from services.trainer.classifier import ImageClassifier, write_sha256_sidecar
 from services.trainer.dataset_classifier import (
     classifier_config_from,
     dataset_classifier,
@@ -723,9 +723,15 @@ def _guidance_classifier(
         )
     key = str(settings["checkpoint_key"])
     local = (runtime.settings.data_dir / "cache" / key).resolve()
-    if not local.is_file():  # checked and renamed into place: a file here is complete
-        download_verified(runtime.store, key, local)
-    classifier = ImageClassifier.load(local)
+    if local.is_file():  # checked on download; its sidecar is checked on every load
+        try:
+            classifier = ImageClassifier.load(local)
+        except ValueError as exc:
+            log.warning("cached classifier %s is unusable (%s); downloading it again", local, exc)
+            local.unlink()
+    if not local.is_file():
+        write_sha256_sidecar(local, download_verified(runtime.store, key, local))
+        classifier = ImageClassifier.load(local)
     return {
         "classifier": classifier.guidance_module(),
         "classifier_scale": float(settings["scale"]),

@@ -50,6 +50,7 @@ from services.trainer.data import (
     prepare_batch,
 )
 from services.trainer.metrics import classification_report
+from shared.storage import SHA256_SUFFIX
 
 logger = logging.getLogger(__name__)
 
@@ -254,6 +255,7 @@ def build_model(config: ClassifierConfig, num_classes: int) -> nn.Module:
     path = Path(config.pretrained_path)
     if not path.is_file():
         raise FileNotFoundError(f"pretrained_path {path} is not a file")
+    verify_sha256_sidecar(path)  # an earlier round's classifier carries one
     stored_classes, stored_chans = _checkpoint_head_and_stem(config.backbone, path)
     overlay: dict[str, Any] = {"file": str(path), "num_classes": stored_classes}
     if stored_chans is not None:
@@ -369,7 +371,8 @@ class ImageClassifier:
             yield features.float().cpu().numpy(), logits.float().cpu().numpy()
 
     def save(self, path: Path) -> str:
-        """Write weights, config, class names and history to ``path`` (.safetensors), atomically.
+        """Write weights, config, class names and history to ``path`` (.safetensors), atomically,
+        with its sha256 in the sidecar ``path + ".sha256"`` that :meth:`load` checks.
 
         The file appears complete or not at all (temporary file in the same directory,
         fsync, ``os.replace``). The JSON metadata lives in the safetensors header, so
@@ -377,7 +380,8 @@ class ImageClassifier:
         without loading weights.
 
         Returns:
-            sha256 (hex) of the written file, for provenance records.
+            sha256 (hex) of the written file, for provenance records (and the storage
+            sidecar, :func:`shared.storage.put_file_with_sha256`).
         """
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -394,21 +398,23 @@ class ImageClassifier:
             for name, tensor in self.model.state_dict().items()
         }
         payload = safetensors.torch.save(tensors, metadata={_METADATA_KEY: json.dumps(metadata)})
-        descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        try:
-            with os.fdopen(descriptor, "wb") as handle:
-                handle.write(payload)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temporary, path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
-        return hashlib.sha256(payload).hexdigest()
+        sha256 = hashlib.sha256(payload).hexdigest()
+        # A sidecar of an earlier file at this path goes first: a process killed between
+        # the two renames leaves a file without a sidecar, never one with a wrong one.
+        sha256_sidecar(path).unlink(missing_ok=True)
+        _write_atomically(path, payload)
+        write_sha256_sidecar(path, sha256)
+        return sha256
 
     @classmethod
     def load(cls, path: Path, device: str = "cpu") -> ImageClassifier:
-        """Rebuild a classifier written by :meth:`save` on ``device`` ("auto" allowed)."""
+        """Rebuild a classifier written by :meth:`save` on ``device`` ("auto" allowed).
+
+        Raises:
+            ValueError: the file does not match its ``.sha256`` sidecar (a file without
+                one, written before sidecars existed, is loaded as it is).
+        """
+        verify_sha256_sidecar(path)
         metadata = read_checkpoint_metadata(path)
         config = ClassifierConfig.from_dict(metadata["config"])
         class_names = metadata["class_names"]
@@ -462,6 +468,54 @@ class _UnitPixelClassifier(nn.Module):
             )
         logits: torch.Tensor = self.model((pixels - self.mean) / self.std)
         return logits
+
+
+def sha256_sidecar(path: Path) -> Path:
+    """The sidecar holding the sha256 (hex) of the classifier file ``path``, named like
+    the storage sidecars (:data:`shared.storage.SHA256_SUFFIX`)."""
+    path = Path(path)
+    return path.with_name(path.name + SHA256_SUFFIX)
+
+
+def write_sha256_sidecar(path: Path, sha256: str) -> None:
+    """Record ``sha256`` as the expected hash of ``path`` (e.g. after a verified download)."""
+    _write_atomically(sha256_sidecar(path), sha256.encode())
+
+
+def verify_sha256_sidecar(path: Path) -> str | None:
+    """Check ``path`` against its sidecar; the sha256, or None when it has no sidecar.
+
+    Raises:
+        ValueError: the file's sha256 differs from the sidecar's (a torn or altered file).
+    """
+    sidecar = sha256_sidecar(path)
+    if not sidecar.is_file():
+        return None
+    expected = sidecar.read_text().strip()
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    if digest.hexdigest() != expected:
+        raise ValueError(
+            f"classifier {Path(path).name} is corrupt: sha256 {digest.hexdigest()} != {expected}"
+        )
+    return expected
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """``data`` at ``path``, complete or not at all (a ``.tmp-`` file beside it, fsync,
+    ``os.replace``; scratch sweeps delete the ``.tmp-`` files killed writers leave)."""
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".tmp-{path.name}.")
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
 
 
 def read_checkpoint_metadata(path: Path) -> dict[str, Any]:

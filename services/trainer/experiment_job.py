@@ -48,6 +48,7 @@ from shared.imaging import decode_image, resize_square
 from shared.jobs import JobCanceled, JobContext, dispatch, request_cancel
 from shared.models import Experiment, Job, JobState, Split, SyntheticImage
 from shared.runtime import Runtime
+from shared.storage import put_file_with_sha256
 from shared.synthesis import DEFAULT_BACKGROUND_POLICY, add_synthesis
 
 log = logging.getLogger(__name__)
@@ -449,13 +450,13 @@ def run_adaptive_arm(
             except TrainingCanceled as exc:
                 raise JobCanceled() from exc
             checkpoint = Path(scratch) / f"round{number}.safetensors"
-            classifier.save(checkpoint)
-            with checkpoint.open("rb") as handle:  # the next round's guidance reads it
-                runtime.store.put_stream(
-                    store.key(f"adaptive/seed{seed}-round{number}.safetensors"),
-                    handle,
-                    checkpoint.stat().st_size,
-                )
+            sha256 = classifier.save(checkpoint)
+            put_file_with_sha256(  # the next round's guidance reads it, checked
+                runtime.store,
+                store.key(f"adaptive/seed{seed}-round{number}.safetensors"),
+                checkpoint,
+                sha256,
+            )
             assert fold.val is not None
             val_pred = classifier.predict(data.images[fold.val])
             used_accuracy = dict(accuracy)

@@ -129,7 +129,10 @@ def test_save_load_round_trip_gives_identical_logits(
     path = tmp_path / "models" / "classifier.safetensors"
     digest = trained.save(path)
     assert digest == hashlib.sha256(path.read_bytes()).hexdigest()
-    assert sorted(p.name for p in path.parent.iterdir()) == ["classifier.safetensors"]
+    assert sorted(p.name for p in path.parent.iterdir()) == [
+        "classifier.safetensors",
+        "classifier.safetensors.sha256",  # checked by load
+    ]
 
     metadata = read_checkpoint_metadata(path)
     assert metadata["class_names"] == CLASS_NAMES
