@@ -128,10 +128,13 @@ def test_status_polling_p99_while_five_archives_download(api: ApiHarness, live_u
         started = time.monotonic()
         for thread in threads:
             thread.start()
-        watcher = threading.Thread(
-            target=lambda: ([t.join(MAX_SECONDS) for t in threads], done.set()), daemon=True
-        )
-        watcher.start()
+
+        def wait_downloads() -> None:
+            for thread in threads:
+                thread.join(MAX_SECONDS)
+            done.set()
+
+        threading.Thread(target=wait_downloads, daemon=True).start()
         loaded = poll(client, status_url, done)
         seconds = time.monotonic() - started
 
