@@ -21,11 +21,11 @@ from typing import BinaryIO, Protocol
 from minio import Minio
 from minio.error import S3Error
 
+from shared.integrity import SHA256_SUFFIX as SHA256_SUFFIX  # re-exported
 from shared.settings import Settings
 
 CHUNK = 1024 * 1024
 S3_PART_SIZE = 16 * 1024 * 1024
-SHA256_SUFFIX = ".sha256"  # the sidecar object holding another object's sha256 (hex)
 
 
 class ObjectNotFound(KeyError):

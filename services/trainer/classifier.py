@@ -50,7 +50,7 @@ from services.trainer.data import (
     prepare_batch,
 )
 from services.trainer.metrics import classification_report
-from shared.storage import SHA256_SUFFIX
+from shared.integrity import SHA256_SUFFIX
 
 logger = logging.getLogger(__name__)
 
