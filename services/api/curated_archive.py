@@ -6,7 +6,8 @@ zip (zipstream-ng, stored entries) reads each image from the store as it is sent
 
 The archive's bytes are a function of the curated set alone, so it has a size before
 the first byte (``Content-Length``), an ETag naming its content, and any byte range of
-it can be cut from a fresh generation (HTTP ``Range``, for resumed downloads).
+it can be cut from a fresh generation (HTTP ``Range``, for resumed downloads). Its
+sha256 is known from the first download that ran to the end, and sent from then on.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from zipstream import ZipStream
 
 from shared.models import OodScore, SyntheticImage
-from shared.storage import ObjectStore
+from shared.storage import ObjectNotFound, ObjectStore
 
 MANIFEST_FIELDS = (
     "id",
@@ -211,7 +212,8 @@ class CuratedArchive:
         identity = hashlib.sha256(f"{LAYOUT_VERSION}\n{manifest_sha256}\n".encode())
         for entry in entries:
             identity.update(f"{entry.size}\n".encode())
-        self.etag = f'"{identity.hexdigest()[:40]}"'
+        self._identity = identity.hexdigest()[:40]
+        self.etag = f'"{self._identity}"'
         self.size: int = len(self._zip)
 
     @classmethod
@@ -237,9 +239,27 @@ class CuratedArchive:
                 )
         return cls(sessions, store, curated_set_id, entries, manifest_size, manifest.hexdigest())
 
+    @property
+    def _digest_key(self) -> str:
+        return f"curated-archives/{self._curated_set_id}/{self._identity}.sha256"
+
+    def known_sha256(self) -> str | None:
+        """The whole archive's sha256 (hex), once a download has generated it to the end
+        (it is recorded beside the set, under the ETag); None before."""
+        try:
+            return self._store.get_bytes(self._digest_key).decode().strip()
+        except ObjectNotFound:
+            return None
+
     def chunks(self) -> Iterator[bytes]:
-        """The archive's bytes (once per object)."""
-        return iter(self._zip)
+        """The archive's bytes (once per object). Generated to the end, its sha256 is
+        recorded for :meth:`known_sha256`: the bytes are the same for every download."""
+        digest = hashlib.sha256()
+        for chunk in self._zip:
+            digest.update(chunk)
+            yield chunk
+        if self.known_sha256() is None:
+            self._store.put_bytes(self._digest_key, digest.hexdigest().encode(), "text/plain")
 
     def _object_chunks(self, entry: ArchiveEntry) -> Iterator[bytes]:
         digest = hashlib.sha256()

@@ -10,9 +10,11 @@ import json
 import zipfile
 from collections.abc import Iterator
 
+import httpx
 import pytest
 
 from services.api import curated_archive
+from services.client.download import expected_sha256
 from shared.settings import Settings
 from tests.conftest import ApiHarness
 from tests.fixtures.curated import harness, ready_curated_set
@@ -42,6 +44,12 @@ def test_archive_has_a_length_an_etag_and_the_same_bytes_each_time(
     assert first.status_code == 200 and first.headers["accept-ranges"] == "bytes"
     assert int(first.headers["content-length"]) == len(first.content)
     assert first.headers["etag"] == again.headers["etag"] and first.content == again.content
+    # The whole archive's sha256 is known once one download ran to the end.
+    assert "repr-digest" not in first.headers
+    assert (
+        expected_sha256(httpx.Headers(dict(again.headers)))
+        == hashlib.sha256(first.content).hexdigest()
+    )
     with zipfile.ZipFile(io.BytesIO(first.content)) as zipped:
         assert zipped.testzip() is None
         names = zipped.namelist()
@@ -70,6 +78,11 @@ def test_ranged_downloads_reassemble_the_archive(api: ApiHarness) -> None:
     assert tail.headers["content-range"] == f"bytes {cut}-{size - 1}/{size}"
     assert int(tail.headers["content-length"]) == size - cut == len(tail.content)
     assert head.content + tail.content == full.content
+    # The digest names the whole archive, in a 206 too (RFC 9530's Repr-Digest).
+    assert (
+        expected_sha256(httpx.Headers(dict(tail.headers)))
+        == hashlib.sha256(full.content).hexdigest()
+    )
     with zipfile.ZipFile(io.BytesIO(head.content + tail.content)) as zipped:
         assert zipped.testzip() is None
     suffix = api.client.get(url, headers={"Range": "bytes=-100"})

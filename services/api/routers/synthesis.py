@@ -3,6 +3,7 @@ images per class, follow what the filter kept, and download the curated set."""
 
 from __future__ import annotations
 
+import base64
 import uuid
 from typing import Annotated
 
@@ -185,8 +186,9 @@ def curated_set_archive(
 
     The images are at the curated set's resolution (the dataset's unless the request
     named one); the manifest says each one's size, the size it was resampled from, how,
-    and each file's sha256 (the integrity check: a digest of the whole archive would
-    need a pass over every image before the first byte).
+    and each file's sha256: the integrity check of each file. The whole archive's
+    sha256 (``Repr-Digest``, RFC 9530) is sent once a download has run to the end: it
+    needs every byte, and the bytes are the same for every download.
 
     Resumable: the archive's bytes are the same on every request, so it has a
     ``Content-Length``, an ``ETag`` naming its content, and answers ``Range: bytes=N-``
@@ -202,6 +204,8 @@ def curated_set_archive(
         "ETag": archive.etag,
         "Content-Disposition": f'attachment; filename="curated-{set_id}.zip"',
     }
+    if (sha256 := archive.known_sha256()) is not None:
+        headers["Repr-Digest"] = f"sha-256=:{base64.b64encode(bytes.fromhex(sha256)).decode()}:"
     wanted = None if if_range not in (None, archive.etag) else range_header
     try:
         span = byte_range(wanted, archive.size)
