@@ -247,13 +247,22 @@ def check_generator_mode(generator: Generator, mode: str) -> None:
 
     ``img2img`` and ``generate`` sample with nothing known, a path an inpaint-only
     generator saw in a tenth of its training examples: its candidates are noise the
-    filter rejects, so they are refused before any GPU second. Pretrained pipelines
-    serve every mode. Generators trained before ``training.modes`` existed served every
-    mode and keep doing so (no request that worked before is refused now).
+    filter rejects, so they are refused before any GPU second. Pretrained weights serve
+    the modes recorded when they were registered (an inpainting pipeline: inpaint only).
+    Generators trained before ``training.modes`` existed, and pretrained ones registered
+    before ``modes`` was recorded, keep serving every mode they did.
     """
+    every = ["inpaint", "img2img", "generate"]
     if generator.kind != "trained":
+        served = generator.config.get("modes", every)
+        if mode not in served:
+            raise InvalidInput(
+                f"generator {generator.id} is an inpainting pipeline: it serves "
+                f"{', '.join(served)} only, not {mode}",
+                field="mode",
+            )
         return
-    served = generator.config.get("training", {}).get("modes", ["inpaint", "img2img", "generate"])
+    served = generator.config.get("training", {}).get("modes", every)
     if mode not in served:
         raise InvalidInput(
             f"generator {generator.id} was trained for {', '.join(served)}, not {mode}; ask "

@@ -47,7 +47,12 @@ from PIL import Image
 
 from services.generator.batching import run_in_batches
 from services.generator.prompts import PromptTemplates
-from services.generator.sampling import GenerationResult, SamplingParameters, check_request
+from services.generator.sampling import (
+    GenerationResult,
+    SamplingParameterError,
+    SamplingParameters,
+    check_request,
+)
 from services.generator.schedulers import SCHEDULER_NAMES, scheduler_from_config
 from services.generator.weights_source import WeightsSourceRefused, resolve_source_directory
 
@@ -101,10 +106,18 @@ class PretrainedGenerator:
         """A 9-channel inpainting UNet: only ``inpaint`` can use it."""
         return int(self.text2img.unet.config.in_channels) == 9
 
+    @property
+    def modes(self) -> tuple[str, ...]:
+        """The synthesis modes these weights serve: ``inpaint`` alone for an inpainting
+        UNet (it takes the masked image and the mask as extra input channels), all
+        three for a text-to-image base model."""
+        return ("inpaint",) if self.is_inpainting_unet else ("inpaint", "img2img", "generate")
+
     def prompts_for(self, class_ids: np.ndarray, seeds: np.ndarray) -> list[str]:
         """The prompt of every requested image (recorded in provenance)."""
-        return self.prompts.prompts_for([self.class_names[int(c)] for c in class_ids],
-                                        [int(s) for s in seeds])
+        return self.prompts.prompts_for(
+            [self.class_names[int(c)] for c in class_ids], [int(s) for s in seeds]
+        )
 
     def inpaint(
         self,
@@ -127,8 +140,9 @@ class PretrainedGenerator:
         pixels are returned unchanged.
         """
         params = SamplingParameters("inpaint", scheduler, num_inference_steps, guidance_scale)
-        return self._sample(params, images, masks, class_ids, seeds, batch_size, progress,
-                            should_cancel)
+        return self._sample(
+            params, images, masks, class_ids, seeds, batch_size, progress, should_cancel
+        )
 
     def img2img(
         self,
@@ -145,10 +159,12 @@ class PretrainedGenerator:
         should_cancel: CancelCallback | None = None,
     ) -> GenerationResult:
         """Re-synthesise ``images`` towards their class prompts; ``strength`` in (0, 1]."""
-        params = SamplingParameters("img2img", scheduler, num_inference_steps, guidance_scale,
-                                    strength)
-        return self._sample(params, images, None, class_ids, seeds, batch_size, progress,
-                            should_cancel)
+        params = SamplingParameters(
+            "img2img", scheduler, num_inference_steps, guidance_scale, strength
+        )
+        return self._sample(
+            params, images, None, class_ids, seeds, batch_size, progress, should_cancel
+        )
 
     def generate(
         self,
@@ -166,8 +182,9 @@ class PretrainedGenerator:
         """Text-to-image from the class prompts at ``image_size`` (default: native size)."""
         params = SamplingParameters("generate", scheduler, num_inference_steps, guidance_scale)
         size = image_size or self.default_size
-        return self._sample(params, None, None, class_ids, seeds, batch_size, progress,
-                            should_cancel, (size, size))
+        return self._sample(
+            params, None, None, class_ids, seeds, batch_size, progress, should_cancel, (size, size)
+        )
 
     def _sample(
         self,
@@ -189,16 +206,28 @@ class PretrainedGenerator:
         if channels not in (1, 3):
             raise ValueError(f"images must have 1 or 3 channels, got {channels}")
         images, masks, class_ids, seeds = check_request(
-            params, images, masks, class_ids, seeds, num_classes=len(self.class_names),
-            channels=channels, image_size=image_size, scheduler_names=SCHEDULER_NAMES,
+            params,
+            images,
+            masks,
+            class_ids,
+            seeds,
+            num_classes=len(self.class_names),
+            channels=channels,
+            image_size=image_size,
+            scheduler_names=SCHEDULER_NAMES,
             size_multiple=self.text2img.vae_scale_factor,
         )
-        if self.is_inpainting_unet and params.mode != "inpaint":
-            raise ValueError(f"{self.source} has a 9-channel inpainting UNet; {params.mode} "
-                             f"needs a text-to-image base model")
+        if params.mode not in self.modes:
+            raise SamplingParameterError(
+                f"this pretrained generator is an inpainting pipeline: it serves "
+                f"{', '.join(self.modes)} only, not {params.mode}; ask for mode inpaint, or "
+                f"register a text-to-image Stable Diffusion model for {params.mode}",
+                field="mode",
+            )
         pipeline = self._pipeline(params.mode)
-        pipeline.scheduler = scheduler_from_config(params.scheduler,
-                                                   dict(self.text2img.scheduler.config))
+        pipeline.scheduler = scheduler_from_config(
+            params.scheduler, dict(self.text2img.scheduler.config)
+        )
         prompts = self.prompts_for(class_ids, seeds)
 
         def run_batch(start: int, end: int) -> np.ndarray:
@@ -206,8 +235,7 @@ class PretrainedGenerator:
                 "prompt": prompts[start:end],
                 "num_inference_steps": params.num_inference_steps,
                 "guidance_scale": params.guidance_scale,
-                "generator": [torch.Generator("cpu").manual_seed(int(s))
-                              for s in seeds[start:end]],
+                "generator": [torch.Generator("cpu").manual_seed(int(s)) for s in seeds[start:end]],
                 "output_type": "np",
             }
             if self.prompts.negative_prompt is not None:
@@ -220,8 +248,11 @@ class PretrainedGenerator:
             if params.mode == "img2img":
                 kwargs["strength"] = params.strength
             if params.mode == "inpaint":
-                kwargs.update(mask_image=[Image.fromarray(m) for m in masks[start:end]],
-                              height=height, width=width)
+                kwargs.update(
+                    mask_image=[Image.fromarray(m) for m in masks[start:end]],
+                    height=height,
+                    width=width,
+                )
             with torch.no_grad():
                 output = pipeline(**kwargs).images
             pixels = (np.asarray(output) * 255.0).round().clip(0, 255).astype(np.uint8)
@@ -232,16 +263,27 @@ class PretrainedGenerator:
                 pixels = np.where(masks[start:end, ..., None] > 0, pixels, images[start:end])
             return pixels
 
-        run = run_in_batches(len(seeds), batch_size, run_batch, progress=progress,
-                             should_cancel=should_cancel)
+        run = run_in_batches(
+            len(seeds), batch_size, run_batch, progress=progress, should_cancel=should_cancel
+        )
         shape = (0, *images.shape[1:])
         done = np.concatenate(run.results) if run.results else np.zeros(shape, np.uint8)
-        return GenerationResult(done, class_ids[: run.completed], seeds[: run.completed], params,
-                                self.sha256, run.canceled, run.batch_size)
+        return GenerationResult(
+            done,
+            class_ids[: run.completed],
+            seeds[: run.completed],
+            params,
+            self.sha256,
+            run.canceled,
+            run.batch_size,
+        )
 
     def _pipeline(self, mode: str) -> Any:
-        return {"inpaint": self.inpaint_pipeline, "img2img": self.img2img_pipeline,
-                "generate": self.text2img}[mode]
+        return {
+            "inpaint": self.inpaint_pipeline,
+            "img2img": self.img2img_pipeline,
+            "generate": self.text2img,
+        }[mode]
 
 
 def load_pretrained(
@@ -278,26 +320,47 @@ def load_pretrained(
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = dtype or (torch.float16 if device.type == "cuda" else torch.float32)
     prompts = prompts or PromptTemplates()
-    key = (_directory_fingerprint(directory), str(device), str(dtype),
-           tuple(str(c) for c in class_names), repr(prompts))
+    key = (
+        _directory_fingerprint(directory),
+        str(device),
+        str(dtype),
+        tuple(str(c) for c in class_names),
+        repr(prompts),
+    )
     if key in _PIPELINE_CACHE:
         _PIPELINE_CACHE.move_to_end(key)
         return _PIPELINE_CACHE[key]
     index = json.loads((directory / "model_index.json").read_text())
-    pipeline_cls = (StableDiffusionInpaintPipeline
-                    if index.get("_class_name") == "StableDiffusionInpaintPipeline"
-                    else StableDiffusionPipeline)
+    pipeline_cls = (
+        StableDiffusionInpaintPipeline
+        if index.get("_class_name") == "StableDiffusionInpaintPipeline"
+        else StableDiffusionPipeline
+    )
     try:
         loaded = pipeline_cls.from_pretrained(
-            directory, local_files_only=True, use_safetensors=True, dtype=dtype,
-            safety_checker=None, requires_safety_checker=False,
+            directory,
+            local_files_only=True,
+            use_safetensors=True,
+            dtype=dtype,
+            safety_checker=None,
+            requires_safety_checker=False,
         )
     except (OSError, ValueError, TypeError) as exc:
-        raise PretrainedWeightsError(f"{source} could not be loaded as a Stable Diffusion "
-                                     f"pipeline: {exc}") from exc
-    components = {name: loaded.components[name] for name in
-                  ("vae", "text_encoder", "tokenizer", "unet", "scheduler", "safety_checker",
-                   "feature_extractor")}
+        raise PretrainedWeightsError(
+            f"{source} could not be loaded as a Stable Diffusion pipeline: {exc}"
+        ) from exc
+    components = {
+        name: loaded.components[name]
+        for name in (
+            "vae",
+            "text_encoder",
+            "tokenizer",
+            "unet",
+            "scheduler",
+            "safety_checker",
+            "feature_extractor",
+        )
+    }
     components["requires_safety_checker"] = False
     text2img = StableDiffusionPipeline(**components, image_encoder=None).to(device)
     lora = (directory / LORA_WEIGHTS_FILE).is_file()
@@ -308,9 +371,16 @@ def load_pretrained(
     inpaint = StableDiffusionInpaintPipeline(**shared)
     for pipeline in (text2img, img2img, inpaint):
         pipeline.set_progress_bar_config(disable=True)
-    generator = PretrainedGenerator(text2img, img2img, inpaint,
-                                    tuple(str(c) for c in class_names), prompts, str(source),
-                                    pipeline_sha256(directory), lora)
+    generator = PretrainedGenerator(
+        text2img,
+        img2img,
+        inpaint,
+        tuple(str(c) for c in class_names),
+        prompts,
+        str(source),
+        pipeline_sha256(directory),
+        lora,
+    )
     _PIPELINE_CACHE[key] = generator
     while len(_PIPELINE_CACHE) > _CACHE_SIZE:
         _PIPELINE_CACHE.popitem(last=False)
@@ -326,7 +396,8 @@ def _directory_fingerprint(directory: Path) -> tuple[tuple[str, int, int], ...]:
     """Cheap identity of a pipeline directory: (path, size, mtime_ns) of every file."""
     return tuple(
         (p.relative_to(directory).as_posix(), p.stat().st_size, p.stat().st_mtime_ns)
-        for p in sorted(directory.rglob("*")) if p.is_file()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
     )
 
 
@@ -343,8 +414,9 @@ def resolve_pipeline_directory(source: str | Path, weights_roots: Sequence[Path]
     path = Path(source)
     if path.exists():
         if not path.is_dir():
-            raise PretrainedWeightsError(f"{source} is a file; expected a diffusers pipeline "
-                                         f"directory")
+            raise PretrainedWeightsError(
+                f"{source} is a file; expected a diffusers pipeline directory"
+            )
         directory = path
     else:
         from huggingface_hub import snapshot_download
@@ -427,8 +499,7 @@ def finetune_lora(
     images = np.asarray(images)
     class_ids = np.asarray(class_ids)
     if images.ndim != 4 or images.shape[3] not in (1, 3) or images.dtype != np.uint8:
-        raise ValueError(f"images must be uint8 (N, H, W, 1|3), got {images.dtype} "
-                         f"{images.shape}")
+        raise ValueError(f"images must be uint8 (N, H, W, 1|3), got {images.dtype} {images.shape}")
     if class_ids.shape != (len(images),):
         raise ValueError(f"class_ids must have shape ({len(images)},), got {class_ids.shape}")
     size = config.image_size or generator.default_size
@@ -441,17 +512,23 @@ def finetune_lora(
     device = unet.device
     for module in (unet, vae, text_encoder):
         module.requires_grad_(False)
-    unet.add_adapter(LoraConfig(r=config.rank, lora_alpha=config.alpha,
-                                init_lora_weights="gaussian",
-                                target_modules=list(_LORA_TARGETS)))
+    unet.add_adapter(
+        LoraConfig(
+            r=config.rank,
+            lora_alpha=config.alpha,
+            init_lora_weights="gaussian",
+            target_modules=list(_LORA_TARGETS),
+        )
+    )
     trainable = [p for p in unet.parameters() if p.requires_grad]
     for parameter in trainable:
         parameter.data = parameter.data.float()  # adapters train in fp32 even on fp16 bases
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate)
     noise_schedule = DDPMScheduler.from_config(pipe.scheduler.config)
     rng = torch.Generator().manual_seed(config.seed)
-    pixels = torch.from_numpy(np.stack([np.asarray(_to_pil(i).resize((size, size)))
-                                        for i in images])).permute(0, 3, 1, 2)
+    pixels = torch.from_numpy(
+        np.stack([np.asarray(_to_pil(i).resize((size, size))) for i in images])
+    ).permute(0, 3, 1, 2)
     pixels = pixels.float() / 127.5 - 1.0
     prompts = generator.prompts_for(class_ids, np.arange(len(class_ids)))
     curve: list[tuple[int, float]] = []
@@ -463,16 +540,24 @@ def finetune_lora(
         batch = pixels[index].to(device, vae.dtype)
         with torch.no_grad():
             latents = vae.encode(batch).latent_dist.sample(rng) * vae.config.scaling_factor
-            tokens = pipe.tokenizer([prompts[i] for i in index.tolist()], padding="max_length",
-                                    max_length=pipe.tokenizer.model_max_length,
-                                    truncation=True, return_tensors="pt")
+            tokens = pipe.tokenizer(
+                [prompts[i] for i in index.tolist()],
+                padding="max_length",
+                max_length=pipe.tokenizer.model_max_length,
+                truncation=True,
+                return_tensors="pt",
+            )
             text = text_encoder(tokens.input_ids.to(device))[0]
         noise = torch.randn(latents.shape, generator=rng).to(device, latents.dtype)
-        timesteps = torch.randint(0, noise_schedule.config.num_train_timesteps,
-                                  (config.batch_size,), generator=rng).to(device)
+        timesteps = torch.randint(
+            0, noise_schedule.config.num_train_timesteps, (config.batch_size,), generator=rng
+        ).to(device)
         noisy = noise_schedule.add_noise(latents, noise, timesteps)
-        target = (noise if noise_schedule.config.prediction_type == "epsilon"
-                  else noise_schedule.get_velocity(latents, noise, timesteps))
+        target = (
+            noise
+            if noise_schedule.config.prediction_type == "epsilon"
+            else noise_schedule.get_velocity(latents, noise, timesteps)
+        )
         prediction = unet(noisy, timesteps, encoder_hidden_states=text).sample
         loss = F.mse_loss(prediction.float(), target.float())
         optimizer.zero_grad(set_to_none=True)
@@ -483,9 +568,12 @@ def finetune_lora(
             progress(step, config.steps)
     unet.eval()
     lora_layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
-    StableDiffusionPipeline.save_lora_weights(output_dir, unet_lora_layers=lora_layers,
-                                              weight_name=LORA_WEIGHTS_FILE,
-                                              safe_serialization=True)
+    StableDiffusionPipeline.save_lora_weights(
+        output_dir,
+        unet_lora_layers=lora_layers,
+        weight_name=LORA_WEIGHTS_FILE,
+        safe_serialization=True,
+    )
     unet.delete_adapters(unet.active_adapters())  # leave the caller's pipeline as it was
     return curve
 

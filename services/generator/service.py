@@ -580,6 +580,14 @@ def generate_candidates_job(ctx: JobContext, runtime: Runtime) -> NextStage:
                 )
             )
         )
+    served = generator.config.get("modes")  # recorded when pretrained weights registered
+    if generator.kind == "pretrained" and served and request.mode not in served:
+        # The API refuses these at POST; a request queued before it did ends here.
+        raise InvalidInput(
+            f"generator {generator.id} is an inpainting pipeline: it serves "
+            f"{', '.join(served)} only, not {request.mode}",
+            field="mode",
+        )
     model = _load_model(runtime, generator, class_names)
     size = model.config.resolution if generator.kind == "trained" else model.default_size
     ctx.progress(len(recorded), stage="loading data")
@@ -783,5 +791,11 @@ def register_pretrained_job(ctx: JobContext, runtime: Runtime) -> dict[str, Any]
         assert record is not None
         record.checkpoint_sha256 = model.sha256
         record.state = "ready"
-        record.config = {**record.config, "default_size": model.default_size, "lora": model.lora}
+        record.config = {
+            **record.config,
+            "default_size": model.default_size,
+            "lora": model.lora,
+            # Synthesis requests for another mode are refused at POST (422 on mode).
+            "modes": list(model.modes),
+        }
     return {"generator_id": str(generator_id), "checkpoint_sha256": model.sha256}
