@@ -37,22 +37,28 @@ ASGIApp = Callable[
 
 
 class BodySizeLimit:
-    """Answer 413 for a body over ``max_bytes``, from Content-Length or while streaming."""
+    """Answer 413 for a body over its limit, from Content-Length or while streaming: a
+    multipart upload may have ``max_upload_bytes`` (it is spooled to disk), any other
+    body (JSON, parsed whole in memory) ``max_json_bytes``."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_upload_bytes: int, max_json_bytes: int) -> None:
         self.app = app
-        self.max_bytes = max_bytes
+        self.max_upload_bytes = max_upload_bytes
+        self.max_json_bytes = max_json_bytes
 
     async def __call__(self, scope: Scope, receive, send) -> None:  # type: ignore[no-untyped-def]
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = dict(scope.get("headers", [])).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+        headers = dict(scope.get("headers", []))
+        upload = headers.get(b"content-type", b"").lower().startswith(b"multipart/form-data")
+        max_bytes = self.max_upload_bytes if upload else self.max_json_bytes
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > max_bytes:
             response = problem(
                 413,
                 "Payload too large",
-                f"body of {int(declared):,} bytes is over the limit of {self.max_bytes:,}",
+                f"body of {int(declared):,} bytes is over the limit of {max_bytes:,}",
             )
             await response(scope, receive, send)
             return
@@ -63,8 +69,8 @@ class BodySizeLimit:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise PayloadTooLarge(f"body is over the limit of {self.max_bytes:,} bytes")
+                if received > max_bytes:
+                    raise PayloadTooLarge(f"body is over the limit of {max_bytes:,} bytes")
             return message
 
         await self.app(scope, counting_receive, send)
@@ -129,7 +135,11 @@ def create_app(settings: Settings | None = None, *, run_reaper: bool = True) -> 
         lifespan=lifespan,
     )
     install_problem_handlers(app)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(
+        BodySizeLimit,
+        max_upload_bytes=settings.max_upload_bytes,
+        max_json_bytes=settings.max_json_body_bytes,
+    )
     for module in (health, datasets, jobs, generators, synthesis, experiments):
         app.include_router(module.router)
     return app

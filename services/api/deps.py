@@ -69,4 +69,5 @@ IdempotencyKeyDep = Annotated[
     str | None, Header(alias="Idempotency-Key", max_length=255, description="replay-safe POST")
 ]
 LimitDep = Annotated[int, Query(ge=1, le=500)]
-OffsetDep = Annotated[int, Query(ge=0)]
+# Bounded: an offset past a 64-bit integer reached the database as an overflow (a 500).
+OffsetDep = Annotated[int, Query(ge=0, le=2**31 - 1)]

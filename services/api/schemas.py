@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
+)
 
 from shared.jobs import job_percent
 from shared.models import Dataset, Job, JobState
@@ -22,6 +29,11 @@ from shared.synthesis import (
 )
 
 T = TypeVar("T")
+
+#: A class label as a request names it (labels are stored in 128 characters).
+ClassName = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+#: Classes one request may name.
+MAX_CLASSES = 1000
 
 
 class Page(BaseModel, Generic[T]):
@@ -125,8 +137,9 @@ class DemoDatasetCreate(BaseModel):
         2400, ge=40, le=50_000, description="number of images (at least min_per_class per class)"
     )
     image_size: int = Field(64, ge=16, le=512, description="side in pixels")
-    seed: int = Field(0, ge=0)
-    split_seed: int = Field(0, ge=0)
+    # Stored in 32-bit integer columns: a larger one was a database overflow (a 500).
+    seed: int = Field(0, ge=0, lt=2**31)
+    split_seed: int = Field(0, ge=0, lt=2**31)
     variant: str = Field(
         "dermoscopy",
         pattern="^(dermoscopy|chest_xray)$",
@@ -191,9 +204,11 @@ class GeneratorTraining(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     resolution: int = Field(32, ge=16, le=256, description="square side in px")
-    block_out_channels: list[int] = Field([32, 64, 64], min_length=1, max_length=6)
+    block_out_channels: list[Annotated[int, Field(ge=1, le=4096)]] = Field(
+        [32, 64, 64], min_length=1, max_length=6
+    )
     layers_per_block: int = Field(1, ge=1, le=4)
-    attention_levels: list[int] = Field([2], max_length=6)
+    attention_levels: list[Annotated[int, Field(ge=0, le=5)]] = Field([2], max_length=6)
     latent: bool = False
     max_train_steps: int = Field(1000, ge=1, le=1_000_000)
     batch_size: int = Field(32, ge=1, le=1024)
@@ -207,9 +222,9 @@ class GeneratorTraining(BaseModel):
         1.0, ge=0, le=1, description="class-balanced batches: 0 as in the data, 1 equal"
     )
     ema_decay: float = Field(0.999, ge=0, lt=1)
-    checkpoint_every: int = Field(250, ge=1)
+    checkpoint_every: int = Field(250, ge=1, le=1_000_000)
     mixed_precision: str = Field("bf16", pattern="^(no|bf16)$")
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, lt=2**31)
     modes: list[Literal["inpaint", "img2img", "generate"]] = Field(
         ["inpaint"],
         min_length=1,
@@ -362,7 +377,9 @@ class SynthesisCreate(BaseModel):
 
     dataset_id: uuid.UUID
     generator_id: uuid.UUID
-    counts: dict[str, int] | None = Field(None, description='e.g. {"DF": 500, "VASC": 300}')
+    counts: dict[ClassName, int] | None = Field(
+        None, max_length=MAX_CLASSES, description='e.g. {"DF": 500, "VASC": 300}'
+    )
     target: str | None = Field(
         None, pattern="^fill_to_max$", description="fill every class to the head class"
     )

@@ -8,6 +8,7 @@ jobs reach only the workers meant to run them.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 import uuid
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 from celery import Celery
 from sqlalchemy import select
@@ -25,8 +27,24 @@ from sqlalchemy.orm import Session, sessionmaker
 from services.api.auth import hash_key
 from shared.celery_app import create_celery_app
 from shared.db import make_engine, make_session_factory
-from shared.models import ApiKey, Job, JobState, Tenant
+from shared.imaging import encode_png
+from shared.models import (
+    ApiKey,
+    CuratedSet,
+    Dataset,
+    DatasetState,
+    Experiment,
+    Generator,
+    Job,
+    JobState,
+    RealImage,
+    Split,
+    SynthesisRequest,
+    SyntheticImage,
+    Tenant,
+)
 from shared.settings import Settings
+from shared.storage import make_store
 from tests.conftest import issue_key
 from tests.fixtures.services import (
     ManagedProcess,
@@ -120,6 +138,121 @@ def working_api(
 ) -> Iterator[LiveApi]:
     """A live API on the session's queues, which its real worker consumes."""
     yield from _live_api(service_settings, tmp_path_factory.mktemp("working-api"))
+
+
+def add_owned_rows(api: LiveApi, tenant_id: uuid.UUID, marker: str) -> dict[str, uuid.UUID]:
+    """One row of every kind a path names, owned by ``tenant_id``: path param -> id."""
+    ids = {name: uuid.uuid4() for name in ("dataset", "image", "generator", "synthesis")}
+    ids |= {name: uuid.uuid4() for name in ("curated", "synthetic", "job", "experiment")}
+    store = make_store(api.settings)
+    report_key = f"reports/{ids['experiment']}/report.html"
+    store.put_bytes(report_key, f"<html>{marker}</html>".encode())
+    image_key, image = (
+        f"synthetic/{ids['synthetic']}.png",
+        encode_png(np.zeros((16, 16, 3), np.uint8)),
+    )
+    store.put_bytes(image_key, image)
+    rows = [
+        Dataset(
+            id=ids["dataset"],
+            tenant_id=tenant_id,
+            name=f"{marker}-dataset",
+            format="csv",
+            state=DatasetState.READY,
+            class_names=["DF"],
+            class_counts={"DF": 1},
+            ingest_job_id=ids["job"],
+        ),
+        RealImage(
+            id=ids["image"],
+            dataset_id=ids["dataset"],
+            source_path=f"{marker}/patient-0001.png",
+            sha256="a" * 64,
+            object_key=f"images/{marker}.png",
+            label="DF",
+            split=Split.TRAIN,
+            width=16,
+            height=16,
+            channels=3,
+        ),
+        Generator(
+            id=ids["generator"],
+            tenant_id=tenant_id,
+            dataset_id=ids["dataset"],
+            kind="trained",
+            state="ready",
+            config={"note": marker},
+            checkpoint_sha256="0" * 64,
+        ),
+        SynthesisRequest(
+            id=ids["synthesis"],
+            tenant_id=tenant_id,
+            dataset_id=ids["dataset"],
+            generator_id=ids["generator"],
+            mode="inpaint",
+            counts={"DF": 1},
+            curated_set_id=ids["curated"],
+        ),
+        CuratedSet(
+            id=ids["curated"],
+            tenant_id=tenant_id,
+            dataset_id=ids["dataset"],
+            synthesis_id=ids["synthesis"],
+            state="ready",
+            summary={"note": marker},
+        ),
+        SyntheticImage(
+            id=ids["synthetic"],
+            tenant_id=tenant_id,
+            synthesis_id=ids["synthesis"],
+            curated_set_id=ids["curated"],
+            index_in_request=0,
+            dataset_id=ids["dataset"],
+            generator_id=ids["generator"],
+            source_image_id=ids["image"],
+            object_key=image_key,
+            sha256=hashlib.sha256(image).hexdigest(),
+            label="DF",
+            mode="inpaint",
+            scheduler="ddim",
+            steps=10,
+            guidance_scale=3.0,
+            seed=1,
+            checkpoint_sha256="0" * 64,
+            job_id=ids["job"],
+            decision="kept",
+        ),
+        Job(
+            id=ids["job"],
+            tenant_id=tenant_id,
+            kind="ingest",
+            task_name="tailsynth.ingest_dataset",
+            queue="ingest",
+            params={"dataset_id": str(ids["dataset"]), "note": marker},
+            state=JobState.SUCCEEDED,
+            stage="done",
+        ),
+        Experiment(
+            id=ids["experiment"],
+            tenant_id=tenant_id,
+            dataset_id=ids["dataset"],
+            state="succeeded",
+            config={"note": marker},
+            report_key=report_key,
+        ),
+    ]
+    with api.factory.begin() as session:
+        for row in rows:  # in order: each row's foreign keys exist before it
+            session.add(row)
+            session.flush()
+    return {
+        "dataset_id": ids["dataset"],
+        "generator_id": ids["generator"],
+        "curated_set_id": ids["curated"],
+        "image_id": ids["synthetic"],
+        "job_id": ids["job"],
+        "experiment_id": ids["experiment"],
+    }
 
 
 # ----------------------------------------------------------------- two job workers
