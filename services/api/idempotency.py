@@ -68,8 +68,14 @@ class Idempotency:
         if _aware(record.created_at) <= utcnow() - timedelta(seconds=self.ttl_s):
             # Expired: the key is free again. Deleted in this transaction, so that the new
             # answer takes its place when the caller commits (and nothing, if it does not).
-            self.session.delete(record)
-            self.session.flush()
+            # A racing request may have deleted it first (this one waits for its commit,
+            # then matches 0 rows): nothing to do then, and no stale-row warning.
+            self.session.execute(
+                delete(IdempotencyRecord)
+                .where(IdempotencyRecord.id == record.id)
+                .execution_options(synchronize_session=False)
+            )
+            self.session.expunge(record)
             return None
         if record.request_hash != self.request_hash or record.method_path != self.method_path:
             raise InvalidInput(

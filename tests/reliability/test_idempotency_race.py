@@ -59,15 +59,20 @@ def _race(send: Callable[[httpx.Client], httpx.Response], api: LiveApi) -> list[
 
 def _count(api: LiveApi, model: type[Job] | type[Dataset]) -> int:
     with api.factory() as session:
-        return session.scalar(
-            select(func.count()).select_from(model).where(model.tenant_id == api.tenant_id())
-        ) or 0
+        return (
+            session.scalar(
+                select(func.count()).select_from(model).where(model.tenant_id == api.tenant_id())
+            )
+            or 0
+        )
 
 
-def _check_one_answer(api: LiveApi, answers: list[httpx.Response], what: str) -> None:
+def _check_one_answer(
+    api: LiveApi, answers: list[httpx.Response], what: str, earlier_jobs: int = 0
+) -> None:
     statuses = sorted(a.status_code for a in answers)
     replayed = {a.text for a in answers if a.status_code == 202}
-    jobs = _count(api, Job)
+    jobs = _count(api, Job) - earlier_jobs
     print(  # noqa: T201
         f"\n(7) {what}: {CONCURRENT} concurrent POSTs, one Idempotency-Key: statuses "
         f"{dict((s, statuses.count(s)) for s in set(statuses))}, {len(replayed)} distinct "
@@ -141,6 +146,23 @@ def test_an_expired_key_is_free_again_and_purged(queued_only_api: LiveApi) -> No
     )
 
 
+def test_twenty_concurrent_posts_with_one_expired_key_make_one_new_job(
+    queued_only_api: LiveApi,
+) -> None:
+    api = queued_only_api
+    api.api_key = api.new_key()
+    key = uuid.uuid4().hex
+    with api.client() as client:
+        first = client.post("/v1/datasets/demo", json=DEMO, headers={"Idempotency-Key": key})
+    assert first.status_code == 202
+    _age_records(api, key, api.settings.idempotency_ttl_s + 60)
+    answers = _race(
+        lambda c: c.post("/v1/datasets/demo", json=DEMO, headers={"Idempotency-Key": key}), api
+    )
+    _check_one_answer(api, answers, "POST /v1/datasets/demo, key expired", earlier_jobs=1)
+    assert answers[0].json()["job_id"] != first.json()["job_id"]
+
+
 def _age_records(api: LiveApi, key: str, seconds: float) -> None:
     with api.factory.begin() as session:
         session.execute(
@@ -152,8 +174,11 @@ def _age_records(api: LiveApi, key: str, seconds: float) -> None:
 
 def _records(api: LiveApi, key: str) -> int:
     with api.factory() as session:
-        return session.scalar(
-            select(func.count())
-            .select_from(IdempotencyRecord)
-            .where(IdempotencyRecord.key == key)
-        ) or 0
+        return (
+            session.scalar(
+                select(func.count())
+                .select_from(IdempotencyRecord)
+                .where(IdempotencyRecord.key == key)
+            )
+            or 0
+        )
