@@ -142,7 +142,6 @@ def test_a_killed_worker_resumes_on_a_fresh_scratch_dir_from_storage(
         stored_at_kill = _stored_steps(a, generator_id)
         last_stored = max(stored_at_kill)
         assert last_stored < TRAINING["max_train_steps"], "training ended before the kill"
-        assert len(stored_at_kill) <= KEEP
 
         # Host B: a fresh data dir, holding only a leftover of a long-dead run.
         scratch_b = b.data_dir / "scratch" / "generators" / generator_id
