@@ -92,10 +92,11 @@ class Settings(BaseSettings):
     generator_keep_checkpoints: int = Field(2, ge=1)
 
     # Jobs: the lease (seconds) a worker's claim on a job holds. The worker renews it
-    # every third of this while the job runs; a running job whose lease ran out (its
-    # worker died or hung) or whose owner process on the same host is gone may be
-    # claimed again, and the reaper re-sends it. Scratch
-    # leftovers (.tmp-*) untouched for this long belong to no live task and are deleted.
+    # every third of this while the job runs. A running job may be claimed again once
+    # its lease ran out (its worker died or hung; the reaper then re-sends it), or at
+    # once by a delivery on the same host whose owner process is gone. Scratch
+    # leftovers (.tmp-*, .old-*) untouched for this long belong to no live task and are
+    # deleted at task start.
     job_lease_s: int = 600
     # A stage of a job is claimed at most this many times (its worker died, its lease ran
     # out) before the job fails with its last error.
