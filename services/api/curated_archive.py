@@ -16,6 +16,7 @@ import csv
 import hashlib
 import io
 import json
+import re
 import uuid
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -280,6 +281,9 @@ class CuratedArchive:
             )
 
 
+_BYTE_RANGE = re.compile(r"\s*bytes\s*=\s*(?P<first>[0-9]*)-(?P<last>[0-9]*)\s*", re.IGNORECASE)
+
+
 class RangeNotSatisfiable(ValueError):
     """A byte range that starts at or past the end of the content (HTTP 416)."""
 
@@ -292,26 +296,21 @@ def byte_range(header: str | None, length: int) -> tuple[int, int] | None:
     Raises:
         RangeNotSatisfiable: the range starts at or past the end.
     """
-    if not header:
+    match = _BYTE_RANGE.fullmatch(header or "")
+    if match is None or not (match["first"] or match["last"]):
         return None
-    unit, _, spec = header.partition("=")
-    if unit.strip().lower() != "bytes" or "," in spec:
-        return None
-    start, dash, end = spec.strip().partition("-")
-    if not dash or not (start.isdigit() or end.isdigit()):
-        return None
-    if not start:  # "-K": the last K bytes
-        if int(end) == 0:
+    if not match["first"]:  # "-K": the last K bytes
+        suffix = int(match["last"])
+        if suffix == 0:
             raise RangeNotSatisfiable(f"bytes=-0 selects nothing of {length} bytes")
-        return max(length - int(end), 0), length - 1
-    if end and not end.isdigit():
-        return None
-    first = int(start)
-    if end and int(end) < first:
+        return max(length - suffix, 0), length - 1
+    first = int(match["first"])
+    last = int(match["last"]) if match["last"] else None
+    if last is not None and last < first:
         return None
     if first >= length:
         raise RangeNotSatisfiable(f"range starts at byte {first}; the archive has {length}")
-    return first, min(int(end), length - 1) if end else length - 1
+    return first, length - 1 if last is None else min(last, length - 1)
 
 
 def slice_bytes(chunks: Iterable[bytes], first: int, last: int) -> Iterator[bytes]:

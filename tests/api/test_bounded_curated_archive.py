@@ -103,7 +103,14 @@ def test_a_range_past_the_end_or_a_stale_if_range(api: ApiHarness) -> None:
     stale = api.client.get(url, headers={"Range": "bytes=10-", "If-Range": '"older"'})
     assert stale.status_code == 200 and len(stale.content) == size
     # A malformed or multi-part range is ignored (RFC 9110), never a 500.
-    for header in ("bytes=abc", "bytes=0-1,5-9", "items=0-1", "bytes=9-3"):
+    for header in (
+        "bytes=abc",
+        "bytes=0-1,5-9",
+        "items=0-1",
+        "bytes=9-3",
+        "bytes=a-5",
+        "bytes=1-x",
+    ):
         answer = api.client.get(url, headers={"Range": header})
         assert answer.status_code == 200 and len(answer.content) == size, header
 
@@ -135,3 +142,35 @@ def test_manifest_and_archive_over_the_cap_answer_413(service_settings: Settings
             assert answer.headers["content-type"] == "application/problem+json"
             assert "max_manifest_rows" in answer.json()["detail"]
             assert (answer.json()["rows"], answer.json()["limit"]) == (3, 2)
+
+
+@pytest.mark.parametrize(
+    ("header", "span"),
+    [
+        (None, None),
+        ("bytes=0-", (0, 9)),
+        ("bytes=4-", (4, 9)),
+        ("bytes=2-4", (2, 4)),
+        ("bytes=3-100", (3, 9)),
+        ("bytes=-3", (7, 9)),
+        ("bytes=-30", (0, 9)),
+        ("Bytes = 1-2", (1, 2)),
+        ("bytes=9-3", None),
+        ("bytes=-", None),
+        ("bytes=\u00b2-", None),
+        ("bytes=0-1,4-5", None),
+        ("lines=0-1", None),
+    ],
+)
+def test_byte_range_reads_one_range_and_ignores_the_rest(
+    header: str | None, span: tuple[int, int] | None
+) -> None:
+    assert curated_archive.byte_range(header, 10) == span
+
+
+@pytest.mark.parametrize(
+    "header", ["bytes=10-", "bytes=10-12", "bytes=-0", "bytes=99999999999999-"]
+)
+def test_byte_range_past_the_end_is_not_satisfiable(header: str) -> None:
+    with pytest.raises(curated_archive.RangeNotSatisfiable):
+        curated_archive.byte_range(header, 10)
