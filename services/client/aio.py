@@ -46,7 +46,7 @@ from services.client._common import (
     raise_for_problem,
     resolve_connection,
 )
-from services.client.download import CHUNK, DownloadResult, PartialFile, RestartDownload
+from services.client.download import DownloadResult, PartialFile, RestartDownload
 from services.client.errors import Conflict, ServerUnreachable
 from services.client.retry import RetryPolicy
 
@@ -266,7 +266,7 @@ class Jobs(_Group):
         *,
         timeout: float | None = None,
         poll_interval: float = 1.0,
-        max_poll_interval: float = 10.0,
+        max_poll_interval: float = 5.0,
         on_progress: JobCallback | None = None,
     ) -> JobRead:
         """Poll until the job ends; return it when it succeeded or ended ``partial``.
@@ -323,7 +323,7 @@ class CuratedSets(_Group):
                     return response
                 with partial.open_for(response) as out:
                     start = partial.offset
-                    async for chunk in response.aiter_bytes(CHUNK):
+                    async for chunk in response.aiter_bytes():
                         out.write(chunk)
                         start += len(chunk)
                         if on_progress is not None:

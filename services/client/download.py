@@ -64,10 +64,12 @@ class PartialFile:
         return self.part.stat().st_size if self.part.exists() else 0
 
     def request_headers(self) -> dict[str, str]:
+        # Identity encoding: a range then counts the archive's own bytes.
+        headers = {"Accept-Encoding": "identity"}
         offset = self.offset
         if offset == 0:
-            return {}
-        headers = {"Range": f"bytes={offset}-"}
+            return headers
+        headers["Range"] = f"bytes={offset}-"
         if self.etag_file.exists():
             headers["If-Range"] = self.etag_file.read_text().strip()
         return headers
