@@ -221,23 +221,39 @@ class CuratedArchive:
     def plan(
         cls, sessions: sessionmaker[Session], store: ObjectStore, curated_set_id: uuid.UUID
     ) -> CuratedArchive:
+        """Read the rows (in batches) and each file's size: from the sizes recorded by
+        an earlier download, else from the store (a HEAD each, ``SIZE_LOOKUPS`` at once),
+        recorded for the next one (a resumed download starts sooner)."""
         manifest = hashlib.sha256()
         header = _csv_text([], header=True).encode()
         manifest.update(header)
         manifest_size = len(header)
+        sizes_key = f"curated-archives/{curated_set_id}/sizes.json"
+        try:
+            sizes: dict[str, int] = json.loads(store.get_bytes(sizes_key))
+        except ObjectNotFound:
+            sizes = {}
+        looked_up = 0
         entries: list[ArchiveEntry] = []
         with ThreadPoolExecutor(SIZE_LOOKUPS) as lookups:
             for batch in kept_batches(sessions, curated_set_id):
                 text = _csv_text([kept.row for kept in batch], header=False).encode()
                 manifest.update(text)
                 manifest_size += len(text)
-                sizes = lookups.map(store.size, [kept.object_key for kept in batch])
+                missing = [kept.object_key for kept in batch if kept.object_key not in sizes]
+                sizes.update(zip(missing, lookups.map(store.size, missing), strict=True))
+                looked_up += len(missing)
                 entries.extend(
                     ArchiveEntry(
-                        str(kept.row["file"]), kept.object_key, size, str(kept.row["sha256"])
+                        str(kept.row["file"]),
+                        kept.object_key,
+                        sizes[kept.object_key],
+                        str(kept.row["sha256"]),
                     )
-                    for kept, size in zip(batch, sizes, strict=True)
+                    for kept in batch
                 )
+        if looked_up:
+            store.put_bytes(sizes_key, json.dumps(sizes).encode(), "application/json")
         return cls(sessions, store, curated_set_id, entries, manifest_size, manifest.hexdigest())
 
     @property

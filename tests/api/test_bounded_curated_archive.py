@@ -17,7 +17,7 @@ from services.api import curated_archive
 from services.client.download import expected_sha256
 from shared.settings import Settings
 from tests.conftest import ApiHarness
-from tests.fixtures.curated import harness, ready_curated_set
+from tests.fixtures.curated import app_state, harness, ready_curated_set
 
 PER_CLASS = {"MEL": 4, "DF": 3}
 
@@ -61,6 +61,30 @@ def test_archive_has_a_length_an_etag_and_the_same_bytes_each_time(
     assert [row["label"] for row in rows] == ["DF"] * 3 + ["MEL"] * 4
     assert len({row["id"] for row in rows}) == sum(PER_CLASS.values())
     print(f"archive: {len(first.content)} bytes, {len(names)} entries, {first.headers['etag']}")  # noqa: T201
+
+
+def test_a_later_download_reads_no_object_sizes_again(
+    api: ApiHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    curated_id = ready_curated_set(api, PER_CLASS)
+    store = app_state(api).store
+    looked_up: list[str] = []
+    size = store.size
+
+    def counted_size(key: str) -> int:
+        looked_up.append(key)
+        return size(key)
+
+    monkeypatch.setattr(store, "size", counted_size)
+    first = api.client.get(f"/v1/curated-sets/{curated_id}/archive")
+    after_first = len(looked_up)
+    resumed = api.client.get(
+        f"/v1/curated-sets/{curated_id}/archive", headers={"Range": "bytes=100-"}
+    )
+
+    assert after_first == sum(PER_CLASS.values()) and len(looked_up) == after_first
+    assert resumed.status_code == 206 and resumed.content == first.content[100:]
+    print(f"object sizes looked up: {after_first} by the first download, 0 by the next")  # noqa: T201
 
 
 def test_ranged_downloads_reassemble_the_archive(api: ApiHarness) -> None:
