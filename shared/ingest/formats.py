@@ -117,6 +117,23 @@ def detect_format(listing: ArchiveListing) -> str:
     )
 
 
+#: Widths of the columns an ingest writes a row's path, label and group to
+#: (shared.models.RealImage): a longer value is refused here, by line, instead of failing
+#: the whole ingest in the database (whose error would carry every value of the batch).
+COLUMN_LIMITS = {"path": 1024, "label": 128, "group": 256}
+
+
+def _check_widths(rows: list[PlanRow], label_file: str) -> None:
+    errors = [
+        f"{f'line {row.line}' if row.line else f'entry {n}'}: {name} is longer than "
+        f"{limit} characters"
+        for n, row in enumerate(rows, start=1)
+        for name, limit in COLUMN_LIMITS.items()
+        if len(getattr(row, name) or "") > limit
+    ]
+    _raise_row_errors(label_file, errors)
+
+
 def _raise_row_errors(label_file: str, errors: list[str]) -> None:
     if errors:
         shown = errors[:MAX_REPORTED_ERRORS]
@@ -286,6 +303,7 @@ def build_plan(
             f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}", field="format"
         )
     plan = PLANNERS[fmt or detect_format(listing)](listing)
+    _check_widths(plan.rows, plan.label_file or "archive")
     _check_classes(plan.rows, classes, plan.label_file or "archive")
     if not plan.rows:
         raise InvalidInput("no labelled images found", field="file")
