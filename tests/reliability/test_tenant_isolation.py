@@ -78,3 +78,54 @@ def test_every_route_with_a_path_id_answers_404_to_another_tenant(
         f"tenant's ids: all 404 problem+json, nothing leaked ({', '.join(covered)})"
     )
     assert len(covered) == len(routes) > 0
+
+
+def _body_id_fields(api: LiveApi) -> list[tuple[str, list[str]]]:
+    """(path, uuid properties named ``*_id``) of every JSON request body that names ids."""
+    schema = create_app(api.settings, run_reaper=False).openapi()
+    found = []
+    for path, operations in schema["paths"].items():
+        body = operations.get("post", {}).get("requestBody", {})
+        ref = body.get("content", {}).get("application/json", {}).get("schema", {}).get("$ref")
+        if ref is None:
+            continue
+        properties = schema["components"]["schemas"][ref.rsplit("/", 1)[1]]["properties"]
+        ids = [
+            name
+            for name, spec in properties.items()
+            if name.endswith("_id") and spec.get("format") == "uuid"
+        ]
+        if ids:
+            found.append((path, ids))
+    return found
+
+
+def test_every_id_a_request_body_names_answers_404_to_another_tenant(
+    queued_only_api: LiveApi,
+) -> None:
+    """The tenant's own request, one of whose ids is another tenant's: 404 for that id."""
+    api = queued_only_api
+    owner_tenant = api.tenant_id(api.new_key(tenant=f"owner-{uuid.uuid4().hex[:8]}"))
+    marker = f"secret{uuid.uuid4().hex[:8]}"
+    theirs = add_owned_rows(api, owner_tenant, marker)
+    key = api.new_key()
+    mine = add_owned_rows(api, api.tenant_id(key), f"mine{uuid.uuid4().hex[:8]}")
+    secrets = [marker, str(owner_tenant), *(str(v) for v in theirs.values())]
+    checked = []
+    with api.client(key) as client:
+        for path, fields in _body_id_fields(api):
+            for field in fields:
+                body = {name: str(mine[name]) for name in fields}
+                answer = client.post(path, json={**body, field: str(theirs[field])})
+                where = f"POST {path} {field}"
+                assert answer.status_code == 404, (where, answer.text)
+                assert answer.headers["content-type"].startswith(PROBLEM), where
+                assert answer.json().get("field") in (None, field), (where, answer.text)
+                leaked = [s for s in secrets if s != str(theirs[field]) and s in answer.text]
+                assert not leaked, (where, leaked)
+                checked.append(where)
+    print(  # noqa: T201
+        f"\n(9b) {len(checked)} ids in request bodies set to another tenant's: all 404, "
+        f"nothing leaked ({', '.join(checked)})"
+    )
+    assert checked
