@@ -16,9 +16,12 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from shared.errors import TailsynthError
+from shared.jobs import TRANSIENT_ERRORS
 
 log = logging.getLogger(__name__)
 PROBLEM_JSON = "application/problem+json"
+#: Seconds a client is told to wait (``Retry-After``) while a backend is unreachable.
+RETRY_AFTER_S = 5
 
 
 def problem(status: int, title: str, detail: str, **extra: Any) -> JSONResponse:
@@ -54,6 +57,26 @@ def install_problem_handlers(app: FastAPI) -> None:
             exc.status_code, "Error"
         )
         return problem(exc.status_code, title, str(exc.detail))
+
+    async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
+        # The type only: a connection error's text may carry a server's address or URL.
+        log.warning(
+            "%s %s: a backend is unreachable (%s)",
+            request.method,
+            request.url.path,
+            type(exc).__name__,
+        )
+        response = problem(
+            503,
+            "Service unavailable",
+            "the database, broker or object store "
+            "is unreachable for now; retry after the time in Retry-After",
+        )
+        response.headers["Retry-After"] = str(RETRY_AFTER_S)
+        return response
+
+    for transient in TRANSIENT_ERRORS:  # a lost connection is not the request's fault
+        app.add_exception_handler(transient, _unavailable)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
