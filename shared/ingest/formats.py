@@ -18,6 +18,7 @@ import csv
 import io
 import posixpath
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from shared.errors import InvalidInput
@@ -51,18 +52,50 @@ class IngestPlan:
     notes: list[str] = field(default_factory=list)
 
 
-def _read_csv(name: str, data: bytes) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+def _text_lines(data: bytes, errors: str = "strict") -> io.TextIOWrapper:
+    """``data`` as UTF-8 (BOM dropped) lines, decoded as they are read."""
+    return io.TextIOWrapper(io.BytesIO(data), "utf-8-sig", errors=errors, newline="")
+
+
+def _read_csv(
+    name: str, data: bytes, max_rows: int | None = None
+) -> tuple[list[str], Iterator[tuple[int, dict[str, str]]]]:
+    """The header of CSV ``data`` and its rows as (line, cleaned record), read lazily:
+    a label file is held once, as bytes, never as a list of rows.
+
+    Raises (the rows as they are read):
+        InvalidInput: not UTF-8, or more than ``max_rows`` rows.
+    """
+    reader = csv.DictReader(_text_lines(data))
     try:
-        text = data.decode("utf-8-sig")
+        header = [h.strip() for h in (reader.fieldnames or [])]
     except UnicodeDecodeError as exc:
         raise InvalidInput(f"{name} is not UTF-8 text", file=name) from exc
-    reader = csv.DictReader(io.StringIO(text))
-    header = [h.strip() for h in (reader.fieldnames or [])]
-    rows = []
-    for record in reader:
-        cleaned = {(k or "").strip(): (v or "").strip() for k, v in record.items() if k}
-        rows.append((reader.line_num, cleaned))
-    return header, rows
+
+    def rows() -> Iterator[tuple[int, dict[str, str]]]:
+        try:
+            for count, record in enumerate(reader, start=1):
+                if max_rows is not None and count > max_rows:
+                    raise InvalidInput(
+                        f"{name} has more than {max_rows:,} rows, far more than the archive "
+                        "has files",
+                        file=name,
+                    )
+                yield (
+                    reader.line_num,
+                    {(k or "").strip(): (v or "").strip() for k, v in record.items() if k},
+                )
+        except UnicodeDecodeError as exc:
+            raise InvalidInput(f"{name} is not UTF-8 text", file=name) from exc
+
+    return header, rows()
+
+
+def _row_cap(listing: ArchiveListing) -> int:
+    """The most rows a label file may have: one per file of the archive, and room for
+    the errors a file of missing images reports. More cannot be a dataset, and reading
+    them would cost time and memory out of proportion to the upload."""
+    return len(listing.sizes) + MAX_REPORTED_ERRORS
 
 
 def _images(listing: ArchiveListing) -> list[str]:
@@ -95,7 +128,7 @@ def _csv_with(listing: ArchiveListing, required: set[str]) -> str | None:
     for name, data in sorted(listing.texts.items()):
         if not name.lower().endswith(".csv"):
             continue
-        header = next(csv.reader(io.StringIO(data.decode("utf-8-sig", "replace"))), [])
+        header = next(csv.reader(_text_lines(data, errors="replace")), [])
         if required <= {h.strip() for h in header}:
             return name
     return None
@@ -164,15 +197,15 @@ def plan_isic2019(listing: ArchiveListing) -> IngestPlan:
         raise InvalidInput(
             "no ISIC 2019 ground-truth CSV (image, MEL, NV, ...) found", field="format"
         )
-    header, records = _read_csv(label_file, listing.texts[label_file])
+    header, records = _read_csv(label_file, listing.texts[label_file], _row_cap(listing))
     classes = [h for h in header if h != "image"]
+    images, masks = _by_stem(_images(listing)), _masks_by_stem(listing)
     groups: dict[str, str] = {}
     meta_file = _csv_with(listing, {"image", "lesion_id"})
-    if meta_file:
+    if meta_file:  # may describe more images than were uploaded: keep only theirs
         for _, rec in _read_csv(meta_file, listing.texts[meta_file])[1]:
-            if rec.get("lesion_id"):
+            if rec.get("lesion_id") and rec.get("image") in images:
                 groups[rec["image"]] = rec["lesion_id"]
-    images, masks = _by_stem(_images(listing)), _masks_by_stem(listing)
     rows, errors = [], []
     for line, rec in records:
         image_id = rec.get("image", "")
@@ -198,7 +231,7 @@ def plan_ham10000(listing: ArchiveListing) -> IngestPlan:
     label_file = _csv_with(listing, {"image_id", "dx"})
     if label_file is None:
         raise InvalidInput("no HAM10000 metadata CSV (image_id, dx, ...) found", field="format")
-    _, records = _read_csv(label_file, listing.texts[label_file])
+    _, records = _read_csv(label_file, listing.texts[label_file], _row_cap(listing))
     images, masks = _by_stem(_images(listing)), _masks_by_stem(listing)
     rows, errors = [], []
     for line, rec in records:
@@ -256,7 +289,7 @@ def plan_manifest(listing: ArchiveListing) -> IngestPlan:
     label_file = _csv_with(listing, {"path", "label"})
     if label_file is None:
         raise InvalidInput("no manifest CSV with columns path,label found", field="format")
-    header, records = _read_csv(label_file, listing.texts[label_file])
+    header, records = _read_csv(label_file, listing.texts[label_file], _row_cap(listing))
     base = posixpath.dirname(label_file)
     has_split = "split" in header
     rows, errors = [], []

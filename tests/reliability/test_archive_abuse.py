@@ -216,6 +216,17 @@ def oversized_label_file(path: Path) -> Path:
     return zip_of(path, {"manifest.csv": labels, "NV/a.png": PNG}, zipfile.ZIP_STORED)
 
 
+def row_bomb(path: Path) -> Path:
+    """A 16 MB label CSV of 4-byte rows (4 million rows, under the size cap), deflated,
+    beside 250 kB of noise stored so that the archive's ratio stays under 100."""
+    labels = b"path,label\n" + b"a,b\n" * 4_000_000
+    files = {"manifest.csv": labels, "NV/a.png": PNG, "MEL/b.png": PNG}
+    zip_of(path, files)
+    with zipfile.ZipFile(path, "a", zipfile.ZIP_STORED) as archive:
+        archive.writestr("noise.bin", random.Random(1).randbytes(250_000))
+    return path
+
+
 CASES: dict[str, tuple[Callable[[Path], Path], int, str]] = {
     # name: (builder, status, text the detail must hold)
     "zip bomb": (zip_bomb, 422, "compression-ratio"),
@@ -234,6 +245,7 @@ CASES: dict[str, tuple[Callable[[Path], Path], int, str]] = {
     "truncated tar.gz": (truncated_tar, 422, "truncated or corrupt"),
     "corrupt label file": (corrupt_label_file, 422, "truncated or corrupt"),
     "over-large csv": (oversized_label_file, 413, "max_label_file_bytes"),
+    "csv row bomb": (row_bomb, 422, "rows, far more than the archive has files"),
 }
 
 
