@@ -186,16 +186,17 @@ def curated_set_archive(
 
     The images are at the curated set's resolution (the dataset's unless the request
     named one); the manifest says each one's size, the size it was resampled from, how,
-    and each file's sha256: the integrity check of each file. The whole archive's
-    sha256 (``Repr-Digest``, RFC 9530) is sent once a download has run to the end: it
-    needs every byte, and the bytes are the same for every download.
+    and its sha256 (each file's integrity check).
 
-    Resumable: the archive's bytes are the same on every request, so it has a
-    ``Content-Length``, an ``ETag`` naming its content, and answers ``Range: bytes=N-``
-    (or ``N-M``, or ``-K``) with 206 and ``Content-Range``; 416 past its end. A range is
-    cut from the archive as it is generated, so the server reads the images before it
-    again but sends only the range. Built by zipstream-ng as it is sent: no temporary
-    file, memory bounded by one image and one entry per kept image.
+    Resumable: the bytes are the same on every request, so the answer has a
+    ``Content-Length`` and an ``ETag`` naming its content, and ``Range: bytes=N-`` (or
+    ``N-M``, or ``-K``) answers 206 with ``Content-Range``, 416 past the end. A range is
+    cut from the archive as it is generated: the server reads the images before it
+    again, the client receives only the range. The whole archive's sha256
+    (``Repr-Digest``, RFC 9530) is sent once one download has run to the end.
+
+    Built by zipstream-ng as it is sent: no temporary file; memory bounded by one image,
+    one batch of rows and a small entry per kept image.
     """
     set_id = _readable_set(state, session, tenant_id, curated_set_id)
     archive = CuratedArchive.plan(state.sessions, state.store, set_id)
