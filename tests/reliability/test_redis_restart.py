@@ -1,9 +1,9 @@
-"""(6) Redis restarted mid-queue: no queued job is lost.
+"""(6) Redis killed and restarted mid-queue: no queued job is lost.
 
 The broker is a ``redis-server`` of the test's own (append-only file on, its own port
 and directory; the machine's Redis keeps nothing on disk). Jobs of a test task queue up
-before one worker process (one pool process); Redis is shut down and started again
-while most still wait, and jobs submitted while it is down are left unsent, as the API
+before one worker process (one pool process); Redis is killed (SIGKILL) and started
+again while most still wait, and jobs submitted while it is down are left unsent, as the API
 leaves them, for the reaper. Every job must end ``succeeded``, each run once.
 """
 
@@ -103,7 +103,7 @@ def test_no_queued_job_is_lost_when_redis_restarts(
                 return int(session.scalar(done) or 0)
 
         wait_for(lambda: succeeded() >= 3, 60, "the first jobs to run")
-        redis_server.stop()
+        redis_server.kill()
         waiting = QUEUED - succeeded()  # what Redis held (queued or in hand) when it went
         refused = 0
         for job_id in job_ids[QUEUED:]:  # the API commits the row, then the send fails
@@ -132,7 +132,8 @@ def test_no_queued_job_is_lost_when_redis_restarts(
         len((tmp_path / "runs" / f"{i}.log").read_text().splitlines()) for i in range(len(job_ids))
     ]
     print(  # noqa: T201 (the figure this test proves)
-        f"\n(6) {QUEUED} jobs queued, Redis (AOF) restarted with {waiting} of them waiting "
+        f"\n(6) {QUEUED} jobs queued, Redis (AOF) killed and restarted with {waiting} of "
+        f"them waiting "
         f"({queued_after} still in its queue after the restart), {refused} sent while it "
         f"was down and re-sent by the reaper: {states.count(JobState.SUCCEEDED)} of "
         f"{len(job_ids)} succeeded, {sum(runs)} runs; "
