@@ -76,7 +76,8 @@ def install_problem_handlers(app: FastAPI) -> None:
         return response
 
     for transient in TRANSIENT_ERRORS:  # a lost connection is not the request's fault
-        app.add_exception_handler(transient, _unavailable)
+        if issubclass(transient, Exception):  # all are; says so to the type checker
+            app.add_exception_handler(transient, _unavailable)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
