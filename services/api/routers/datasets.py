@@ -92,7 +92,7 @@ def upload_dataset(
     classes: Annotated[
         str | None, Form(description="comma-separated closed list of labels")
     ] = None,
-    split_seed: Annotated[int, Form(ge=0)] = 0,
+    split_seed: Annotated[int, Form(ge=0, lt=2**31)] = 0,  # a 32-bit column
     idempotency_key: IdempotencyKeyDep = None,
 ) -> JSONResponse:
     """Upload a labelled dataset; it is checked now and ingested by a job.
