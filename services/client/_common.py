@@ -3,6 +3,7 @@ answers parsed into the API's own schemas, the wait loop's bookkeeping, upload p
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 import uuid
@@ -15,6 +16,8 @@ from pydantic_core import to_jsonable_python
 
 from services.api.schemas import JobRead
 from services.client.errors import ApiError, JobCanceled, JobFailed, WaitTimeout
+
+log = logging.getLogger("tailsynth.client")
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 FINAL_STATES = ("succeeded", "partial", "failed", "canceled")
@@ -70,7 +73,11 @@ class WaitLoop:
     """A wait's bookkeeping, the same for both clients: call ``on_progress`` when the job
     changed (state, stage, done, total or percent; never twice for the same view), poll
     at ``poll_interval`` while it moves and back off to ``max_poll_interval`` while it
-    does not, and end (return None) or raise once it is final or out of time."""
+    does not, and end (return None) or raise once it is final or out of time.
+
+    A poll that finds the server gone (after its own retries) or failing (5xx) is not
+    the end of a wait of hours: polling goes on at ``max_poll_interval`` until the server
+    has been away for ``outage_tolerance`` seconds (a restart, a deploy), then raises."""
 
     def __init__(
         self,
@@ -78,8 +85,11 @@ class WaitLoop:
         poll_interval: float,
         max_poll_interval: float,
         on_progress: JobCallback | None,
+        outage_tolerance: float = 600.0,
     ) -> None:
         self.timeout = timeout
+        self.outage_tolerance = outage_tolerance
+        self.outage_since: float | None = None
         self.deadline = None if timeout is None else time.monotonic() + timeout
         self.poll_interval = poll_interval
         self.max_poll_interval = max(poll_interval, max_poll_interval)
@@ -87,8 +97,26 @@ class WaitLoop:
         self.on_progress = on_progress
         self.last: tuple[Any, ...] | None = None
 
+    def outage(self, error: Exception) -> float:
+        """Seconds to sleep after a poll that got no answer; re-raises ``error`` once the
+        server has been away longer than the tolerance (or the wait is out of time)."""
+        now = time.monotonic()
+        if self.outage_since is None:
+            self.outage_since = now
+            log.warning(
+                "polling the job failed (%s); polling on for up to %.0f s",
+                error,
+                self.outage_tolerance,
+            )
+        if now - self.outage_since >= self.outage_tolerance:
+            raise error
+        if self.deadline is not None and now >= self.deadline:
+            raise error
+        return self.max_poll_interval
+
     def observe(self, job: JobRead) -> float | None:
         """Seconds to sleep before the next poll, or None when the job delivered."""
+        self.outage_since = None
         p = job.progress
         view = (job.state, job.stage, p.done, p.total, p.percent)
         if view != self.last:

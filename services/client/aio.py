@@ -47,7 +47,7 @@ from services.client._common import (
     resolve_connection,
 )
 from services.client.download import DownloadResult, PartialFile, RestartDownload
-from services.client.errors import Conflict, ServerUnreachable
+from services.client.errors import Conflict, ServerError, ServerUnreachable
 from services.client.retry import RetryPolicy
 
 
@@ -268,6 +268,7 @@ class Jobs(_Group):
         poll_interval: float = 1.0,
         max_poll_interval: float = 5.0,
         on_progress: JobCallback | None = None,
+        outage_tolerance: float = 600.0,
     ) -> JobRead:
         """Poll until the job ends; return it when it succeeded or ended ``partial``.
 
@@ -276,11 +277,18 @@ class Jobs(_Group):
         :class:`JobCanceled` or :class:`WaitTimeout`. ``on_progress(job)`` is called
         when the job changed since the last call, never twice for the same view. Polls
         every ``poll_interval`` s while the job moves, backing off to
-        ``max_poll_interval`` while it does not."""
-        loop = WaitLoop(timeout, poll_interval, max_poll_interval, on_progress)
+        ``max_poll_interval`` while it does not. A server that stops answering (after
+        each poll's own retries) or answers 5xx is polled on for ``outage_tolerance``
+        seconds before :class:`ServerUnreachable` / :class:`ServerError` is raised."""
+        loop = WaitLoop(timeout, poll_interval, max_poll_interval, on_progress, outage_tolerance)
+        pause: float | None
         while True:
-            job = await self.get(job_id)
-            pause = loop.observe(job)
+            try:
+                job = await self.get(job_id)
+            except (ServerUnreachable, ServerError) as exc:
+                pause = loop.outage(exc)
+            else:
+                pause = loop.observe(job)
             if pause is None:
                 return job
             await asyncio.sleep(pause)

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from services.api.schemas import ExperimentRead, JobRead
 from services.cli import ExitCode, _gain, main
-from services.client import RetryPolicy, TailsynthClient, WaitTimeout
+from services.client import RetryPolicy, ServerUnreachable, TailsynthClient, WaitTimeout
 from services.client.progress import ByteProgress, JobProgress
 from tests.client.test_retry import JOB
 from tests.fixtures.services import free_port
@@ -131,3 +131,44 @@ def test_a_terminal_gets_a_bar_not_lines() -> None:
         progress(JobRead.model_validate(_job("running", "training", 5, 50.0)))
         progress(JobRead.model_validate(_job("succeeded", "done", 10, 100.0)))
     assert "100%" in out.getvalue() and "\r" in out.getvalue()
+
+
+def test_a_wait_polls_through_a_server_restart_and_gives_up_after_the_tolerance() -> None:
+    answers: list[httpx.Response | Exception] = [
+        httpx.ConnectError("refused"),
+        httpx.Response(503, json={"detail": "starting"}),
+        httpx.Response(200, json=_job("succeeded", "done", 10, 100.0)),
+    ]
+
+    def handler(_: httpx.Request) -> httpx.Response:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    sleeps: list[float] = []
+    policy = RetryPolicy(max_retries=0, sleep=sleeps.append)
+    transport = httpx.MockTransport(handler)
+    with TailsynthClient("http://ts.test", "k", retry=policy, transport=transport) as client:
+        assert client.jobs.wait(JOB["id"], max_poll_interval=4.0).state == "succeeded"
+    assert sleeps == [4.0, 4.0]
+
+    def down(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused", request=request)
+
+    policy = RetryPolicy(max_retries=0, sleep=lambda _: None)
+    transport = httpx.MockTransport(down)
+    with TailsynthClient("http://ts.test", "k", retry=policy, transport=transport) as client:
+        with pytest.raises(ServerUnreachable):
+            client.jobs.wait(JOB["id"], outage_tolerance=0.05)
+
+
+def test_the_first_clients_untyped_methods_still_answer_dicts() -> None:
+    """benchmarks/ drive the service through request, dataset and wait."""
+    transport = httpx.MockTransport(
+        lambda _: httpx.Response(200, json=_job("succeeded", "done", 10, 100.0))
+    )
+    with TailsynthClient("http://ts.test", "k", transport=transport) as client:
+        assert client.request("GET", f"/v1/jobs/{JOB['id']}")["state"] == "succeeded"
+        job = client.wait(JOB["id"], timeout=5)
+    assert isinstance(job, dict) and job["result"] == {} and job["id"] == JOB["id"]
