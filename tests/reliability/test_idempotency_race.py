@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -28,6 +29,11 @@ pytestmark = [pytest.mark.reliability, pytest.mark.service]
 
 CONCURRENT = 20
 DEMO = {"name": "race", "total": 40, "image_size": 16}
+
+
+def _own_tenant(api: LiveApi) -> LiveApi:
+    """The same server with a key of a new tenant: counts of rows are one test's alone."""
+    return replace(api, api_key=api.new_key())
 
 
 def _race(send: Callable[[httpx.Client], httpx.Response], api: LiveApi) -> list[httpx.Response]:
@@ -85,8 +91,7 @@ def _check_one_answer(
 def test_twenty_concurrent_demo_posts_with_one_key_make_one_job(
     queued_only_api: LiveApi,
 ) -> None:
-    api = queued_only_api
-    api.api_key = api.new_key()  # a tenant of its own: counts are this test's alone
+    api = _own_tenant(queued_only_api)
     key = uuid.uuid4().hex
     answers = _race(
         lambda c: c.post("/v1/datasets/demo", json=DEMO, headers={"Idempotency-Key": key}), api
@@ -98,8 +103,7 @@ def test_twenty_concurrent_demo_posts_with_one_key_make_one_job(
 def test_twenty_concurrent_uploads_with_one_key_make_one_job_and_store_one_archive(
     queued_only_api: LiveApi, tmp_path: Path
 ) -> None:
-    api = queued_only_api
-    api.api_key = api.new_key()
+    api = _own_tenant(queued_only_api)
     archive = build("csv", tmp_path, samples(total=40, image_size=16)).path.read_bytes()
     store = make_store(api.settings)
     before = set(store.list_keys("uploads/"))
@@ -122,8 +126,7 @@ def test_twenty_concurrent_uploads_with_one_key_make_one_job_and_store_one_archi
 
 
 def test_an_expired_key_is_free_again_and_purged(queued_only_api: LiveApi) -> None:
-    api = queued_only_api
-    api.api_key = api.new_key()
+    api = _own_tenant(queued_only_api)
     key = uuid.uuid4().hex
     with api.client() as client:
         first = client.post("/v1/datasets/demo", json=DEMO, headers={"Idempotency-Key": key})
@@ -149,8 +152,7 @@ def test_an_expired_key_is_free_again_and_purged(queued_only_api: LiveApi) -> No
 def test_twenty_concurrent_posts_with_one_expired_key_make_one_new_job(
     queued_only_api: LiveApi,
 ) -> None:
-    api = queued_only_api
-    api.api_key = api.new_key()
+    api = _own_tenant(queued_only_api)
     key = uuid.uuid4().hex
     with api.client() as client:
         first = client.post("/v1/datasets/demo", json=DEMO, headers={"Idempotency-Key": key})
