@@ -28,6 +28,7 @@ from services.api.auth import hash_key
 from shared.celery_app import create_celery_app
 from shared.db import make_engine, make_session_factory
 from shared.imaging import encode_png
+from shared.jobs import reap
 from shared.models import (
     ApiKey,
     CuratedSet,
@@ -294,9 +295,17 @@ class WorkerPair:
             assert job is not None
             return job
 
-    def wait_final(self, job_id: uuid.UUID, timeout: float = 90) -> Job:
+    def wait_final(self, job_id: uuid.UUID, timeout: float = 90, reap_s: float = 0) -> Job:
+        """The job once final; with ``reap_s``, the API's reaper pass runs that often
+        meanwhile (re-sending a job whose lease ran out, as a live API would)."""
+
+        def final() -> bool:
+            if reap_s:
+                reap(self.celery, self.factory, lease_s=PAIR_LEASE_S)
+            return self.job(job_id).state.is_final
+
         try:
-            wait_for(lambda: self.job(job_id).state.is_final, timeout, f"job {job_id}")
+            wait_for(final, timeout, f"job {job_id}", interval=reap_s or 0.1)
         except TimeoutError:
             logs = "\n".join(w.log()[-3000:] for w in self.workers)
             raise AssertionError(f"job {job_id} never ended:\n{logs}") from None

@@ -3,7 +3,8 @@
 Each run kills the pool process running it (as the kernel's OOM killer would). The
 broker hands the message back, either of two worker processes takes it, finds the
 owner gone and runs the job again, until the stage has had ``job_max_attempts`` claims;
-the next delivery fails the job with its last error instead of running it again.
+the next delivery fails the job with its last error instead of running it again. The
+reaper runs meanwhile, as the API's does, should a hand-back be lost.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ def test_a_job_that_always_crashes_fails_at_the_cap(
     log = tmp_path / "runs.log"
     job_id = worker_pair.add_job(job_tasks.CRASH, log)
     worker_pair.celery.send_task(job_tasks.CRASH, args=[str(job_id)], queue="ingest")
-    job = worker_pair.wait_final(job_id, timeout=120)
+    job = worker_pair.wait_final(job_id, timeout=120, reap_s=1)
     runs = log.read_text().splitlines()  # "pid attempt" per run
     print(  # noqa: T201
         f"\n(4) always-crashing job: state {job.state.value} after {job.attempts} attempts "
