@@ -19,8 +19,11 @@ import httpx
 import pytest
 from sqlalchemy import func, select, update
 
+from services.api.idempotency import purge_expired
+from shared.db import make_engine, make_session_factory
 from shared.models import Dataset, IdempotencyRecord, Job, utcnow
 from shared.storage import make_store
+from tests.conftest import ApiHarness
 from tests.fixtures.archives import build, samples
 from tests.fixtures.services import wait_for
 from tests.reliability.conftest import LiveApi
@@ -184,3 +187,31 @@ def _records(api: LiveApi, key: str) -> int:
             )
             or 0
         )
+
+
+def test_expiry_and_purge_on_the_embedded_deployment(local_api: ApiHarness) -> None:
+    """The same on SQLite (the default deployment), whose timestamps come back naive."""
+    key = uuid.uuid4().hex
+    first = local_api.client.post("/v1/datasets/demo", json=DEMO, headers={"Idempotency-Key": key})
+    again = local_api.client.post("/v1/datasets/demo", json=DEMO, headers={"Idempotency-Key": key})
+    assert first.status_code == again.status_code == 202 and first.text == again.text
+    ttl_s = local_api.settings.idempotency_ttl_s
+    engine = make_engine(local_api.settings)
+    factory = make_session_factory(engine)
+    try:
+        with factory.begin() as session:
+            assert purge_expired(session, ttl_s) == 0  # not expired yet: kept
+            session.execute(
+                update(IdempotencyRecord).values(created_at=utcnow() - timedelta(seconds=ttl_s + 1))
+            )
+        later = local_api.client.post(
+            "/v1/datasets/demo", json=DEMO, headers={"Idempotency-Key": key}
+        )
+        assert later.status_code == 202 and later.json()["job_id"] != first.json()["job_id"]
+        with factory.begin() as session:
+            session.execute(
+                update(IdempotencyRecord).values(created_at=utcnow() - timedelta(seconds=ttl_s + 1))
+            )
+            assert purge_expired(session, ttl_s) == 1
+    finally:
+        engine.dispose()
