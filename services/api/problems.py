@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -27,6 +28,14 @@ RETRY_AFTER_S = 5
 def problem(status: int, title: str, detail: str, **extra: Any) -> JSONResponse:
     body = {"type": "about:blank", "title": title, "status": status, "detail": detail, **extra}
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON)
+
+
+def _reason(status: int) -> str:
+    """The status's standard reason phrase ("Bad request" for 400), as a problem's title."""
+    try:
+        return HTTPStatus(status).phrase.capitalize()
+    except ValueError:
+        return "Error"
 
 
 def _field_name(loc: tuple[Any, ...]) -> str:
@@ -53,10 +62,7 @@ def install_problem_handlers(app: FastAPI) -> None:
         if isinstance(exc.__cause__, TailsynthError):  # e.g. the body-size limit, hit mid-parse
             cause = exc.__cause__
             return problem(cause.status, cause.title, cause.detail, **cause.extra)
-        title = {401: "Unauthorized", 404: "Not found", 405: "Method not allowed"}.get(
-            exc.status_code, "Error"
-        )
-        return problem(exc.status_code, title, str(exc.detail))
+        return problem(exc.status_code, _reason(exc.status_code), str(exc.detail))
 
     async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
         # The type only: a connection error's text may carry a server's address or URL.
