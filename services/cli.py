@@ -774,7 +774,10 @@ def _finish_generator(
     with _client(ctx) as client:
         created = client.generators.create(body)
         if not wait:
-            _echo_model(created, as_json) if not quiet else click.echo(str(created.generator_id))
+            if quiet:
+                click.echo(str(created.generator_id))
+            else:
+                _echo_model(created, as_json)
             return
         _wait_for(client, created.job_id, timeout)
         generator = client.generators.get(created.generator_id)

@@ -15,6 +15,7 @@ import httpx
 from services.api.schemas import DatasetRead, JobRead
 from services.client import AsyncTailsynthClient, RetryPolicy, TailsynthClient
 from tests.client.conftest import FAST_POLL, Campaign, Live
+from tests.fixtures.archives import build, samples
 
 
 class DropFirstPostAnswer(httpx.BaseTransport):
@@ -83,12 +84,12 @@ class CutFirstArchive(httpx.BaseTransport):
     def __init__(self, after: int) -> None:
         self.inner = httpx.HTTPTransport()
         self.after = after
-        self.archive: list[tuple[httpx.Request, int]] = []
+        self.archive: list[tuple[httpx.Request, httpx.Response]] = []
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         response = self.inner.handle_request(request)
         if request.url.path.endswith("/archive"):
-            self.archive.append((request, response.status_code))
+            self.archive.append((request, response))
             if len(self.archive) == 1:
                 assert isinstance(response.stream, httpx.SyncByteStream)
                 return httpx.Response(
@@ -113,11 +114,14 @@ def test_a_cut_download_resumes_and_verifies(
     policy = RetryPolicy(backoff=0.05)
     with TailsynthClient(live.url, live.key, retry=policy, transport=transport) as client:
         cut = client.curated_sets.download(campaign.curated_set_id, tmp_path / "cut.zip")
-    (first, _), (second, second_status) = transport.archive
+    (first, first_answer), (second, second_answer) = transport.archive
     assert "Range" not in first.headers
     assert second.headers["Range"] == f"bytes={whole.size // 2}-"
-    # 206: continued from the cut; 200 (a server without ranges): restarted from zero.
-    assert cut.resumed == (second_status == 206)
+    # The archive route takes ranges: the second request continues from the cut (the
+    # restart a server without ranges causes is tested in test_download.py).
+    assert first_answer.headers["Accept-Ranges"] == "bytes" and first_answer.headers["ETag"]
+    assert second.headers["If-Range"] == first_answer.headers["ETag"]
+    assert second_answer.status_code == 206 and cut.resumed
     assert cut.sha256 == whole.sha256
     assert hashlib.sha256((tmp_path / "cut.zip").read_bytes()).hexdigest() == whole.sha256
     with zipfile.ZipFile(tmp_path / "cut.zip") as archive:
@@ -142,9 +146,20 @@ def test_wait_reports_each_change_once_and_returns_the_typed_job(live: Live) -> 
     assert views[-1][0] == "succeeded"
 
 
-def test_the_async_client_reads_the_same_schemas(live: Live, campaign: Campaign) -> None:
+def test_the_async_client_reads_the_same_schemas(
+    live: Live, campaign: Campaign, tmp_path: Path
+) -> None:
+    archive = build("isic2019", tmp_path, samples(total=48, image_size=16, seed=3))
+    sent: list[int] = []
+
     async def run() -> tuple[str, str, int]:
         async with AsyncTailsynthClient(live.url, live.key) as client:
+            uploaded = await client.datasets.upload(
+                archive.path, name="async", on_progress=lambda done, _: sent.append(done)
+            )
+            await client.jobs.wait(uploaded.job_id, timeout=120, **FAST_POLL)
+            ingested = await client.datasets.get(uploaded.dataset_id)
+            assert ingested.class_counts == archive.expected_counts
             health = await client.health()
             dataset = await client.datasets.get(campaign.dataset_id)
             curated = await client.curated_sets.get(campaign.curated_set_id)
@@ -154,3 +169,4 @@ def test_the_async_client_reads_the_same_schemas(live: Live, campaign: Campaign)
 
     status, state, rows = asyncio.run(run())
     assert status in ("up", "degraded") and state == "ready" and rows > 0
+    assert sent[-1] == archive.path.stat().st_size
