@@ -472,6 +472,8 @@ def _client_call(func: Any) -> Any:
             return func(*args, **kwargs)
         except TailsynthClientError as exc:
             _fail(_message(exc), _exit_code_for(exc))
+        except OSError as exc:  # a local file: the archive, --out, --config
+            _fail(str(exc), ExitCode.ERROR)
 
     return _connection_options(wrapper)
 

@@ -60,10 +60,9 @@ class ApiError(TailsynthClientError):
             title = str(body.get("title") or response.reason_phrase)
             errors = [e for e in body.get("errors") or [] if isinstance(e, dict)]
             field = body.get("field") or (errors[0].get("field") if errors else None)
-        else:
-            text = response.text.strip()
-            detail, title, errors, field = text[:500] or response.reason_phrase, "", [], None
-            title = response.reason_phrase
+        else:  # not problem+json, e.g. a proxy's HTML page: its first 500 characters
+            detail = response.text.strip()[:500] or response.reason_phrase
+            title, errors, field = response.reason_phrase, [], None
         kind = _BY_STATUS.get(status) or (ServerError if status >= 500 else ApiError)
         return kind(status, title, detail, field=field, errors=errors, body=body)
 
