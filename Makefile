@@ -21,7 +21,7 @@ lint: setup
 	$(VENV)/ruff check shared services tests benchmarks
 	$(VENV)/mypy --follow-imports=silent shared services/api services/trainer services/ood_filter \
 		services/generator/service.py services/generator/tasks.py \
-		services/cli.py services/client.py services/demo.py
+		services/cli.py services/client services/demo.py
 
 bench: setup
 	$(VENV)/python benchmarks/ingest_throughput.py
