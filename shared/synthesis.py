@@ -38,7 +38,7 @@ from shared.models import CuratedSet, Generator, Job, RealImage, Split, Synthesi
 # Re-exported: the API's schemas and tests name them as part of a synthesis request.
 from shared.sampling_params import MIN_INFERENCE_STEPS as MIN_INFERENCE_STEPS
 from shared.sampling_params import SCHEDULER_NAMES as SCHEDULER_NAMES
-from shared.sampling_params import SchedulerName
+from shared.sampling_params import SchedulerName, min_inference_steps, prediction_type_for
 
 MAX_COUNT_PER_CLASS = 100_000
 #: Sampling defaults, one place for the API's schemas and the workers' fallbacks: the
@@ -271,6 +271,27 @@ def check_generator_mode(generator: Generator, mode: str) -> None:
         )
 
 
+def check_generator_steps(generator: Generator, sampling: dict[str, Any]) -> None:
+    """Refuse fewer inference steps than the scheduler needs with this generator (422 on
+    ``sampling.num_inference_steps``): a trained generator that serves ``generate``
+    predicts v and samples from the last timestep, where PNDM needs 8 steps, not 3
+    (:func:`shared.sampling_params.min_inference_steps`)."""
+    if generator.kind != "trained":
+        return
+    training = generator.config.get("training", {})
+    prediction = training.get("prediction_type") or prediction_type_for(
+        training.get("modes", ["inpaint"]))
+    scheduler = str(sampling.get("scheduler", DEFAULT_SCHEDULER))
+    steps = int(sampling.get("num_inference_steps", DEFAULT_INFERENCE_STEPS))
+    fewest = min_inference_steps(scheduler, prediction)
+    if steps < fewest:
+        raise InvalidInput(
+            f"num_inference_steps must be >= {fewest} with {scheduler} for generator "
+            f"{generator.id}, which predicts {prediction}; got {steps}",
+            field="sampling.num_inference_steps",
+        )
+
+
 def candidate_rounds(request: SynthesisRequest) -> list[dict[str, int]]:
     """Candidates per class of each generation round so far: ``counts`` x ``oversample``
     first, then the top-ups the filter stage asked for (``top_up_rounds``)."""
@@ -329,6 +350,7 @@ def add_synthesis(
             field="generator_id",
         )
     check_generator_mode(generator, mode)
+    check_generator_steps(generator, params.get("sampling", {}))
     params = curation_params(session, dataset.id, params)
     resolved = resolve_counts(session, dataset.id, list(dataset.class_names), counts, target)
     modes, reasons = plan_filter(session, dataset.id, list(dataset.class_names), filter_params)

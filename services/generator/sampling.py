@@ -48,7 +48,7 @@ from services.generator.config import GeneratorConfig
 from services.generator.model import DiffusionSpace, unet_autocast
 from services.generator.schedulers import SCHEDULER_NAMES, make_scheduler
 from shared.errors import InvalidInput
-from shared.sampling_params import MIN_INFERENCE_STEPS
+from shared.sampling_params import min_inference_steps
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +63,9 @@ MAX_INFERENCE_STEPS = 1000
 # (tests/generator/test_schedulers.py). The API refuses fewer steps at the request
 # (MIN_INFERENCE_STEPS lives in shared.sampling_params for that).
 MAX_GUIDANCE_SCALE = 30.0
+# alpha_bar of the first "leading" timestep with 25 steps (t = 960): classifier guidance
+# of v-prediction generators, which start at alpha_bar ~ 0, begins there.
+_GUIDANCE_MIN_ALPHA_BAR = 4e-3
 _CACHE_SIZE = 2
 
 
@@ -162,10 +165,12 @@ class TrainedGenerator:
             progress: ``progress(images_done, N)`` after each batch.
             should_cancel: polled between batches.
         """
-        params = SamplingParameters("inpaint", scheduler, num_inference_steps, guidance_scale,
-                                    1.0, classifier_scale)
-        return self._sample(params, images, masks, class_ids, seeds, batch_size, classifier,
-                            progress, should_cancel)
+        params = SamplingParameters(
+            "inpaint", scheduler, num_inference_steps, guidance_scale, 1.0, classifier_scale
+        )
+        return self._sample(
+            params, images, masks, class_ids, seeds, batch_size, classifier, progress, should_cancel
+        )
 
     def img2img(
         self,
@@ -186,10 +191,12 @@ class TrainedGenerator:
         """Re-synthesise whole ``images`` towards ``class_ids``; ``strength`` in (0, 1]
         is the fraction of the noise schedule applied (1 = ignore the source).
         Other arguments as :meth:`inpaint`."""
-        params = SamplingParameters("img2img", scheduler, num_inference_steps, guidance_scale,
-                                    strength, classifier_scale)
-        return self._sample(params, images, None, class_ids, seeds, batch_size, classifier,
-                            progress, should_cancel)
+        params = SamplingParameters(
+            "img2img", scheduler, num_inference_steps, guidance_scale, strength, classifier_scale
+        )
+        return self._sample(
+            params, images, None, class_ids, seeds, batch_size, classifier, progress, should_cancel
+        )
 
     def generate(
         self,
@@ -206,10 +213,12 @@ class TrainedGenerator:
         should_cancel: CancelCallback | None = None,
     ) -> GenerationResult:
         """Generate whole images of ``class_ids`` from noise. Arguments as :meth:`inpaint`."""
-        params = SamplingParameters("generate", scheduler, num_inference_steps, guidance_scale,
-                                    1.0, classifier_scale)
-        return self._sample(params, None, None, class_ids, seeds, batch_size, classifier,
-                            progress, should_cancel)
+        params = SamplingParameters(
+            "generate", scheduler, num_inference_steps, guidance_scale, 1.0, classifier_scale
+        )
+        return self._sample(
+            params, None, None, class_ids, seeds, batch_size, classifier, progress, should_cancel
+        )
 
     def _sample(
         self,
@@ -223,22 +232,40 @@ class TrainedGenerator:
         progress: ProgressCallback | None,
         should_cancel: CancelCallback | None,
     ) -> GenerationResult:
-        images, masks, class_ids, seeds = check_inputs(self.config, params, images, masks,
-                                                       class_ids, seeds)
+        images, masks, class_ids, seeds = check_inputs(
+            self.config, params, images, masks, class_ids, seeds
+        )
         if params.classifier_scale > 0 and classifier is None:
             raise ValueError("classifier_scale > 0 needs a classifier")
 
         def run_batch(start: int, end: int) -> np.ndarray:
-            return self._sample_batch(params, images[start:end], masks[start:end],
-                                      class_ids[start:end], seeds[start:end], classifier)
+            return self._sample_batch(
+                params,
+                images[start:end],
+                masks[start:end],
+                class_ids[start:end],
+                seeds[start:end],
+                classifier,
+            )
 
-        run = run_in_batches(len(seeds), batch_size, run_batch, progress=progress,
-                             should_cancel=should_cancel)
+        run = run_in_batches(
+            len(seeds), batch_size, run_batch, progress=progress, should_cancel=should_cancel
+        )
         size, channels = self.config.resolution, self.config.channels
-        done = (np.concatenate(run.results) if run.results
-                else np.zeros((0, size, size, channels), np.uint8))
-        return GenerationResult(done, class_ids[: run.completed], seeds[: run.completed], params,
-                                self.sha256, run.canceled, run.batch_size)
+        done = (
+            np.concatenate(run.results)
+            if run.results
+            else np.zeros((0, size, size, channels), np.uint8)
+        )
+        return GenerationResult(
+            done,
+            class_ids[: run.completed],
+            seeds[: run.completed],
+            params,
+            self.sha256,
+            run.canceled,
+            run.batch_size,
+        )
 
     def _sample_batch(
         self,
@@ -251,8 +278,12 @@ class TrainedGenerator:
     ) -> np.ndarray:
         """One batch through the denoising loop -> uint8 (B, H, W, C)."""
         device, space = self.device, DiffusionSpace(self.config, self.vae)
-        scheduler = make_scheduler(params.scheduler, self.config.num_train_timesteps,
-                                   self.config.beta_schedule)
+        scheduler = make_scheduler(
+            params.scheduler,
+            self.config.num_train_timesteps,
+            self.config.beta_schedule,
+            self.config.prediction_type or "epsilon",
+        )
         generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
         pixels = torch.from_numpy(images).to(device).permute(0, 3, 1, 2).float() / 127.5 - 1.0
         mask = torch.from_numpy((masks > 0).astype(np.float32))[:, None].to(device)
@@ -260,15 +291,19 @@ class TrainedGenerator:
         with torch.no_grad():
             known = space.encode(pixels) if params.mode != "generate" else None
         model_mask = space.mask_to_model(mask)
-        shape = (len(seeds), self.config.model_channels, self.config.sample_size,
-                 self.config.sample_size)
+        shape = (
+            len(seeds),
+            self.config.model_channels,
+            self.config.sample_size,
+            self.config.sample_size,
+        )
         noise = randn_tensor(shape, generator=generators, device=device, dtype=torch.float32)
-        masked_known = (known * (1.0 - model_mask) if known is not None
-                        else torch.zeros(shape, device=device))
+        masked_known = (
+            known * (1.0 - model_mask) if known is not None else torch.zeros(shape, device=device)
+        )
 
         scheduler.set_timesteps(params.num_inference_steps, device=device)
-        timesteps = _timesteps_for_strength(scheduler, params.num_inference_steps,
-                                            params.strength)
+        timesteps = _timesteps_for_strength(scheduler, params.num_inference_steps, params.strength)
         if params.mode == "img2img" and params.strength < 1.0:
             assert known is not None
             sample = scheduler.add_noise(known, noise, timesteps[:1].repeat(len(seeds)))
@@ -278,13 +313,22 @@ class TrainedGenerator:
 
         for index, t in enumerate(timesteps):
             model_input = scheduler.scale_model_input(sample, t)
-            with torch.no_grad():
-                eps = self._guided_noise(model_input, masked_known, model_mask, t, labels,
-                                         params.guidance_scale)
+            with torch.no_grad():  # the noise, or v (scheduler.config.prediction_type)
+                prediction = self._guided_noise(
+                    model_input, masked_known, model_mask, t, labels, params.guidance_scale
+                )
             if classifier is not None and params.classifier_scale > 0:
-                eps = _classifier_guidance(eps, model_input, t, labels, scheduler, space,
-                                           classifier, params.classifier_scale)
-            sample = scheduler.step(eps, t, sample, **step_kwargs).prev_sample
+                prediction = _classifier_guidance(
+                    prediction,
+                    model_input,
+                    t,
+                    labels,
+                    scheduler,
+                    space,
+                    classifier,
+                    params.classifier_scale,
+                )
+            sample = scheduler.step(prediction, t, sample, **step_kwargs).prev_sample
             if params.mode == "inpaint" and index + 1 < len(timesteps):
                 assert known is not None
                 next_t = timesteps[index + 1 : index + 2].repeat(len(seeds))
@@ -313,8 +357,9 @@ class TrainedGenerator:
                 return self.unet(unet_input, t, class_labels=labels).sample.float()
         null = torch.full_like(labels, self.config.null_class_id)
         with unet_autocast(self.device, self.config):
-            both = self.unet(torch.cat([unet_input, unet_input]), t,
-                             class_labels=torch.cat([labels, null])).sample.float()
+            both = self.unet(
+                torch.cat([unet_input, unet_input]), t, class_labels=torch.cat([labels, null])
+            ).sample.float()
         eps_class, eps_null = both.chunk(2)
         return eps_null + guidance_scale * (eps_class - eps_null)
 
@@ -332,9 +377,18 @@ def check_inputs(
     See :func:`check_request`; returns its normalised arrays.
     """
     size = config.resolution
-    return check_request(params, images, masks, class_ids, seeds,
-                         num_classes=config.num_classes, channels=config.channels,
-                         image_size=(size, size), scheduler_names=SCHEDULER_NAMES)
+    return check_request(
+        params,
+        images,
+        masks,
+        class_ids,
+        seeds,
+        num_classes=config.num_classes,
+        channels=config.channels,
+        image_size=(size, size),
+        scheduler_names=SCHEDULER_NAMES,
+        prediction_type=config.prediction_type or "epsilon",
+    )
 
 
 def check_request(
@@ -349,6 +403,7 @@ def check_request(
     image_size: tuple[int, int] | None,
     scheduler_names: tuple[str, ...] = SCHEDULER_NAMES,
     size_multiple: int = 1,
+    prediction_type: str = "epsilon",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Validate a sampling request; raise ``ValueError`` naming the offending argument.
 
@@ -362,44 +417,55 @@ def check_request(
         than inpaint get all-ones masks.
     """
     if params.scheduler not in scheduler_names:
-        raise SamplingParameterError(f"unknown scheduler {params.scheduler!r}; choose one of "
-                                     f"{', '.join(scheduler_names)}", field="sampling.scheduler")
+        raise SamplingParameterError(
+            f"unknown scheduler {params.scheduler!r}; choose one of {', '.join(scheduler_names)}",
+            field="sampling.scheduler",
+        )
     steps = params.num_inference_steps
     if not 1 <= steps <= MAX_INFERENCE_STEPS:
-        raise SamplingParameterError(f"num_inference_steps must be in [1, "
-                                     f"{MAX_INFERENCE_STEPS}], got {steps}",
-                                     field="sampling.num_inference_steps")
-    fewest = MIN_INFERENCE_STEPS.get(params.scheduler, 1)
+        raise SamplingParameterError(
+            f"num_inference_steps must be in [1, {MAX_INFERENCE_STEPS}], got {steps}",
+            field="sampling.num_inference_steps",
+        )
+    fewest = min_inference_steps(params.scheduler, prediction_type)
     if steps < fewest:
-        raise SamplingParameterError(f"num_inference_steps must be >= {fewest} with "
-                                     f"{params.scheduler}, got {steps}",
-                                     field="sampling.num_inference_steps")
+        raise SamplingParameterError(
+            f"num_inference_steps must be >= {fewest} with {params.scheduler}, got {steps}",
+            field="sampling.num_inference_steps",
+        )
     if not 0.0 <= params.guidance_scale <= MAX_GUIDANCE_SCALE:
-        raise SamplingParameterError(f"guidance_scale must be in [0, {MAX_GUIDANCE_SCALE}], "
-                                     f"got {params.guidance_scale}",
-                                     field="sampling.guidance_scale")
+        raise SamplingParameterError(
+            f"guidance_scale must be in [0, {MAX_GUIDANCE_SCALE}], got {params.guidance_scale}",
+            field="sampling.guidance_scale",
+        )
     if not 0.0 < params.strength <= 1.0:
-        raise SamplingParameterError(f"strength must be in (0, 1], got {params.strength}",
-                                     field="sampling.strength")
+        raise SamplingParameterError(
+            f"strength must be in (0, 1], got {params.strength}", field="sampling.strength"
+        )
     if params.classifier_scale < 0:
-        raise SamplingParameterError(f"classifier_scale must be >= 0, got "
-                                     f"{params.classifier_scale}",
-                                     field="classifier_guidance.scale")
+        raise SamplingParameterError(
+            f"classifier_scale must be >= 0, got {params.classifier_scale}",
+            field="classifier_guidance.scale",
+        )
     class_ids = np.asarray(class_ids)
     seeds = np.asarray(seeds)
     if class_ids.ndim != 1 or not np.issubdtype(class_ids.dtype, np.integer):
-        raise ValueError(f"class_ids must be a 1-D integer array, got {class_ids.dtype} "
-                         f"{class_ids.shape}")
+        raise ValueError(
+            f"class_ids must be a 1-D integer array, got {class_ids.dtype} {class_ids.shape}"
+        )
     n = len(class_ids)
     if seeds.shape != (n,) or not np.issubdtype(seeds.dtype, np.integer):
-        raise ValueError(f"seeds must be {n} integers (one per image), got {seeds.dtype} "
-                         f"{seeds.shape}")
+        raise ValueError(
+            f"seeds must be {n} integers (one per image), got {seeds.dtype} {seeds.shape}"
+        )
     if n and (seeds.min() < 0):
         raise ValueError(f"seeds must be >= 0, got {int(seeds.min())}")
     bad = class_ids[(class_ids < 0) | (class_ids >= num_classes)]
     if bad.size:
-        raise ValueError(f"unknown class id {int(bad[0])}: the generator has "
-                         f"{num_classes} classes (0-{num_classes - 1})")
+        raise ValueError(
+            f"unknown class id {int(bad[0])}: the generator has "
+            f"{num_classes} classes (0-{num_classes - 1})"
+        )
     if params.mode == "generate":
         if image_size is None:
             raise ValueError("generate needs an image size")
@@ -414,8 +480,13 @@ def check_request(
     return images, masks, class_ids.astype(np.int64), seeds.astype(np.int64)
 
 
-def _check_images(images: np.ndarray | None, n: int, image_size: tuple[int, int] | None,
-                  channels: int, size_multiple: int) -> np.ndarray:
+def _check_images(
+    images: np.ndarray | None,
+    n: int,
+    image_size: tuple[int, int] | None,
+    channels: int,
+    size_multiple: int,
+) -> np.ndarray:
     if images is None:
         raise ValueError("images are required for this mode")
     images = np.asarray(images)
@@ -431,8 +502,9 @@ def _check_images(images: np.ndarray | None, n: int, image_size: tuple[int, int]
             f"shared.imaging.resize_square"
         )
     if height % size_multiple or width % size_multiple:
-        raise ValueError(f"image height and width must be multiples of {size_multiple}, "
-                         f"got {height}x{width}")
+        raise ValueError(
+            f"image height and width must be multiples of {size_multiple}, got {height}x{width}"
+        )
     return images
 
 
@@ -441,16 +513,17 @@ def _check_masks(masks: np.ndarray | None, n: int, height: int, width: int) -> n
         raise ValueError("inpaint needs masks")
     masks = np.asarray(masks)
     if masks.shape != (n, height, width):
-        raise ValueError(f"masks must have shape ({n}, {height}, {width}) (one per image, same "
-                         f"height and width), got {masks.shape}")
+        raise ValueError(
+            f"masks must have shape ({n}, {height}, {width}) (one per image, same "
+            f"height and width), got {masks.shape}"
+        )
     empty = np.flatnonzero(~masks.reshape(n, -1).any(axis=1))
     if empty.size:
         raise ValueError(f"mask {int(empty[0])} is empty: nothing to paint")
     return masks
 
 
-def _timesteps_for_strength(scheduler: SchedulerMixin, steps: int, strength: float
-                            ) -> torch.Tensor:
+def _timesteps_for_strength(scheduler: SchedulerMixin, steps: int, strength: float) -> torch.Tensor:
     """The tail of the schedule that img2img runs (diffusers' ``get_timesteps``)."""
     if strength >= 1.0:
         return scheduler.timesteps
@@ -461,8 +534,7 @@ def _timesteps_for_strength(scheduler: SchedulerMixin, steps: int, strength: flo
     return scheduler.timesteps[start:]
 
 
-def _step_kwargs(scheduler: SchedulerMixin, generators: list[torch.Generator]
-                 ) -> dict[str, Any]:
+def _step_kwargs(scheduler: SchedulerMixin, generators: list[torch.Generator]) -> dict[str, Any]:
     """Pass the per-image generators to schedulers that draw noise (DDPM, Euler...)."""
     accepted = inspect.signature(scheduler.step).parameters
     kwargs: dict[str, Any] = {}
@@ -474,7 +546,7 @@ def _step_kwargs(scheduler: SchedulerMixin, generators: list[torch.Generator]
 
 
 def _classifier_guidance(
-    eps: torch.Tensor,
+    prediction: torch.Tensor,
     model_input: torch.Tensor,
     t: torch.Tensor,
     labels: torch.Tensor,
@@ -483,16 +555,28 @@ def _classifier_guidance(
     classifier: torch.nn.Module,
     scale: float,
 ) -> torch.Tensor:
-    """``eps - sqrt(1 - alpha_bar_t) * scale * grad_x log p(y | x0_hat(x))``."""
+    """``eps - sqrt(1 - alpha_bar_t) * scale * grad_x log p(y | x0_hat(x))``.
+
+    ``prediction`` is the noise, or v for a v-prediction scheduler: then it is turned
+    into the noise, guided the same way and turned back, so both move x0_hat alike;
+    above the noise level epsilon generators start at (alpha_bar < 4e-3) it is left
+    unguided, where the classifier would see an all-noise x0_hat.
+    """
     alpha_bar = scheduler.alphas_cumprod.to(model_input.device)[t.long()]
+    a, s = alpha_bar.sqrt(), (1.0 - alpha_bar).sqrt()
+    v_prediction = scheduler.config.prediction_type == "v_prediction"
+    if v_prediction and float(alpha_bar) < _GUIDANCE_MIN_ALPHA_BAR:
+        return prediction
+    eps = a * prediction + s * model_input if v_prediction else prediction
     with torch.enable_grad():
         x = model_input.detach().requires_grad_(True)
-        x0_hat = (x - (1.0 - alpha_bar).sqrt() * eps.detach()) / alpha_bar.sqrt()
+        x0_hat = (x - s * eps.detach()) / a
         pixels = (space.decode(x0_hat).float() + 1.0) / 2.0
         log_probs = torch.log_softmax(classifier(pixels).float(), dim=1)
         selected = log_probs[torch.arange(len(labels)), labels].sum()
         (grad,) = torch.autograd.grad(selected, x)
-    return eps - (1.0 - alpha_bar).sqrt() * scale * grad
+    shift = -s * scale * grad
+    return prediction + shift / a if v_prediction else eps + shift
 
 
 def _to_uint8(out: torch.Tensor) -> np.ndarray:

@@ -1,11 +1,13 @@
 """Training the class-conditional inpainting diffusion model from scratch.
 
 The loop reads top to bottom: prepare tensors -> build or resume model, EMA, optimiser
-and LR schedule -> for each step draw a batch, corrupt it, predict the noise, step ->
+and LR schedule -> for each step draw a batch, corrupt it, predict the noise (or v), step ->
 checkpoint periodically, on cancel and at the end.
 
-Objective. The UNet predicts the noise added to the *whole* image (the known region is
-also given unnoised as conditioning, so there it learns to copy), but the loss is a
+Objective. The UNet predicts the noise added to the *whole* image, or v for generators
+that serve "generate" (``config.prediction_type``; see :mod:`.schedulers` for why), and
+the known region is also given unnoised as conditioning, so there it learns to copy. The
+loss is a
 weighted mean squared error whose per-pixel weight is ``mask_loss_weight`` inside the
 mask and 1 outside, normalised by the weight sum. The masked region is what inpainting
 must invent, so it dominates the gradient, while the unmasked term keeps the network a
@@ -51,6 +53,7 @@ from services.generator.checkpoint import (
 from services.generator.config import GeneratorConfig
 from services.generator.masks import auto_masks
 from services.generator.model import DiffusionSpace, build_unet, build_vae
+from services.generator.schedulers import training_schedule
 from shared.imaging import resize_square
 
 logger = logging.getLogger(__name__)
@@ -161,8 +164,8 @@ def train_generator(
         num_warmup_steps=config.lr_warmup_steps,
         num_training_steps=config.max_train_steps,
     )
-    noise_schedule = DDPMScheduler(
-        num_train_timesteps=config.num_train_timesteps, beta_schedule=config.beta_schedule
+    schedule = training_schedule(
+        config.num_train_timesteps, config.beta_schedule, config.prediction_type or "epsilon"
     )
     rng = torch.Generator().manual_seed(config.seed + 1)
     step, loss_curve = 0, []
@@ -213,7 +216,7 @@ def train_generator(
     unet.train()
     while step < config.max_train_steps:
         batch = _draw_batch(data, config, rng)
-        loss = training_step(unet, space, noise_schedule, batch, config, rng, device)
+        loss = training_step(unet, space, schedule, batch, config, rng, device)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), _GRAD_CLIP_NORM)
@@ -303,7 +306,8 @@ def training_step(
     rng: torch.Generator,
     device: torch.device,
 ) -> torch.Tensor:
-    """Mask-weighted noise-prediction loss (scalar) of one batch; see module docstring."""
+    """Mask-weighted loss (scalar) of one batch on the noise, or on v for a v-prediction
+    generator; see module docstring."""
     n = batch.samples.shape[0]
     noise = torch.randn(batch.samples.shape, generator=rng)
     timesteps = torch.randint(0, config.num_train_timesteps, (n,), generator=rng)
@@ -319,8 +323,12 @@ def training_step(
     unet_input = space.unet_input(noisy, samples * (1.0 - mask), mask)
     with _autocast(device, config):
         prediction = unet(unet_input, timesteps, class_labels=labels).sample
+    if config.prediction_type == "v_prediction":
+        target = noise_schedule.get_velocity(samples, noise, timesteps)
+    else:
+        target = noise
     weight = 1.0 + (config.mask_loss_weight - 1.0) * mask
-    squared = (prediction.float() - noise) ** 2 * weight
+    squared = (prediction.float() - target) ** 2 * weight
     per_example = squared.sum(dim=(1, 2, 3)) / (weight.sum(dim=(1, 2, 3)) * samples.shape[1])
     return per_example.mean()
 

@@ -87,3 +87,26 @@ def test_auto_augmentation_keeps_chest_x_ray_laterality() -> None:
     assert resolve_augment("none", modality="dermoscopy", channels=3) == "none"
     with pytest.raises(ValueError, match="augment must be 'auto'"):
         resolve_augment("flip", modality="dermoscopy", channels=3)
+
+
+@pytest.mark.parametrize(
+    ("modes", "prediction_type"),
+    [(("inpaint",), "epsilon"), (("inpaint", "img2img"), "epsilon"),
+     (("inpaint", "generate"), "v_prediction"), (("generate",), "v_prediction")],
+)
+def test_generators_that_serve_generate_predict_v(modes: tuple[str, ...],
+                                                  prediction_type: str) -> None:
+    assert GeneratorConfig(modes=modes).prediction_type == prediction_type  # type: ignore[arg-type]
+
+
+def test_prediction_type_is_checked_and_v_needs_a_zero_snr_schedule() -> None:
+    with pytest.raises(ValueError, match="prediction_type must be one of"):
+        GeneratorConfig(prediction_type="sample")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="use beta_schedule 'squaredcos_cap_v2'"):
+        GeneratorConfig(prediction_type="v_prediction", beta_schedule="linear")
+
+
+def test_a_config_written_before_prediction_type_loads_as_the_epsilon_model_it_was() -> None:
+    saved = GeneratorConfig(modes=("inpaint", "generate")).to_dict()
+    del saved["prediction_type"]
+    assert GeneratorConfig.from_dict(saved).prediction_type == "epsilon"

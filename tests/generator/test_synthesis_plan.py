@@ -7,6 +7,7 @@ from __future__ import annotations
 import uuid
 
 import numpy as np
+import pytest
 
 from services.generator.service import _batches, plan_candidates
 from shared.dataset_arrays import SplitArrays
@@ -103,3 +104,20 @@ def test_tail_classes_are_sampled_at_the_tail_guidance_in_batches_of_one_scale()
         ["DF"],
     ]
     assert [p for batch in batches for p in batch] == plans
+
+
+def test_pndm_needs_more_steps_with_a_generator_that_serves_generate() -> None:
+    from shared.errors import InvalidInput
+    from shared.models import Generator
+    from shared.synthesis import check_generator_steps
+
+    def generator(modes: list[str]) -> Generator:
+        return Generator(id=uuid.uuid4(), kind="trained", config={"training": {"modes": modes}})
+
+    pndm = {"scheduler": "pndm", "num_inference_steps": 5}
+    check_generator_steps(generator(["inpaint"]), pndm)  # epsilon: 3 are enough
+    check_generator_steps(generator(["generate"]), {**pndm, "num_inference_steps": 8})
+    check_generator_steps(generator(["generate"]), {**pndm, "scheduler": "ddim"})
+    with pytest.raises(InvalidInput, match=">= 8 with pndm .* predicts v_prediction") as error:
+        check_generator_steps(generator(["inpaint", "generate"]), pndm)
+    assert error.value.extra["field"] == "sampling.num_inference_steps"
