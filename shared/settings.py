@@ -63,6 +63,13 @@ class Settings(BaseSettings):
     s3_bucket: str = "tailsynth"
     s3_secure: bool = False
     s3_region: str | None = None
+    # Seconds to connect to the S3 endpoint and to wait for each read of its answer, and
+    # the tries of a request: a server that stopped answering is an error within about
+    # (connect + read) x tries, which the API answers 503 for and a task backs off from,
+    # not a request or task hung for the client's default of 5 minutes a try.
+    s3_connect_timeout_s: float = 5.0
+    s3_read_timeout_s: float = 60.0
+    s3_tries: int = Field(3, ge=1)
 
     # Pretrained generator weights a tenant may name by path: directories inside these
     # roots (on the generator worker; JSON list in the environment). Any other source must
