@@ -30,7 +30,6 @@ never stopped.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -52,7 +51,7 @@ from services.generator.checkpoint import (
 )
 from services.generator.config import GeneratorConfig
 from services.generator.masks import auto_masks
-from services.generator.model import DiffusionSpace, build_unet, build_vae
+from services.generator.model import DiffusionSpace, build_unet, build_vae, unet_autocast
 from services.generator.schedulers import training_schedule
 from shared.imaging import resize_square
 
@@ -321,7 +320,7 @@ def training_step(
     timesteps = timesteps.to(device)
     noisy = noise_schedule.add_noise(samples, noise, timesteps)
     unet_input = space.unet_input(noisy, samples * (1.0 - mask), mask)
-    with _autocast(device, config):
+    with unet_autocast(device, config):
         prediction = unet(unet_input, timesteps, class_labels=labels).sample
     if config.prediction_type == "v_prediction":
         target = noise_schedule.get_velocity(samples, noise, timesteps)
@@ -375,12 +374,6 @@ def dihedral_augment(
         out_samples[i] = torch.rot90(sample, k, dims=(-2, -1))
         out_masks[i] = torch.rot90(mask, k, dims=(-2, -1))
     return out_samples, out_masks
-
-
-def _autocast(device: torch.device, config: GeneratorConfig) -> contextlib.AbstractContextManager:
-    if device.type == "cuda" and config.mixed_precision == "bf16":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def _resize(image: np.ndarray, size: int) -> np.ndarray:
