@@ -26,7 +26,8 @@ from tests.reliability.conftest import LiveApi, add_owned_rows
 
 pytestmark = [pytest.mark.reliability, pytest.mark.service]
 
-#: Examples per operation and generation mode: 19 operations x 2 modes x 60, less what a mode cannot vary.
+#: Examples per operation and generation mode: 19 operations x 2 modes x 60, less what a
+#: mode cannot vary.
 EXAMPLES = 60
 MIN_REQUESTS = 1_000
 
