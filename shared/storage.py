@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
+import urllib3
 from minio import Minio
 from minio.error import S3Error
 
@@ -269,12 +270,30 @@ def download_verified(store: ObjectStore, key: str, path: Path) -> str:
             if actual != expected:
                 raise ValueError(f"download of {key} is corrupt: sha256 {actual} != {expected}")
         elif partial.stat().st_size != store.size(key):
-            raise ValueError(f"download of {key} is short: {partial.stat().st_size} bytes of "
-                             f"{store.size(key)}")
+            raise ValueError(
+                f"download of {key} is short: {partial.stat().st_size} bytes of {store.size(key)}"
+            )
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)
     return actual
+
+
+def s3_http_client(settings: Settings) -> urllib3.PoolManager:
+    """The minio client's HTTP pool, as minio makes it but with the settings' timeouts and
+    tries: minio's own waits 5 minutes to connect and 5 more for each read, 6 tries, so an
+    S3 server that stops answering would hang a request or a task for half an hour."""
+    return urllib3.PoolManager(
+        timeout=urllib3.Timeout(
+            connect=settings.s3_connect_timeout_s, read=settings.s3_read_timeout_s
+        ),
+        maxsize=10,  # TLS verified against the system's CAs (or $SSL_CERT_FILE)
+        retries=urllib3.Retry(
+            total=settings.s3_tries - 1,
+            backoff_factor=0.2,
+            status_forcelist=[500, 502, 503, 504],
+        ),
+    )
 
 
 def make_store(settings: Settings) -> ObjectStore:
@@ -285,6 +304,7 @@ def make_store(settings: Settings) -> ObjectStore:
             secret_key=settings.s3_secret_key.get_secret_value(),
             secure=settings.s3_secure,
             region=settings.s3_region,
+            http_client=s3_http_client(settings),
         )
         store = S3ObjectStore(client, settings.s3_bucket)
         store.ensure_bucket()

@@ -80,7 +80,10 @@ def outage(service_settings: Settings, redis_prefix: str, tmp_path: Path) -> Ite
         )
         worker = start_worker(tmp_path, worker_env(worker_settings), queues="ingest")
         stack.callback(worker.stop)
-        api_settings = _through(settings, api_pg, api_s3)
+        # Short S3 timeouts, so the hung-server case takes seconds here.
+        api_settings = _through(settings, api_pg, api_s3).model_copy(
+            update={"s3_connect_timeout_s": 1.0, "s3_read_timeout_s": 2.0, "s3_tries": 2}
+        )
         tenant = f"outage-{uuid.uuid4().hex[:8]}"
         key = issue_key(api_settings, tenant)
         client = stack.enter_context(TestClient(create_app(api_settings, run_reaper=False)))
@@ -147,6 +150,12 @@ def test_an_unreachable_backend_answers_503_and_loses_nothing(
     started = time.monotonic()
     waits.add(_unavailable(_upload(api, archive, "upload-1")))
     s3_refused_s = time.monotonic() - started
+    # The API's S3 stops answering (takes connections, never answers): the upload still
+    # answers 503 within the storage timeouts instead of hanging.
+    outage.api_s3.hang()
+    started = time.monotonic()
+    waits.add(_unavailable(_upload(api, archive, "upload-1")))
+    s3_hung_s = time.monotonic() - started
     outage.api_s3.up()
     jobs = select(func.count()).select_from(Job).where(Job.tenant_id == tenant_id(api))
     assert api.rows(jobs)[0][0] == 0
@@ -173,7 +182,8 @@ def test_an_unreachable_backend_answers_503_and_loses_nothing(
     s3_stored, pg_stored = _stored(api, s3_dataset), _stored(api, pg_dataset)
     print(  # noqa: T201 (the figure this test proves)
         f"\n(8) API with Postgres down: 2 of 2 requests 503 problem+json; with S3 down: the "
-        f"upload 503 after {s3_refused_s:.1f}s, no job made; Retry-After {sorted(waits)} s. "
+        f"upload 503 after {s3_refused_s:.1f}s refused, {s3_hung_s:.1f}s hung, no job made; "
+        f"Retry-After {sorted(waits)} s. "
         f"Worker with S3 down: {_retries(outage.worker, s3_job)} backed-off retries, ingest "
         f"{s3_done['state']} on attempt {s3_done['attempts']}; with Postgres down: "
         f"{_retries(outage.worker, pg_job)} backed-off claim retries, ingest "
@@ -181,6 +191,7 @@ def test_an_unreachable_backend_answers_503_and_loses_nothing(
         f"{s3_stored[1]}/{s3_stored[0]} and {pg_stored[1]}/{pg_stored[0]} of {images}"
     )
     assert waits and all(wait > 0 for wait in waits)
+    assert s3_hung_s < 20  # 2 tries x (1 s connect + 2 s read), with room
     assert (s3_done["state"], s3_done["attempts"]) == ("succeeded", 1), s3_done
     assert (pg_done["state"], pg_done["attempts"]) == ("succeeded", 1), pg_done
     assert s3_stored == (images, images) and pg_stored == (images, images)
