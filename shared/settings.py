@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     # State. ``None`` means "SQLite inside data_dir" (the embedded default). A secret: a
     # server's URL carries its password.
     database_url: SecretStr | None = None
+    # Seconds to wait for a new Postgres connection (libpq counts 2 at least); without it a
+    # server that stops answering hangs every request and task that needs a connection.
+    database_connect_timeout_s: int = Field(10, ge=2)
     # Broker. ``None`` means the filesystem transport inside data_dir: no server needed.
     broker_url: SecretStr | None = None
     # Redis re-delivers an unacknowledged task after this many seconds; it must be longer
