@@ -499,6 +499,27 @@ def _quiet_option(func: Any) -> Any:
     )(func)
 
 
+def _idempotency_option(func: Any) -> Any:
+    """--idempotency-key: the same key (e.g. the CI run's id and a step name) makes a rerun
+    of the step answer the job the first run made instead of starting another."""
+
+    def remember(ctx: click.Context, _: click.Parameter, value: str | None) -> None:
+        ctx.meta["tailsynth.idempotency_key"] = value
+
+    return click.option(
+        "--idempotency-key",
+        default=None,
+        expose_value=False,
+        callback=remember,
+        help="reuse the job a request with this key and the same body made [default: a new key]",
+    )(func)
+
+
+def _idempotency_key(ctx: click.Context) -> str | None:
+    value = ctx.meta.get("tailsynth.idempotency_key")
+    return str(value) if value else None
+
+
 def _timeout_option(func: Any) -> Any:
     return click.option(
         "--timeout",
@@ -628,6 +649,7 @@ def datasets() -> None:
 @click.option("--split-seed", type=int, default=0, show_default=True)
 @click.option("--wait/--no-wait", default=True, show_default=True, help="wait for the ingest")
 @_timeout_option
+@_idempotency_option
 @_json_option
 @_quiet_option
 @click.pass_context
@@ -651,6 +673,7 @@ def datasets_upload(
         with ByteProgress(f"upload {archive.name}") as progress:
             created = client.datasets.upload(
                 archive,
+                idempotency_key=_idempotency_key(ctx),
                 name=name,
                 format=fmt,
                 classes=classes.split(",") if classes else None,
@@ -676,6 +699,7 @@ def datasets_upload(
 @click.option("--min-per-class", type=int, default=None)
 @click.option("--wait/--no-wait", default=True, show_default=True)
 @_timeout_option
+@_idempotency_option
 @_json_option
 @_quiet_option
 @click.pass_context
@@ -699,7 +723,8 @@ def datasets_demo(
     with _client(ctx) as client:
         body = {"name": name, "total": total, "image_size": image_size, "seed": seed}
         created = client.datasets.create_demo(
-            body | {k: v for k, v in optional.items() if v is not None}
+            body | {k: v for k, v in optional.items() if v is not None},
+            idempotency_key=_idempotency_key(ctx),
         )
         if wait:
             _wait_for(client, created.job_id, timeout)
@@ -774,7 +799,7 @@ def _finish_generator(
     quiet: bool,
 ) -> None:
     with _client(ctx) as client:
-        created = client.generators.create(body)
+        created = client.generators.create(body, idempotency_key=_idempotency_key(ctx))
         if not wait:
             if quiet:
                 click.echo(str(created.generator_id))
@@ -806,6 +831,7 @@ def _finish_generator(
 @_config_option
 @click.option("--wait/--no-wait", default=True, show_default=True)
 @_timeout_option
+@_idempotency_option
 @_json_option
 @_quiet_option
 @click.pass_context
@@ -854,6 +880,7 @@ def generators_train(
 @click.option("--no-probe", is_flag=True, help="skip the quality probe")
 @click.option("--wait/--no-wait", default=True, show_default=True)
 @_timeout_option
+@_idempotency_option
 @_json_option
 @_quiet_option
 @click.pass_context
@@ -919,6 +946,7 @@ def _parse_counts(values: tuple[str, ...]) -> dict[str, int]:
 @_config_option
 @click.option("--wait", is_flag=True, help="wait for the job, then show the curated set")
 @_timeout_option
+@_idempotency_option
 @_json_option
 @_quiet_option
 @click.pass_context
@@ -960,7 +988,7 @@ def synthesize(
         if value is not None:
             body[key] = value
     with _client(ctx) as client:
-        created = client.synthesis.create(body)
+        created = client.synthesis.create(body, idempotency_key=_idempotency_key(ctx))
         if not wait:
             if quiet:
                 click.echo(str(created.curated_set_id))
@@ -1202,6 +1230,7 @@ def _check_gain(experiment: ExperimentRead) -> None:
 @click.option(
     "--report", type=click.Path(dir_okay=False, path_type=Path), help="write the HTML report"
 )
+@_idempotency_option
 @_json_option
 @_quiet_option
 @click.pass_context
@@ -1249,7 +1278,7 @@ def experiments_run(
         if value is not None:
             body[key] = value
     with _client(ctx) as client:
-        created = client.experiments.create(body)
+        created = client.experiments.create(body, idempotency_key=_idempotency_key(ctx))
         if not wait:
             if quiet:
                 click.echo(str(created.experiment_id))

@@ -153,3 +153,21 @@ def test_help_documents_the_exit_codes(args: tuple[str, ...]) -> None:
         for line in EXIT_CODES_EPILOG.splitlines()[2:]:
             assert line.strip() in done.stdout
     assert done.returncode == 0 and "--url" in done.stdout and "--api-key" in done.stdout
+
+
+def test_a_rerun_step_with_its_idempotency_key_gets_the_first_job(
+    live: Live, campaign: Campaign, tmp_path: Path
+) -> None:
+    config = tmp_path / "synthesis.json"
+    config.write_text(json.dumps(TINY_SYNTHESIS))
+    step = ("synthesize", "--dataset", campaign.dataset_id, "--generator", campaign.generator_id,
+            "--count", "DF=2", "--config", str(config), "--idempotency-key", "ci-1234-synthesize",
+            "--json")  # fmt: skip
+    first, again = run(live, *step), run(live, *step)
+    expect(first, ExitCode.OK)
+    expect(again, ExitCode.OK)
+    assert json.loads(first.stdout) == json.loads(again.stdout)
+    other = run(live, *step, "--count", "DF=3")  # the same key, another body (DF=3)
+    expect(other, ExitCode.INVALID)
+    assert "Idempotency-Key" in other.stderr
+    run(live, "jobs", "cancel", json.loads(first.stdout)["job_id"])
