@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from enum import IntEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -1167,6 +1168,13 @@ def experiments() -> None:
     """Experiments: does a curated set help a classifier? Run, list, show, report."""
 
 
+def _default_arms() -> list[Any]:
+    """The server's default baseline arms (ExperimentCreate's), which --curated adds to."""
+    from services.api.schemas import ExperimentCreate
+
+    return list(ExperimentCreate.model_validate({"dataset_id": uuid.UUID(int=0)}).arms)
+
+
 def _gain(experiment: ExperimentRead) -> tuple[bool, str]:
     """Whether a synthetic arm beat its reference (its balanced-accuracy interval above
     zero against the best non-generative arm, or ce when there is none), and why."""
@@ -1262,7 +1270,7 @@ def experiments_run(
     body = _load_json_file(config_file)
     body["dataset_id"] = dataset_id
     if arms or curated_ids:
-        chosen: list[Any] = list(arms) or list(body.get("arms") or [])
+        chosen: list[Any] = list(arms) or list(body.get("arms") or _default_arms())
         if curated_ids:
             chosen.append({"curated_set_ids": list(curated_ids)})
             chosen += [{"curated_set_ids": list(curated_ids), "loss": x} for x in curated_losses]

@@ -5,6 +5,7 @@ line only when it changed."""
 from __future__ import annotations
 
 import io
+import json
 from typing import Any
 
 import httpx
@@ -172,3 +173,31 @@ def test_the_first_clients_untyped_methods_still_answer_dicts() -> None:
         assert client.request("GET", f"/v1/jobs/{JOB['id']}")["state"] == "succeeded"
         job = client.wait(JOB["id"], timeout=5)
     assert isinstance(job, dict) and job["result"] == {} and job["id"] == JOB["id"]
+
+
+def test_curated_arms_are_added_to_the_servers_default_baselines(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sent: list[dict[str, Any]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(json.loads(request.content))
+        return httpx.Response(422, json={"detail": "stop here", "field": "arms"})
+
+    transport = httpx.MockTransport(handler)
+    monkeypatch.setattr(
+        "services.cli._client",
+        lambda _: TailsynthClient("http://ts.test", "k", transport=transport),
+    )
+    args = ["experiments", "run", "--dataset", JOB["id"], "--curated", "c1"]
+    result = CliRunner().invoke(main, [*args, "--curated-loss", "focal"])
+    assert result.exit_code == ExitCode.INVALID and "field arms" in result.output
+    assert sent[0]["arms"] == [
+        "ce",
+        "weighted_ce",
+        "logit_adjusted",
+        {"curated_set_ids": ["c1"]},
+        {"curated_set_ids": ["c1"], "loss": "focal"},
+    ]
+    CliRunner().invoke(main, [*args, "--arm", "focal"])
+    assert sent[1]["arms"] == ["focal", {"curated_set_ids": ["c1"]}]
