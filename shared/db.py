@@ -43,8 +43,20 @@ def make_engine(settings: Settings) -> Engine:
         return engine
     # hide_parameters: a database error names its statement but not the values bound to
     # it, which are users' data (image paths, patient ids) and would reach the logs.
+    # connect_timeout: a server that stops answering fails a new connection in seconds
+    # (the API answers 503, a task backs off) instead of hanging it without end.
+    connect_args = (
+        {"connect_timeout": settings.database_connect_timeout_s}
+        if url.startswith("postgresql")
+        else {}
+    )
     return create_engine(
-        url, pool_pre_ping=True, pool_size=5, max_overflow=10, hide_parameters=True
+        url,
+        pool_pre_ping=True,
+        pool_size=5,
+        max_overflow=10,
+        hide_parameters=True,
+        connect_args=connect_args,
     )
 
 

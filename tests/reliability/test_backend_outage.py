@@ -80,9 +80,14 @@ def outage(service_settings: Settings, redis_prefix: str, tmp_path: Path) -> Ite
         )
         worker = start_worker(tmp_path, worker_env(worker_settings), queues="ingest")
         stack.callback(worker.stop)
-        # Short S3 timeouts, so the hung-server case takes seconds here.
+        # Short timeouts, so the hung-server cases take seconds here.
         api_settings = _through(settings, api_pg, api_s3).model_copy(
-            update={"s3_connect_timeout_s": 1.0, "s3_read_timeout_s": 2.0, "s3_tries": 2}
+            update={
+                "s3_connect_timeout_s": 1.0,
+                "s3_read_timeout_s": 2.0,
+                "s3_tries": 2,
+                "database_connect_timeout_s": 2,
+            }
         )
         tenant = f"outage-{uuid.uuid4().hex[:8]}"
         key = issue_key(api_settings, tenant)
@@ -142,6 +147,11 @@ def test_an_unreachable_backend_answers_503_and_loses_nothing(
     outage.api_pg.down()
     waits = {_unavailable(api.client.get("/v1/jobs"))}
     waits.add(_unavailable(api.client.post("/v1/synthesis", json={"counts": {"MEL": 1}})))
+    # It stops answering (takes connections, never answers): still 503, in seconds.
+    outage.api_pg.hang()
+    started = time.monotonic()
+    waits.add(_unavailable(api.client.get("/v1/jobs")))
+    pg_hung_s = time.monotonic() - started
     outage.api_pg.up()
     assert api.client.get("/v1/jobs").status_code == 200
 
@@ -181,7 +191,8 @@ def test_an_unreachable_backend_answers_503_and_loses_nothing(
 
     s3_stored, pg_stored = _stored(api, s3_dataset), _stored(api, pg_dataset)
     print(  # noqa: T201 (the figure this test proves)
-        f"\n(8) API with Postgres down: 2 of 2 requests 503 problem+json; with S3 down: the "
+        f"\n(8) API with Postgres down: 2 of 2 requests 503 problem+json, hung: 503 after "
+        f"{pg_hung_s:.1f}s; with S3 down: the "
         f"upload 503 after {s3_refused_s:.1f}s refused, {s3_hung_s:.1f}s hung, no job made; "
         f"Retry-After {sorted(waits)} s. "
         f"Worker with S3 down: {_retries(outage.worker, s3_job)} backed-off retries, ingest "
@@ -192,6 +203,7 @@ def test_an_unreachable_backend_answers_503_and_loses_nothing(
     )
     assert waits and all(wait > 0 for wait in waits)
     assert s3_hung_s < 20  # 2 tries x (1 s connect + 2 s read), with room
+    assert pg_hung_s < 20  # a 2 s connect timeout, with room
     assert (s3_done["state"], s3_done["attempts"]) == ("succeeded", 1), s3_done
     assert (pg_done["state"], pg_done["attempts"]) == ("succeeded", 1), pg_done
     assert s3_stored == (images, images) and pg_stored == (images, images)
