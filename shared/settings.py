@@ -56,6 +56,10 @@ class Settings(BaseSettings):
     # than the longest task time limit or a long training run would run twice at once.
     broker_visibility_timeout_s: int = 6 * 3600
     broker_key_prefix: str = ""
+    # Seconds to connect to Redis and to wait for its answer to one command: a broker that
+    # stops answering fails a send (the reaper sends the job later) and makes a worker
+    # reconnect, instead of hanging the request, the reaper or the worker without end.
+    broker_socket_timeout_s: float = Field(10.0, gt=1)
 
     # Objects: "local" (a directory) or "s3" (MinIO or any S3-compatible endpoint).
     storage_backend: Literal["local", "s3"] = "local"
