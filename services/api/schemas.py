@@ -248,6 +248,12 @@ class QualityProbe(BaseModel):
     images_per_class: int = Field(16, ge=2, le=1000)
     num_inference_steps: int = Field(DEFAULT_INFERENCE_STEPS, ge=1, le=1000)
     guidance_scale: float = Field(DEFAULT_GUIDANCE_SCALE, ge=0, le=30)
+    tail_guidance_scale: float | None = Field(
+        DEFAULT_TAIL_GUIDANCE_SCALE,
+        ge=0,
+        le=30,
+        description="guidance for classes with fewer than 10 training images, as in synthesis",
+    )
     background_policy: str = Field(
         DEFAULT_BACKGROUND_POLICY,
         pattern="^(any_class|same_class|head_classes)$",

@@ -75,6 +75,7 @@ from shared.synthesis import (
     DEFAULT_GUIDANCE_SCALE,
     DEFAULT_INFERENCE_STEPS,
     DEFAULT_SCHEDULER,
+    DEFAULT_TAIL_GUIDANCE_SCALE,
     candidate_rounds,
     class_guidance_scale,
 )
@@ -350,6 +351,10 @@ def _quality_probe(
     images_per_class = int(probe.get("images_per_class", 16))
     steps = int(probe.get("num_inference_steps", DEFAULT_INFERENCE_STEPS))
     guidance_scale = float(probe.get("guidance_scale", DEFAULT_GUIDANCE_SCALE))
+    # Each class at the guidance synthesis samples it with (the tail rule included), so
+    # the probe scores the images a synthesis request would get.
+    train_counts = np.bincount(train.labels, minlength=len(val.class_names))
+    guidance_of = [class_guidance_scale(probe, int(n)) for n in train_counts]
     policy = cast(BackgroundPolicy, probe.get("background_policy", DEFAULT_BACKGROUND_POLICY))
     class_ids = np.repeat(np.arange(len(val.class_names)), images_per_class)
     per_class_sources = []
@@ -369,22 +374,35 @@ def _quality_probe(
     # Probe a mode the generator serves: its inpaint path is untrained without inpaint.
     mode = "inpaint" if "inpaint" in model.config.modes else model.config.modes[0]
     seeds = np.arange(len(class_ids))
-    sampling: dict[str, Any] = {
-        "num_inference_steps": steps,
-        "guidance_scale": guidance_scale,
-        "should_cancel": ctx.should_cancel,
-    }
+    masks = None
     if mode == "inpaint":
         masks = val.masks[sources] if val.masks is not None else auto_masks(val.images[sources])
-        result = model.inpaint(val.images[sources], masks, class_ids, seeds, **sampling)
-    elif mode == "img2img":
-        result = model.img2img(
-            val.images[sources], class_ids, PROBE_IMG2IMG_STRENGTH, seeds, **sampling
-        )
-    else:
-        result = model.generate(class_ids, seeds, **sampling)
-    if result.canceled:
-        raise JobCanceled()
+    generated: np.ndarray | None = None
+    for scale in sorted(set(guidance_of)):
+        rows = np.flatnonzero(np.asarray(guidance_of)[class_ids] == scale)
+        sampling: dict[str, Any] = {
+            "num_inference_steps": steps,
+            "guidance_scale": scale,
+            "should_cancel": ctx.should_cancel,
+        }
+        if mode == "inpaint":
+            assert masks is not None
+            result = model.inpaint(
+                val.images[sources[rows]], masks[rows], class_ids[rows], seeds[rows], **sampling
+            )
+        elif mode == "img2img":
+            result = model.img2img(
+                val.images[sources[rows]], class_ids[rows], PROBE_IMG2IMG_STRENGTH,
+                seeds[rows], **sampling
+            )
+        else:
+            result = model.generate(class_ids[rows], seeds[rows], **sampling)
+        if result.canceled:
+            raise JobCanceled()
+        if generated is None:
+            generated = np.zeros((len(class_ids), *result.images.shape[1:]), np.uint8)
+        generated[rows] = result.images
+    assert generated is not None
     features = FeatureNetwork(
         lambda x: torch.from_numpy(
             classifier.features((x * 255).round().byte().permute(0, 2, 3, 1).numpy())
@@ -397,7 +415,7 @@ def _quality_probe(
     per_class = quality_report(
         val.images,
         val.labels,
-        result.images,
+        generated,
         class_ids,
         val.class_names,
         feature_network=features,
@@ -406,7 +424,7 @@ def _quality_probe(
     copy_rate = per_class_copy_rate(
         train.images,
         train.labels,
-        result.images,
+        generated,
         class_ids,
         classifier.features,
         len(val.class_names),
@@ -426,11 +444,13 @@ def _quality_probe(
         "sampling": {
             "num_inference_steps": steps,
             "guidance_scale": guidance_scale,
+            "tail_guidance_scale": probe.get("tail_guidance_scale", DEFAULT_TAIL_GUIDANCE_SCALE),
             "background_policy": policy,
         },
         "per_class": [
             {
                 **asdict(q),
+                "guidance_scale": guidance_of[c],
                 "classifier_accuracy_on_real_val": real_accuracy[c],
                 "copy_rate": copy_rate[c],
             }

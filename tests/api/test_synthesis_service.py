@@ -93,11 +93,13 @@ def test_trained_generator_records_checkpoint_loss_and_quality(
     assert generator["quality"]["sampling"] == {
         "num_inference_steps": 2,
         "guidance_scale": 5.0,
+        "tail_guidance_scale": 3.0,
         "background_policy": "same_class",
     }
     per_class = generator["quality"]["per_class"]
     assert [q["class_name"] for q in per_class] == ["BCC", "MEL", "NV"]
     assert all(q["n_generated"] == 2 for q in per_class)
+    assert all(q["guidance_scale"] == 5.0 for q in per_class)  # no class under 10 images
     assert all(q["classifier_accuracy"] is not None for q in per_class)
     # The same classifier on real val images, to read the generated figure against.
     assert all(0 <= q["classifier_accuracy_on_real_val"] <= 1 for q in per_class)

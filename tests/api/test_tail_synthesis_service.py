@@ -97,13 +97,29 @@ def generator_id(api: ApiHarness, dataset_id: str) -> str:
         json={
             "dataset_id": dataset_id,
             "training": TINY_TRAINING,
-            "quality_probe": {"enabled": False},
+            "quality_probe": {
+                "images_per_class": 2,
+                "num_inference_steps": 2,
+                "classifier_epochs": 1,
+                "classifier_min_steps": 0,
+            },
         },
     )
     assert created.status_code == 202, created.text
     job = api.wait_job(created.json()["job_id"], timeout=600)
     assert job["state"] == "succeeded", job
     return str(created.json()["generator_id"])
+
+
+def test_the_quality_probe_samples_the_tail_as_synthesis_does(
+    api: ApiHarness, generator_id: str
+) -> None:
+    """DF (3 training images) at the tail guidance, MEL at the default: the probe scores
+    the images a synthesis request would get."""
+    quality = api.client.get(f"/v1/generators/{generator_id}").json()["quality"]
+    guidance = {q["class_name"]: q["guidance_scale"] for q in quality["per_class"]}
+    assert guidance["DF"] == DEFAULT_TAIL_GUIDANCE_SCALE
+    assert guidance["MEL"] == quality["sampling"]["guidance_scale"] > DEFAULT_TAIL_GUIDANCE_SCALE
 
 
 def _stored_plan(api: ApiHarness, synthesis_id: str) -> dict[str, str]:
