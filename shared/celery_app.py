@@ -80,7 +80,14 @@ def create_celery_app(settings: Settings, *, include_tasks: bool = False) -> Cel
             "store_processed": False,
         }
     else:
-        transport_options = {"visibility_timeout": settings.broker_visibility_timeout_s}
+        transport_options = {
+            "visibility_timeout": settings.broker_visibility_timeout_s,
+            # Without these a Redis that takes connections and never answers hangs a
+            # send, and with it the request or the reaper, without end. A worker's BRPOP
+            # waits 1 s at a time, well within them.
+            "socket_timeout": settings.broker_socket_timeout_s,
+            "socket_connect_timeout": settings.broker_socket_timeout_s,
+        }
         if settings.broker_key_prefix:
             transport_options["global_keyprefix"] = settings.broker_key_prefix
     app.conf.update(

@@ -9,11 +9,13 @@ leaves them, for the reaper. Every job must end ``succeeded``, each run once.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from kombu.exceptions import OperationalError as BrokerOperationalError
 from pydantic import SecretStr
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -24,7 +26,7 @@ from shared.jobs import dispatch, reap
 from shared.models import Job, JobState, Tenant
 from shared.settings import Settings
 from tests.fixtures import job_tasks
-from tests.fixtures.faults import RedisServer, worker_env
+from tests.fixtures.faults import RedisServer, TcpProxy, worker_env
 from tests.fixtures.services import start_worker, wait_for
 
 pytestmark = [pytest.mark.reliability, pytest.mark.service]
@@ -143,3 +145,63 @@ def test_no_queued_job_is_lost_when_redis_restarts(
     assert waiting >= QUEUED // 2, "Redis restarted after most of the queue had run"
     assert states == [JobState.SUCCEEDED] * len(job_ids)
     assert runs == [1] * len(job_ids)
+
+
+def test_a_hung_redis_fails_a_send_in_bounded_time_and_loses_no_job(
+    service_settings: Settings,
+    redis_server: RedisServer,
+    factory: sessionmaker[Session],
+    tmp_path: Path,
+) -> None:
+    """Redis (behind a proxy) takes connections and never answers: a send fails within
+    its socket timeouts instead of hanging the request or the reaper; once Redis answers
+    again the reaper sends the job and the worker, reconnected, runs it."""
+    proxy = TcpProxy("127.0.0.1", redis_server.port)
+    proxy.up()
+    settings = service_settings.model_copy(
+        update={
+            "broker_url": SecretStr(f"redis://{proxy.address}/0"),
+            "broker_key_prefix": "",
+            "broker_socket_timeout_s": 2.0,
+        }
+    )
+    celery = create_celery_app(settings)
+    (tmp_path / "runs").mkdir()
+    worker = start_worker(
+        tmp_path, worker_env(settings), queues="ingest", app="tests.fixtures.job_tasks"
+    )
+    try:
+        (job_id,) = _add_jobs(factory, tmp_path / "runs", 1)
+        proxy.hang()
+        started = time.monotonic()
+        with pytest.raises(BrokerOperationalError):
+            dispatch(celery, factory, job_id)
+        failed_after_s = time.monotonic() - started
+        proxy.up()
+        with factory() as session:
+            assert session.get(Job, job_id).dispatched_at is None  # type: ignore[union-attr]
+        sent = reap(celery, factory, lease_s=settings.job_lease_s, grace_s=0)
+        started = time.monotonic()
+
+        def final() -> bool:
+            with factory() as session:
+                return session.get(Job, job_id).state.is_final  # type: ignore[union-attr]
+
+        wait_for(final, 120, "the job to run once Redis answers again")
+        ran_after_s = time.monotonic() - started
+    except TimeoutError:
+        raise AssertionError(worker.log()[-4000:]) from None
+    finally:
+        worker.stop()
+        proxy.down()
+    with factory() as session:
+        state = session.get(Job, job_id).state  # type: ignore[union-attr]
+    runs = len((tmp_path / "runs" / "0.log").read_text().splitlines())
+    print(  # noqa: T201 (the figure this test proves)
+        f"\n(6) Redis hung (connections taken, never answered): the send failed after "
+        f"{failed_after_s:.1f}s (2 s socket timeouts); once it answered, the reaper sent "
+        f"{sent} job and the reconnected worker ran it in {ran_after_s:.1f}s: {state.value}, "
+        f"{runs} run"
+    )
+    assert failed_after_s < 30
+    assert sent == 1 and state == JobState.SUCCEEDED and runs == 1
