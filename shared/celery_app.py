@@ -1,7 +1,8 @@
 """The Celery application: four queues, JSON only, late acks, one task at a time.
 
 Queues: ``ingest`` (light work: dataset ingest, demo data), ``generate`` (GPU),
-``filter`` and ``train``. Tasks are sent by name with the job id as their only
+``filter`` and ``train``, and ``webhooks`` (job events to receivers, apart so a slow
+receiver never holds a job's worker). Tasks are sent by name with the job id as their only
 argument (workers re-read the job row; no image bytes or ORM objects travel).
 """
 
@@ -13,6 +14,8 @@ from kombu import Queue
 from shared.settings import Settings
 
 QUEUES = ("ingest", "generate", "filter", "train")
+#: Not a job queue (no job waits on it): declared beside QUEUES, not in it.
+WEBHOOK_QUEUE = "webhooks"
 
 # Task names and their queues: the API sends by name, so it never imports worker code.
 TASK_QUEUES: dict[str, str] = {
@@ -22,6 +25,7 @@ TASK_QUEUES: dict[str, str] = {
     "tailsynth.synthesize": "generate",
     "tailsynth.filter_candidates": "filter",
     "tailsynth.run_experiment": "train",
+    "tailsynth.deliver_webhook": WEBHOOK_QUEUE,
 }
 
 TASK_MODULES = (
@@ -29,6 +33,7 @@ TASK_MODULES = (
     "services.generator.tasks",
     "services.ood_filter.tasks",
     "services.trainer.tasks",
+    "services.webhooks.tasks",
 )
 
 
@@ -101,7 +106,7 @@ def create_celery_app(settings: Settings, *, include_tasks: bool = False) -> Cel
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
-        task_queues=[Queue(name) for name in QUEUES],
+        task_queues=[Queue(name) for name in (*QUEUES, WEBHOOK_QUEUE)],
         task_default_queue="ingest",
         worker_hijack_root_logger=False,
         worker_send_task_events=False,

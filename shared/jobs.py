@@ -61,6 +61,7 @@ from shared.models import (
     utcnow,
 )
 from shared.settings import Settings, get_settings
+from shared.webhooks import FINAL_EVENTS, JOB_PROGRESS, JOB_STARTED, job_event
 
 log = logging.getLogger(__name__)
 
@@ -263,6 +264,7 @@ def end_job(
             job.done = job.total
     if state in (JobState.FAILED, JobState.CANCELED):
         _end_resource(session, job)
+    job_event(session, job, FINAL_EVENTS[state])
 
 
 def _end_resource(session: Session, job: Job) -> None:
@@ -376,7 +378,7 @@ class JobContext:
             )
         return statement.execution_options(synchronize_session=False)
 
-    def _write(self, values: dict[str, Any]) -> None:
+    def _write(self, values: dict[str, Any], event: str | None = None) -> None:
         now = utcnow()
         values = {**values, "heartbeat_at": now}
         if self.worker_id is not None:
@@ -384,6 +386,8 @@ class JobContext:
         with self.factory.begin() as session:
             statement = self._fenced(update(Job).values(**values))
             written = cast(CursorResult[Any], session.execute(statement)).rowcount
+            if written and event is not None:
+                job_event(session, self.job_id, event)
         if written == 0 and self.worker_id is not None and not self._lease_lost:
             log.warning("job %s: attempt %d lost its claim", self.job_id, self.attempts)
             self._lease_lost = True
@@ -401,7 +405,7 @@ class JobContext:
         if stage is not None:
             values["stage"] = stage
         values["progress_floor"] = case((restarts, _job_percent_column()), else_=Job.progress_floor)
-        self._write(values)
+        self._write(values, JOB_PROGRESS)
 
     def heartbeat(self, *_: object) -> None:
         """Renew the lease without touching progress (at most every ``cancel_poll_s`` x 10
@@ -613,7 +617,10 @@ def claim(
         if claimed != 1:
             log.info("job %s was claimed by another delivery first; this one dropped", job_id)
             return None
+        first_start = job.started_at is None
         session.refresh(job)
+        if first_start:
+            job_event(session, job, JOB_STARTED)
         return _context(factory, job, worker_id, policy)
 
 

@@ -330,3 +330,63 @@ class Experiment(TimestampMixin, Base):
     results: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     report_key: Mapped[str | None] = mapped_column(String(512))
     job_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+
+
+class WebhookEndpoint(TimestampMixin, Base):
+    """Where a tenant's job events go: every job of the tenant, or (``job_id`` set) only
+    the job whose POST named it. ``secret`` (``whsec_`` + base64) signs every delivery;
+    it is shown once, at creation, and kept here so the server can sign (not encrypted:
+    no key setting exists to encrypt it with)."""
+
+    __tablename__ = "webhook_endpoints"
+    __table_args__ = (Index("ix_webhook_endpoints_tenant_created", "tenant_id", "created_at"),)
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    url: Mapped[str] = mapped_column(String(2048))
+    events: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    secret: Mapped[str] = mapped_column(String(128))
+    job_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, index=True)
+
+
+class WebhookDelivery(TimestampMixin, Base):
+    """One event for one endpoint: the exact body signed and sent on every attempt, and
+    when the next attempt is due. ``state``: pending, succeeded or failed (gave up)."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        UniqueConstraint("endpoint_id", "event_id"),
+        Index("ix_webhook_deliveries_due", "state", "next_attempt_at"),
+        Index("ix_webhook_deliveries_job_type", "job_id", "event_type"),
+    )
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    endpoint_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("webhook_endpoints.id", ondelete="CASCADE")
+    )
+    event_id: Mapped[str] = mapped_column(String(64))
+    event_type: Mapped[str] = mapped_column(String(32))
+    job_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    #: job.progress only: the 10 % step the job had reached (throttling).
+    progress_step: Mapped[int | None] = mapped_column(Integer)
+    body: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    dispatched_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class WebhookAttempt(TimestampMixin, Base):
+    """One try of a delivery: the receiver's status code or the error, how long it took,
+    and when the next try is due (None: delivered, or given up)."""
+
+    __tablename__ = "webhook_attempts"
+    __table_args__ = (UniqueConstraint("delivery_id", "attempt"),)
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    delivery_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("webhook_deliveries.id", ondelete="CASCADE")
+    )
+    attempt: Mapped[int] = mapped_column(Integer)
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    duration_ms: Mapped[float] = mapped_column(Float)
+    next_retry_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -143,6 +143,29 @@ class Settings(BaseSettings):
     health_worker_timeout_s: float = 1.0
     health_cache_s: float = 10.0
 
+    # Webhooks (shared/webhooks.py). Targets on private, loopback, link-local, multicast
+    # or reserved addresses are refused (at creation and again, after a fresh DNS lookup,
+    # at each delivery) unless webhook_allow_private, or the address is inside one of
+    # webhook_allowed_networks (CIDRs, JSON list in the environment).
+    webhook_allow_private: bool = False
+    webhook_allowed_networks: tuple[str, ...] = ()
+    # Seconds one delivery attempt may take (connect + answer).
+    webhook_timeout_s: float = Field(10.0, gt=0, le=60)
+    # Seconds to wait after failed attempt 1, 2, ...; the last one is the last retry
+    # (30 s ... 8 h: about 13 h of retries in all). JSON list in the environment.
+    webhook_retry_schedule_s: tuple[float, ...] = (
+        30.0, 120.0, 600.0, 1800.0, 3600.0, 2 * 3600.0, 4 * 3600.0, 8 * 3600.0,
+    )  # fmt: skip
+    # A retry due within this many seconds is sent by the worker with a countdown; later
+    # ones are sent by the API's reaper when due (a broker holds no hours-long countdowns).
+    webhook_countdown_max_s: float = 300.0
+    # A delivery sent this long ago (seconds) and still not attempted is sent again.
+    webhook_redispatch_s: float = 600.0
+    # job.progress events: at most one per this many seconds, and only when the job
+    # reached a new 10 % step.
+    webhook_progress_interval_s: float = Field(5.0, ge=0)
+    webhooks_time_limit_s: int = 300
+
     @model_validator(mode="after")
     def _refuse_default_secrets(self) -> Settings:
         if self.environment == "development":
