@@ -18,8 +18,17 @@ from fastapi import FastAPI
 from services.api.deps import AppState
 from services.api.idempotency import purge_expired
 from services.api.problems import install_problem_handlers, problem
-from services.api.routers import datasets, experiments, generators, health, jobs, synthesis
+from services.api.routers import (
+    datasets,
+    experiments,
+    generators,
+    health,
+    jobs,
+    synthesis,
+    webhooks,
+)
 from services.api.workers import WorkerCensus
+from services.webhooks.delivery import sweep as sweep_webhooks
 from shared.celery_app import create_celery_app
 from shared.db import make_engine, make_session_factory
 from shared.errors import PayloadTooLarge
@@ -77,8 +86,9 @@ class BodySizeLimit:
 
 
 class Reaper:
-    """Every ``reaper_interval_s`` seconds until stopped: :func:`shared.jobs.reap`, and the
-    purge of expired idempotency records."""
+    """Every ``reaper_interval_s`` seconds until stopped: :func:`shared.jobs.reap`, the
+    webhook deliveries due and not sent (:func:`services.webhooks.delivery.sweep`), and
+    the purge of expired idempotency records."""
 
     def __init__(self, state: AppState) -> None:
         self.state = state
@@ -93,6 +103,10 @@ class Reaper:
                 )
             except Exception:  # keep reaping after a passing DB or broker outage
                 log.exception("job reaper pass failed")
+            try:  # webhook retries due now, and sends a crash or outage lost
+                sweep_webhooks(self.state.celery, self.state.sessions, self.state.settings)
+            except Exception:
+                log.exception("webhook sweep failed")
             try:
                 with self.state.sessions.begin() as session:
                     purged = purge_expired(session, self.state.settings.idempotency_ttl_s)
@@ -140,6 +154,6 @@ def create_app(settings: Settings | None = None, *, run_reaper: bool = True) -> 
         max_upload_bytes=settings.max_upload_bytes,
         max_json_bytes=settings.max_json_body_bytes,
     )
-    for module in (health, datasets, jobs, generators, synthesis, experiments):
+    for module in (health, datasets, jobs, generators, synthesis, experiments, webhooks):
         app.include_router(module.router)
     return app

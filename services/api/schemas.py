@@ -15,6 +15,7 @@ from pydantic import (
     field_validator,
 )
 
+from services.webhooks.schemas import WebhookCreate, WebhookCreated
 from shared.jobs import job_percent
 from shared.models import Dataset, Job, JobState
 from shared.synthesis import (
@@ -124,6 +125,9 @@ class DatasetCreated(BaseModel):
     dataset_id: uuid.UUID
     job_id: uuid.UUID
     dataset: DatasetRead
+    webhook: WebhookCreated | None = Field(
+        None, description="the request's webhook, with its signing secret (shown only here)"
+    )
 
 
 class DemoDatasetCreate(BaseModel):
@@ -140,6 +144,9 @@ class DemoDatasetCreate(BaseModel):
     # Stored in 32-bit integer columns: a larger one was a database overflow (a 500).
     seed: int = Field(0, ge=0, lt=2**31)
     split_seed: int = Field(0, ge=0, lt=2**31)
+    webhook: WebhookCreate | None = Field(
+        None, description="an endpoint for this job's events (signed; Standard Webhooks)"
+    )
     variant: str = Field(
         "dermoscopy",
         pattern="^(dermoscopy|chest_xray)$",
@@ -282,6 +289,9 @@ class GeneratorCreate(BaseModel):
         "Hugging Face cache",
     )
     modality: str = Field("dermoscopy", max_length=64, description="prompt templates (pretrained)")
+    webhook: WebhookCreate | None = Field(
+        None, description="an endpoint for this job's events (signed; Standard Webhooks)"
+    )
 
 
 class GeneratorRead(BaseModel):
@@ -304,6 +314,9 @@ class GeneratorCreated(BaseModel):
     generator_id: uuid.UUID
     job_id: uuid.UUID
     generator: GeneratorRead
+    webhook: WebhookCreated | None = Field(
+        None, description="the request's webhook, with its signing secret (shown only here)"
+    )
 
 
 # ----------------------------------------------------------------- synthesis
@@ -413,6 +426,9 @@ class SynthesisCreate(BaseModel):
     )
     filter: FilterSettings = FilterSettings()
     seed: int = Field(0, ge=0, lt=2**62)
+    webhook: WebhookCreate | None = Field(
+        None, description="an endpoint for this job's events (signed; Standard Webhooks)"
+    )
 
 
 class SynthesisCreated(BaseModel):
@@ -428,6 +444,9 @@ class SynthesisCreated(BaseModel):
         None, description="side in px the curated images will have (the dataset's by default)"
     )
     max_rounds: int | None = Field(None, description="generation rounds at most")
+    webhook: WebhookCreated | None = Field(
+        None, description="the request's webhook, with its signing secret (shown only here)"
+    )
 
 
 class CuratedSetRead(BaseModel):
@@ -566,6 +585,9 @@ class ExperimentCreate(BaseModel):
     seed: int = Field(0, ge=0, lt=2**31)
     n_resamples: int = Field(1000, ge=100, le=20_000, description="bootstrap resamples")
     adaptive: AdaptiveSettings | None = None
+    webhook: WebhookCreate | None = Field(
+        None, description="an endpoint for this job's events (signed; Standard Webhooks)"
+    )
 
 
 class ExperimentRead(BaseModel):
@@ -585,3 +607,6 @@ class ExperimentCreated(BaseModel):
     job_id: uuid.UUID
     arms: list[str]
     experiment: ExperimentRead
+    webhook: WebhookCreated | None = Field(
+        None, description="the request's webhook, with its signing secret (shown only here)"
+    )

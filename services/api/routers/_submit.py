@@ -13,6 +13,8 @@ from sqlalchemy.orm import Session
 
 from services.api.deps import AppState
 from services.api.idempotency import Idempotency
+from services.webhooks.schemas import WebhookCreate
+from services.webhooks.service import create_endpoint
 from shared.jobs import dispatch
 
 log = logging.getLogger(__name__)
@@ -25,12 +27,15 @@ def submit_job(
     create: Callable[[], tuple[uuid.UUID, Any]],
     *,
     on_abort: Callable[[], None] | None = None,
+    webhook: WebhookCreate | None = None,
 ) -> JSONResponse:
     """Replay an idempotent answer, or create rows, commit once, and dispatch.
 
     ``create`` adds the rows (a job among them) to ``session`` and returns the job id
     and the response body. ``on_abort`` undoes side effects outside the database (an
-    uploaded object) when nothing gets committed.
+    uploaded object) when nothing gets committed. ``webhook`` (the request's) becomes an
+    endpoint for this job's events, committed with it; the body's ``webhook`` field then
+    shows it with its secret.
     """
     replay = idempotency.replay()
     if replay is not None:
@@ -39,6 +44,16 @@ def submit_job(
         return replay
     try:
         job_id, body = create()
+        if webhook is not None:
+            endpoint = create_endpoint(
+                session,
+                idempotency.tenant_id,
+                webhook,
+                state.settings,
+                job_id=job_id,
+                field_prefix="webhook.",
+            )
+            body = body.model_copy(update={"webhook": endpoint})
         response = idempotency.record(202, body)
         session.commit()
     except IntegrityError:

@@ -10,6 +10,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, UploadFile
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 from sqlalchemy import func, select
 
 from services.api.deps import (
@@ -23,6 +24,7 @@ from services.api.deps import (
 from services.api.idempotency import Idempotency, body_hash
 from services.api.routers._submit import submit_job
 from services.api.schemas import DatasetCreated, DatasetRead, DemoDatasetCreate, Page
+from services.webhooks.schemas import WebhookCreate
 from shared.db import get_owned
 from shared.errors import InvalidInput, PayloadTooLarge
 from shared.ingest.archive import list_archive
@@ -93,6 +95,9 @@ def upload_dataset(
         str | None, Form(description="comma-separated closed list of labels")
     ] = None,
     split_seed: Annotated[int, Form(ge=0, lt=2**31)] = 0,  # a 32-bit column
+    webhook: Annotated[
+        str | None, Form(description='JSON: {"url": "https://...", "events": ["job.succeeded"]}')
+    ] = None,
     idempotency_key: IdempotencyKeyDep = None,
 ) -> JSONResponse:
     """Upload a labelled dataset; it is checked now and ingested by a job.
@@ -107,6 +112,7 @@ def upload_dataset(
             f"unknown format {format!r}; use one of {', '.join(FORMATS)}", field="format"
         )
     allowed = _parse_classes(classes)
+    webhook_request = _parse_webhook(webhook)
     with tempfile.TemporaryDirectory(prefix="tailsynth-upload-") as tmp:
         archive = Path(tmp) / "upload"
         file_sha = _spool_upload(file, archive, state.settings.max_upload_bytes)
@@ -115,7 +121,14 @@ def upload_dataset(
             tenant_id,
             idempotency_key,
             "POST /v1/datasets",
-            body_hash(name, format, allowed, split_seed, file_sha),
+            body_hash(
+                name,
+                format,
+                allowed,
+                split_seed,
+                file_sha,
+                *([webhook_request.model_dump()] if webhook_request else []),
+            ),
             ttl_s=state.settings.idempotency_ttl_s,
         )
         if (replay := idempotency.replay()) is not None:
@@ -156,8 +169,25 @@ def upload_dataset(
         return job.id, DatasetCreated(dataset_id=dataset_id, job_id=job.id, dataset=dataset)
 
     return submit_job(
-        state, session, idempotency, create, on_abort=lambda: state.store.delete(source_key)
+        state,
+        session,
+        idempotency,
+        create,
+        on_abort=lambda: state.store.delete(source_key),
+        webhook=webhook_request,
     )
+
+
+def _parse_webhook(text: str | None) -> WebhookCreate | None:
+    """The upload form's ``webhook`` field (JSON), or 422 naming the part that is wrong."""
+    if text is None or not text.strip():
+        return None
+    try:
+        return WebhookCreate.model_validate_json(text)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(["webhook", *(str(part) for part in error["loc"])])
+        raise InvalidInput(f"{where}: {error['msg']}", field=where) from None
 
 
 @router.post("/demo", status_code=202, response_model=DatasetCreated)
@@ -217,7 +247,7 @@ def create_demo_dataset(
         )
         return job.id, DatasetCreated(dataset_id=dataset_id, job_id=job.id, dataset=dataset)
 
-    return submit_job(state, session, idempotency, create)
+    return submit_job(state, session, idempotency, create, webhook=request.webhook)
 
 
 def _check_demo_request(request: DemoDatasetCreate) -> float:

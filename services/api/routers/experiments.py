@@ -112,7 +112,7 @@ def create_experiment(
             experiment=experiment_read(rows.experiment),
         )
 
-    return submit_job(state, session, idempotency, create)
+    return submit_job(state, session, idempotency, create, webhook=request.webhook)
 
 
 @router.get("", response_model=Page[ExperimentRead])

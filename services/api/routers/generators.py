@@ -119,7 +119,7 @@ def create_generator(
             generator=GeneratorRead.model_validate(generator),
         )
 
-    return submit_job(state, session, idempotency, create)
+    return submit_job(state, session, idempotency, create, webhook=request.webhook)
 
 
 @router.get(

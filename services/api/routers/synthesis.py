@@ -93,7 +93,7 @@ def create_synthesis(
             max_rounds=rows.synthesis.params["max_rounds"],
         )
 
-    return submit_job(state, session, idempotency, create)
+    return submit_job(state, session, idempotency, create, webhook=request.webhook)
 
 
 def get_curated_set(
