@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     )
     from services.client import TailsynthClient
 
-EMBEDDED_QUEUES = ("ingest", "generate", "filter", "train")
+EMBEDDED_QUEUES = ("ingest", "generate", "filter", "train", "webhooks")
 
 
 def _settings(data_dir: str | None) -> Settings:

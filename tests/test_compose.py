@@ -14,7 +14,7 @@ import yaml
 from shared.settings import KNOWN_DEFAULT_SECRETS, Settings
 
 ROOT = Path(__file__).resolve().parents[1]
-SERVICES = {"postgres", "redis", "minio", "api", "generator", "ood_filter", "trainer"}
+SERVICES = {"postgres", "redis", "minio", "api", "generator", "ood_filter", "trainer", "webhooks"}
 
 
 def _compose() -> dict:  # type: ignore[type-arg]

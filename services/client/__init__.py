@@ -5,7 +5,8 @@ the v1 API: one method per endpoint, grouped as ``client.datasets``, ``.generato
 ``.synthesis``, ``.jobs``, ``.curated_sets``, ``.synthetic_images``, ``.experiments``,
 each returning the API's own pydantic schemas (``services.api.schemas``). Retries,
 idempotency keys, waiting and resumable, verified downloads are built in; errors are
-the typed exceptions of :mod:`services.client.errors`.
+the typed exceptions of :mod:`services.client.errors`. :func:`verify_webhook` checks
+the signature of a webhook tailsynth sent.
 """
 
 from services.client._common import DEFAULT_URL, FINAL_STATES
@@ -28,6 +29,7 @@ from services.client.errors import (
 )
 from services.client.retry import RetryPolicy
 from services.client.sync import TailsynthClient
+from services.client.webhooks import WebhookVerificationError, verify_webhook
 
 __all__ = [
     "DEFAULT_URL",
@@ -49,4 +51,6 @@ __all__ = [
     "TailsynthClientError",
     "TailsynthClient",
     "WaitTimeout",
+    "WebhookVerificationError",
+    "verify_webhook",
 ]
