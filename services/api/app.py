@@ -16,6 +16,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from services.api.deps import AppState
+from services.api.docs import install_openapi, mount_offline_docs
 from services.api.idempotency import purge_expired
 from services.api.problems import install_problem_handlers, problem
 from services.api.routers import (
@@ -147,6 +148,8 @@ def create_app(settings: Settings | None = None, *, run_reaper: bool = True) -> 
         version="1",
         summary="Fill the long tail of medical image datasets with curated synthetic images.",
         lifespan=lifespan,
+        docs_url=None,  # FastAPI's own pages load their assets from a CDN: services.api.docs
+        redoc_url=None,
     )
     install_problem_handlers(app)
     app.add_middleware(
@@ -156,4 +159,6 @@ def create_app(settings: Settings | None = None, *, run_reaper: bool = True) -> 
     )
     for module in (health, datasets, jobs, generators, synthesis, experiments, webhooks):
         app.include_router(module.router)
+    mount_offline_docs(app)
+    install_openapi(app)
     return app

@@ -81,6 +81,15 @@ def _parse_classes(classes: str | None) -> list[str] | None:
     status_code=202,
     response_model=DatasetCreated,
     responses={413: {"description": "upload too large"}, 422: {"description": "bad archive"}},
+    openapi_extra={
+        "requestBody": {
+            "content": {
+                "multipart/form-data": {
+                    "example": {"file": "isic2019.zip", "name": "isic-2019", "format": "isic2019"}
+                }
+            }
+        }
+    },
 )
 def upload_dataset(
     state: StateDep,
