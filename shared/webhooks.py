@@ -32,6 +32,7 @@ from sqlalchemy.orm import Session
 from shared.celery_app import WEBHOOK_QUEUE
 from shared.models import Job, JobState, WebhookDelivery, WebhookEndpoint, utcnow
 from shared.settings import get_settings
+from shared.timestamps import rfc3339
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +108,7 @@ def _record(session: Session, job: Job | uuid.UUID, event_type: str) -> None:
         {
             "id": event_id,
             "type": event_type,
-            "timestamp": now.isoformat(),
+            "timestamp": rfc3339(now),  # the API's one format (shared.timestamps)
             "data": data,
         },
         separators=(",", ":"),

@@ -1,9 +1,10 @@
-"""Request and response schemas of the v1 API (DESIGN.md §7)."""
+"""Request and response schemas of the v1 API (docs/api.md).
+
+Every timestamp is a :data:`~shared.timestamps.Timestamp`: RFC 3339, UTC, ``Z``."""
 
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import (
@@ -28,6 +29,7 @@ from shared.synthesis import (
     TAIL_TRAIN_IMAGES,
     SchedulerName,
 )
+from shared.timestamps import Timestamp
 
 T = TypeVar("T")
 
@@ -35,6 +37,10 @@ T = TypeVar("T")
 ClassName = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 #: Classes one request may name.
 MAX_CLASSES = 1000
+#: Ids in the request examples of the OpenAPI schema (docs/api.md uses the same).
+EXAMPLE_DATASET_ID = "3f0c7a52-9d1e-4b8a-a6f2-5c4e1b7d9a10"
+EXAMPLE_GENERATOR_ID = "8b1d2e34-5f60-4a7b-9c8d-0e1f2a3b4c5d"
+EXAMPLE_CURATED_SET_ID = "c2a4e6f8-1b3d-4f5a-8c7e-9d0b1a2c3e4f"
 
 
 class Page(BaseModel, Generic[T]):
@@ -67,10 +73,10 @@ class JobRead(BaseModel):
     params: dict[str, Any]
     attempts: int
     cancel_requested: bool
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-    updated_at: datetime
+    created_at: Timestamp
+    started_at: Timestamp | None
+    finished_at: Timestamp | None
+    updated_at: Timestamp
 
     @classmethod
     def of(cls, job: Job) -> JobRead:
@@ -114,7 +120,7 @@ class DatasetRead(BaseModel):
     split_seed: int
     ingest_report: dict[str, Any]
     ingest_job_id: uuid.UUID | None
-    created_at: datetime
+    created_at: Timestamp
 
     @classmethod
     def of(cls, dataset: Dataset) -> DatasetRead:
@@ -134,7 +140,20 @@ class DemoDatasetCreate(BaseModel):
     """Ask for a built-in long-tailed demo set: dermoscopy-like (8 ISIC 2019 classes,
     RGB) or chest-X-ray-like (normal vs opacity, grayscale)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "demo",
+                    "total": 2400,
+                    "image_size": 64,
+                    "imbalance": 300,
+                    "min_per_class": 4,
+                }
+            ]
+        },
+    )
 
     name: str = Field("demo", min_length=1, max_length=200)
     total: int = Field(
@@ -275,7 +294,18 @@ class QualityProbe(BaseModel):
 class GeneratorCreate(BaseModel):
     """Train a generator on a dataset, or register pretrained diffusers weights."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "kind": "trained",
+                    "dataset_id": EXAMPLE_DATASET_ID,
+                    "training": {"resolution": 32, "max_train_steps": 1000},
+                }
+            ]
+        },
+    )
 
     kind: str = Field("trained", pattern="^(trained|pretrained)$")
     dataset_id: uuid.UUID
@@ -307,7 +337,7 @@ class GeneratorRead(BaseModel):
     loss_curve: list[Any]
     quality: dict[str, Any]
     job_id: uuid.UUID | None
-    created_at: datetime
+    created_at: Timestamp
 
 
 class GeneratorCreated(BaseModel):
@@ -392,7 +422,23 @@ class FilterSettings(BaseModel):
 
 
 class SynthesisCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Per-class counts of curated synthetic images (``counts``, or ``target``
+    fill_to_max) from a generator, kept by the OOD filter."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "dataset_id": EXAMPLE_DATASET_ID,
+                    "generator_id": EXAMPLE_GENERATOR_ID,
+                    "counts": {"DF": 500, "VASC": 300},
+                    "mode": "inpaint",
+                    "seed": 0,
+                }
+            ]
+        },
+    )
 
     dataset_id: uuid.UUID
     generator_id: uuid.UUID
@@ -458,7 +504,7 @@ class CuratedSetRead(BaseModel):
     state: str
     thresholds: dict[str, Any]
     summary: dict[str, Any]
-    created_at: datetime
+    created_at: Timestamp
 
 
 class SyntheticImageRead(BaseModel):
@@ -491,7 +537,7 @@ class SyntheticImageRead(BaseModel):
     size: int | None = None
     resize_method: str | None = None
     ood_scores: list[dict[str, Any]] = Field(default_factory=list)
-    created_at: datetime
+    created_at: Timestamp
 
 
 # ----------------------------------------------------------------- experiments
@@ -559,7 +605,24 @@ class AdaptiveSettings(BaseModel):
 class ExperimentCreate(BaseModel):
     """Classifiers on real vs real + curated synthetic images, scored on real held-out images."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "dataset_id": EXAMPLE_DATASET_ID,
+                    "arms": [
+                        "ce",
+                        "weighted_ce",
+                        "logit_adjusted",
+                        {"curated_set_ids": [EXAMPLE_CURATED_SET_ID]},
+                    ],
+                    "epochs": 10,
+                    "seeds": 3,
+                }
+            ]
+        },
+    )
 
     dataset_id: uuid.UUID
     mode: str = Field("offline", pattern="^(offline|adaptive)$")
@@ -598,8 +661,8 @@ class ExperimentRead(BaseModel):
     results: dict[str, Any]
     report_url: str | None
     job_id: uuid.UUID | None
-    created_at: datetime
-    updated_at: datetime
+    created_at: Timestamp
+    updated_at: Timestamp
 
 
 class ExperimentCreated(BaseModel):

@@ -4,12 +4,12 @@ POST, ``/v1/webhooks`` endpoints, and their delivery attempts."""
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from services.webhooks.targets import MAX_URL_LENGTH, TargetRefused, check_url_text
+from shared.timestamps import Timestamp
 from shared.webhooks import EVENT_TYPES
 
 #: The names of shared.webhooks.EVENT_TYPES (a test keeps the two the same).
@@ -20,7 +20,14 @@ class WebhookCreate(BaseModel):
     """Where to send job events, and which. On a job-creating POST (its ``webhook``
     field) it serves that job only; at ``POST /v1/webhooks``, every job of the tenant."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"url": "https://ci.example.org/hooks", "events": ["job.succeeded", "job.failed"]}
+            ]
+        },
+    )
 
     url: str = Field(
         min_length=1,
@@ -59,7 +66,7 @@ class WebhookRead(BaseModel):
     url: str
     events: list[str]
     job_id: uuid.UUID | None = Field(description="the one job it serves; None: every job")
-    created_at: datetime
+    created_at: Timestamp
 
 
 class WebhookCreated(WebhookRead):
@@ -79,6 +86,6 @@ class WebhookAttemptRead(BaseModel):
     status_code: int | None = Field(description="the receiver's answer; None if none came")
     error: str | None = Field(description="why the attempt failed; None if delivered")
     duration_ms: float
-    next_retry_at: datetime | None = Field(description="None: delivered or given up")
+    next_retry_at: Timestamp | None = Field(description="None: delivered or given up")
     delivery_state: str = Field(description="pending, succeeded or failed (gave up)")
-    created_at: datetime
+    created_at: Timestamp
