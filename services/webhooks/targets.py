@@ -23,9 +23,9 @@ _REFUSED_KINDS = (
     ("is_loopback", "loopback"),
     ("is_link_local", "link-local"),
     ("is_multicast", "multicast"),
-    ("is_private", "private"),
-    ("is_reserved", "reserved"),
     ("is_unspecified", "unspecified"),
+    ("is_reserved", "reserved"),
+    ("is_private", "private"),
 )
 
 
@@ -94,7 +94,7 @@ def resolve_target(url: str, settings: Settings) -> IPAddress:
         reason = refusal(address, settings)
         if reason is not None:
             raise TargetRefused(
-                f"host {host!r} resolves to a {reason}; such targets are refused unless "
+                f"host {host!r} resolves to {reason}; such targets are refused unless "
                 "TAILSYNTH_WEBHOOK_ALLOW_PRIVATE or TAILSYNTH_WEBHOOK_ALLOWED_NETWORKS allow them"
             )
     return addresses[0]
