@@ -7,12 +7,13 @@ scale-out (more workers on the same servers). Only these settings differ.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
@@ -165,6 +166,20 @@ class Settings(BaseSettings):
     # reached a new 10 % step.
     webhook_progress_interval_s: float = Field(5.0, ge=0)
     webhooks_time_limit_s: int = 300
+
+    @field_validator("webhook_allowed_networks")
+    @classmethod
+    def _networks(cls, networks: tuple[str, ...]) -> tuple[str, ...]:
+        for network in networks:
+            ipaddress.ip_network(network, strict=False)  # ValueError names the bad one
+        return networks
+
+    @field_validator("webhook_retry_schedule_s")
+    @classmethod
+    def _schedule(cls, schedule: tuple[float, ...]) -> tuple[float, ...]:
+        if any(delay < 0 for delay in schedule):
+            raise ValueError("webhook retry delays are seconds, 0 or more")
+        return schedule
 
     @model_validator(mode="after")
     def _refuse_default_secrets(self) -> Settings:

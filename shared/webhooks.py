@@ -25,12 +25,13 @@ import time
 import uuid
 from typing import Any, Final
 
-from celery import current_app
+from celery import Celery
 from sqlalchemy import event, func, or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from shared.celery_app import WEBHOOK_QUEUE
 from shared.models import Job, JobState, WebhookDelivery, WebhookEndpoint, utcnow
+from shared.runtime import get_runtime
 from shared.settings import get_settings
 from shared.timestamps import rfc3339
 
@@ -54,6 +55,7 @@ FINAL_EVENTS: dict[JobState, str] = {
 DELIVER_TASK: Final = "tailsynth.deliver_webhook"
 
 _PENDING_SENDS = "tailsynth.webhook_deliveries"
+_CELERY = "tailsynth.celery"
 #: Job id -> when this process last looked at whether a job.progress event is due.
 _progress_checked: dict[uuid.UUID, float] = {}
 _progress_lock = threading.Lock()
@@ -191,11 +193,23 @@ def _forget_pending(session: Session) -> None:
     session.info.pop(_PENDING_SENDS, None)
 
 
+def attach_celery(factory: sessionmaker[Session], celery: Celery) -> None:
+    """Send the deliveries that sessions of ``factory`` record through ``celery`` (the
+    API's app). Sessions without one (a worker's) use the worker's runtime app."""
+    factory.configure(info={**factory.kw.get("info", {}), _CELERY: celery})
+
+
 def _send_pending(session: Session) -> None:
-    """After commit: send each new delivery to the ``webhooks`` queue (through the
-    process's Celery app). A failed send is left to the reaper's sweep."""
-    for delivery_id in session.info.pop(_PENDING_SENDS, []):
-        try:
-            current_app.send_task(DELIVER_TASK, args=[str(delivery_id)], queue=WEBHOOK_QUEUE)
-        except Exception:
-            log.warning("webhook delivery %s: not sent now; the reaper will", delivery_id)
+    """After commit: send each new delivery to the ``webhooks`` queue. A failed send is
+    left to the reaper's sweep."""
+    delivery_ids = session.info.pop(_PENDING_SENDS, [])
+    if not delivery_ids:
+        return
+    try:
+        celery = session.info.get(_CELERY)
+        if celery is None:  # a worker's session: its settings, its app
+            celery = get_runtime().celery
+        for delivery_id in delivery_ids:
+            celery.send_task(DELIVER_TASK, args=[str(delivery_id)], queue=WEBHOOK_QUEUE)
+    except Exception:
+        log.warning("webhook deliveries %s: not sent now; the reaper will", delivery_ids)

@@ -36,6 +36,7 @@ from shared.errors import PayloadTooLarge
 from shared.jobs import reap
 from shared.settings import Settings, get_settings
 from shared.storage import make_store
+from shared.webhooks import attach_celery
 
 log = logging.getLogger(__name__)
 
@@ -124,9 +125,11 @@ def create_app(settings: Settings | None = None, *, run_reaper: bool = True) -> 
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = make_engine(settings)
         celery = create_celery_app(settings)
+        sessions = make_session_factory(engine)
+        attach_celery(sessions, celery)  # job events recorded here are sent through it
         state = AppState(
             settings=settings,
-            sessions=make_session_factory(engine),
+            sessions=sessions,
             store=make_store(settings),
             celery=celery,
             workers=WorkerCensus(

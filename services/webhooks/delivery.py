@@ -112,6 +112,9 @@ def attempt(url: str, secret: str, event_id: str, body: str, settings: Settings)
         error = f"refused: {exc}"
     except httpx.HTTPError as exc:
         error = f"{type(exc).__name__}: {exc}"
+    except Exception as exc:  # recorded like any failure, so the schedule still ends
+        log.exception("webhook %s: attempt to %s failed unexpectedly", event_id, url)
+        error = f"internal error: {type(exc).__name__}"
     duration_ms = round((time.monotonic() - started) * 1000, 1)
     return AttemptResult(status_code, None if error is None else error[:_ERROR_CHARS], duration_ms)
 

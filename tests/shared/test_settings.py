@@ -95,5 +95,6 @@ def test_celery_is_configured_for_long_idempotent_tasks(tmp_path) -> None:  # ty
     assert conf.task_acks_late and conf.task_reject_on_worker_lost
     assert conf.worker_prefetch_multiplier == 1
     assert conf.accept_content == ["json"] and conf.task_serializer == "json"
-    assert {q.name for q in conf.task_queues} == {"ingest", "generate", "filter", "train"}
+    queues = {q.name for q in conf.task_queues}
+    assert queues == {"ingest", "generate", "filter", "train", "webhooks"}
     assert conf.task_annotations["tailsynth.train_generator"]["time_limit"] == 5 * 3600

@@ -4,14 +4,15 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
 
 from services.client import verify_webhook
+from services.webhooks.delivery import sweep
 from shared.jobs import dispatch
-from shared.models import Job, JobState, Tenant
+from shared.models import Job, JobState, Tenant, WebhookDelivery, utcnow
 from tests.conftest import ApiHarness
 from tests.fixtures.services import wait_for
 from tests.webhooks.conftest import PROGRESS_INTERVAL_S, RETRY_SCHEDULE_S
@@ -198,3 +199,71 @@ def test_canceling_a_running_job_sends_job_canceled(
     canceled = [e for e in events if e["type"] == "job.canceled"]
     assert len(canceled) == 1 and canceled[0]["data"]["state"] == "canceled"
     assert uuid.UUID(canceled[0]["data"]["id"]) == uuid.UUID(job_id)
+
+
+def test_the_api_sends_the_event_of_a_queued_job_it_cancels(
+    webhook_api: ApiHarness, receiver: Receiver, token: str
+) -> None:
+    """The job ends in the API's process (no worker held it): its event is sent from
+    there, after the cancel commits."""
+    path = f"/ok/{token}"
+    hook = _endpoint(webhook_api, receiver.base + path, ["job.canceled"])
+    job_id = _queued_job(webhook_api)
+    assert webhook_api.client.post(f"/v1/jobs/{job_id}/cancel").status_code == 202
+
+    wait_for(lambda: bool(receiver.at(path)), 30, "job.canceled")
+    (event,) = [verify_webhook(r.headers, r.body, hook["secret"]) for r in receiver.at(path)]
+    assert event["type"] == "job.canceled" and event["data"]["id"] == job_id
+
+
+def test_the_sweep_sends_deliveries_that_are_due_and_unsent(
+    webhook_api: ApiHarness, receiver: Receiver, token: str
+) -> None:
+    """A retry hours away, or a send lost to a broker outage, is sent by the API's reaper
+    once due (services.webhooks.delivery.sweep), and only once while it waits."""
+    path = f"/ok/{token}"
+    hook = _endpoint(webhook_api, receiver.base + path, ["job.succeeded"])
+    state = webhook_api.client.app.state.tailsynth  # type: ignore[attr-defined]
+    with state.sessions.begin() as session:
+        delivery = WebhookDelivery(
+            endpoint_id=uuid.UUID(hook["id"]),
+            event_id=f"evt_{uuid.uuid4().hex}",
+            event_type="job.succeeded",
+            job_id=uuid.uuid4(),
+            body='{"type":"job.succeeded"}',
+            state="pending",
+            attempts=1,
+            next_attempt_at=utcnow() - timedelta(seconds=1),
+            dispatched_at=None,
+        )
+        session.add(delivery)
+    assert sweep(state.celery, state.sessions, webhook_api.settings) >= 1
+    assert sweep(state.celery, state.sessions, webhook_api.settings) == 0  # sent already
+
+    wait_for(lambda: bool(receiver.at(path)), 30, "the swept delivery")
+    (received,) = receiver.at(path)
+    assert verify_webhook(received.headers, received.body, hook["secret"])["type"] == (
+        "job.succeeded"
+    )
+    wait_for(lambda: bool(_attempts(webhook_api, hook["id"])), 10, "the attempt's record")
+    (recorded,) = _attempts(webhook_api, hook["id"])
+    assert recorded["attempt"] == 2 and recorded["status_code"] == 200
+
+
+def _queued_job(api: ApiHarness) -> str:
+    """A queued job of this tenant that was never sent."""
+    state = api.client.app.state.tailsynth  # type: ignore[attr-defined]
+    with state.sessions.begin() as session:
+        tenant_id = session.scalar(select(Tenant.id).where(Tenant.name == api.tenant_name))
+        job = Job(
+            tenant_id=tenant_id,
+            kind="test",
+            task_name=REPORT_PROGRESS,
+            queue="ingest",
+            params={"steps": 1, "step_s": 0},
+            state=JobState.QUEUED,
+            stage="queued",
+        )
+        session.add(job)
+        session.flush()
+        return str(job.id)
