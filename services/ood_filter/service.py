@@ -10,7 +10,8 @@ Classes are isolated: each is filtered in the best mode it can have (``per_class
 ``pooled``, see :mod:`services.ood_filter.filter`) or ends ``skipped`` with its reason,
 and one class's trouble never fails the others. The curated set's ``summary[class]``
 says ``status`` (``kept`` | ``flagged`` | ``skipped``), ``filter_mode`` and ``reason``;
-a class left short of its count is ``flagged`` with its ``dominant_rejection``. When any
+a class left short of its count is ``flagged`` with its ``dominant_rejection``, and so is
+one whose kept images the dataset's classifier mostly puts below chance for it. When any
 class is skipped or flagged the job ends ``partial`` (its result: ``partial: true`` and a
 one-line ``summary``).
 
@@ -615,6 +616,18 @@ def _judge(entry: dict[str, Any], mode_reason: str, *, cap_reached: bool) -> Non
         if entry["kept_below_chance"]
         else ""
     )
+    if kept >= requested and entry["kept_below_chance"] * 2 > kept:
+        # Enough passed the detectors, but the dataset's classifier calls most of them
+        # another class: say so rather than deliver them as the class asked for.
+        entry.update(
+            status="flagged",
+            dominant_rejection=None,
+            mostly_below_chance=True,
+            reason=f"{entry['kept_below_chance']} of {kept} kept images are below chance "
+            "for the class: the dataset's classifier does not recognise most of them as it"
+            f"; filter: {mode_reason}",
+        )
+        return
     if kept >= requested:
         entry.update(status="kept", reason=mode_reason + below)
         return
@@ -649,7 +662,9 @@ def _one_line(summary: dict[str, Any], attention: list[str]) -> str:
     parts = []
     for name in attention:
         entry = summary[name]
-        if entry["status"] == "flagged":
+        if entry.get("mostly_below_chance"):
+            why = f"{entry['kept_below_chance']} of {entry['kept']} kept below chance"
+        elif entry["status"] == "flagged":
             dominant = entry.get("dominant_rejection")
             why = _shortfall(entry) + (f"; mostly {dominant}" if dominant else "")
         else:

@@ -85,3 +85,23 @@ def test_a_short_class_says_how_short_after_how_many_rounds_and_that_the_cap_was
         "1 of 2 classes kept; DF flagged (kept 12 of 24 asked after 3 rounds; cap reached; "
         "mostly ood)"
     )
+
+
+def test_a_class_whose_kept_images_are_mostly_below_chance_is_flagged() -> None:
+    """40 of 40 kept, 33 of them called another class by the dataset's classifier: the
+    set is not what was asked for, whatever the detectors passed (generate mode on the
+    demo set kept such AK before this rule)."""
+    off = _entry(40, 60)
+    off.update(kept=40, rounds=1, kept_below_chance=33)
+    fine = _entry(40, 60)
+    fine.update(kept=40, rounds=1, kept_below_chance=5)
+
+    _judge(off, "per_class", cap_reached=False)
+    _judge(fine, "per_class", cap_reached=False)
+
+    assert off["status"] == "flagged" and off["mostly_below_chance"] is True
+    assert off["reason"].startswith("33 of 40 kept images are below chance for the class")
+    assert fine["status"] == "kept" and "5 kept below chance" in fine["reason"]
+    assert _one_line({"AK": off, "SCC": fine}, ["AK"]) == (
+        "1 of 2 classes kept; AK flagged (33 of 40 kept below chance)"
+    )
