@@ -20,8 +20,9 @@ from tests.webhooks.receiver import Receiver
 from tests.webhooks.worker_app import REPORT_PROGRESS
 
 
-def _start_job(api: ApiHarness, steps: int, step_s: float) -> str:
-    """A queued test job of this tenant (tests.webhooks.worker_app), sent to the worker."""
+def _start_job(api: ApiHarness, steps: int, step_s: float, fail: str | None = None) -> str:
+    """A queued test job of this tenant (tests.webhooks.worker_app), sent to the worker;
+    it fails with ``fail`` as its error if given."""
     state = api.client.app.state.tailsynth  # type: ignore[attr-defined]
     with state.sessions.begin() as session:
         tenant_id = session.scalar(select(Tenant.id).where(Tenant.name == api.tenant_name))
@@ -30,7 +31,7 @@ def _start_job(api: ApiHarness, steps: int, step_s: float) -> str:
             kind="test",
             task_name=REPORT_PROGRESS,
             queue="ingest",
-            params={"steps": steps, "step_s": step_s},
+            params={"steps": steps, "step_s": step_s, "fail": fail},
             total=steps,
             state=JobState.QUEUED,
             stage="queued",
@@ -199,6 +200,21 @@ def test_canceling_a_running_job_sends_job_canceled(
     canceled = [e for e in events if e["type"] == "job.canceled"]
     assert len(canceled) == 1 and canceled[0]["data"]["state"] == "canceled"
     assert uuid.UUID(canceled[0]["data"]["id"]) == uuid.UUID(job_id)
+
+
+def test_a_failed_job_sends_job_failed_with_its_error(
+    webhook_api: ApiHarness, receiver: Receiver, token: str
+) -> None:
+    path = f"/ok/{token}"
+    hook = _endpoint(webhook_api, receiver.base + path, ["job.succeeded", "job.failed"])
+    job_id = _start_job(webhook_api, steps=1, step_s=0.01, fail="the test asked to fail")
+    assert webhook_api.wait_job(job_id, timeout=30)["state"] == "failed"
+
+    wait_for(lambda: bool(receiver.at(path)), 30, "job.failed")
+    (event,) = [verify_webhook(r.headers, r.body, hook["secret"]) for r in receiver.at(path)]
+    assert event["type"] == "job.failed" and event["data"]["id"] == job_id
+    assert event["data"]["state"] == "failed"
+    assert event["data"]["error"] == "the test asked to fail"
 
 
 def test_the_api_sends_the_event_of_a_queued_job_it_cancels(
