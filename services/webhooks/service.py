@@ -26,6 +26,15 @@ def new_secret() -> str:
     return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(SECRET_BYTES)).decode("ascii")
 
 
+def check_target(request: WebhookCreate, settings: Settings, *, field_prefix: str = "") -> None:
+    """422 naming ``<field_prefix>url`` when the URL's host now resolves to an address that
+    may not receive webhooks."""
+    try:
+        resolve_target(request.url, settings)
+    except TargetRefused as exc:
+        raise InvalidInput(f"{field_prefix}url: {exc}", field=f"{field_prefix}url") from None
+
+
 def create_endpoint(
     session: Session,
     tenant_id: uuid.UUID,
@@ -38,10 +47,7 @@ def create_endpoint(
     """Add an endpoint (for one job when ``job_id`` is given) after checking where its URL
     points now (422 naming ``<field_prefix>url`` when refused). The answer carries the
     secret, which no later answer shows."""
-    try:
-        resolve_target(request.url, settings)
-    except TargetRefused as exc:
-        raise InvalidInput(f"{field_prefix}url: {exc}", field=f"{field_prefix}url") from None
+    check_target(request, settings, field_prefix=field_prefix)
     endpoint = WebhookEndpoint(
         tenant_id=tenant_id,
         url=request.url,

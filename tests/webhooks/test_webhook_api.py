@@ -96,6 +96,15 @@ def test_a_job_post_with_a_refused_webhook_creates_nothing(local_api: ApiHarness
     )
     assert upload.status_code == 422, upload.text
     assert _field(upload.json()) == "webhook.url"
+    # A refused address is answered before the archive is read or stored.
+    private = local_api.client.post(
+        "/v1/datasets",
+        data={"name": "x", "webhook": json.dumps({"url": "http://10.9.8.7/hook"})},
+        files={"file": ("x.zip", io.BytesIO(b"not a zip"), "application/zip")},
+    )
+    assert private.status_code == 422, private.text
+    assert _field(private.json()) == "webhook.url" and "private" in private.json()["detail"]
+    assert local_api.client.get("/v1/jobs").json()["total"] == 0
 
 
 def test_a_job_webhook_records_the_event_of_a_cancel_in_the_same_transaction(

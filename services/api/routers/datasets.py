@@ -25,6 +25,7 @@ from services.api.idempotency import Idempotency, body_hash
 from services.api.routers._submit import submit_job
 from services.api.schemas import DatasetCreated, DatasetRead, DemoDatasetCreate, Page
 from services.webhooks.schemas import WebhookCreate
+from services.webhooks.service import check_target
 from shared.db import get_owned
 from shared.errors import InvalidInput, PayloadTooLarge
 from shared.ingest.archive import list_archive
@@ -122,6 +123,8 @@ def upload_dataset(
         )
     allowed = _parse_classes(classes)
     webhook_request = _parse_webhook(webhook)
+    if webhook_request is not None:  # before the upload is spooled and stored
+        check_target(webhook_request, state.settings, field_prefix="webhook.")
     with tempfile.TemporaryDirectory(prefix="tailsynth-upload-") as tmp:
         archive = Path(tmp) / "upload"
         file_sha = _spool_upload(file, archive, state.settings.max_upload_bytes)
