@@ -62,17 +62,27 @@ class AttemptResult:
         return self.error is None
 
 
+@dataclass(frozen=True)
+class _Answer:
+    status_code: int
+    location: str
+    text: str
+
+
 def _post(
     url: str, address: IPAddress, headers: dict[str, str], body: str, timeout_s: float
-) -> httpx.Response:
+) -> _Answer:
     """POST to ``url`` at ``address`` (checked already): the Host header and the TLS
-    server name stay the URL's host; no proxy from the environment, no redirects."""
+    server name stay the URL's host; no proxy from the environment, no redirects. Reads
+    at most the first KiB of the answer (a receiver's body is only shown in errors)."""
     target = httpx.URL(url)
     extensions: dict[str, Any] = {}
     if target.scheme == "https":
         extensions["sni_hostname"] = target.host
-    with httpx.Client(follow_redirects=False, timeout=timeout_s, trust_env=False) as client:
-        return client.post(
+    with (
+        httpx.Client(follow_redirects=False, timeout=timeout_s, trust_env=False) as client,
+        client.stream(
+            "POST",
             target.copy_with(host=str(address)),
             content=body.encode(),
             headers={
@@ -82,6 +92,17 @@ def _post(
                 "user-agent": USER_AGENT,
             },
             extensions=extensions,
+        ) as response,
+    ):
+        head = b""
+        for chunk in response.iter_bytes():
+            head += chunk
+            if len(head) >= 1024:
+                break
+        return _Answer(
+            response.status_code,
+            response.headers.get("location", ""),
+            head[:1024].decode("utf-8", errors="replace"),
         )
 
 
@@ -92,22 +113,21 @@ def attempt(url: str, secret: str, event_id: str, body: str, settings: Settings)
     error: str | None = None
     try:
         address = resolve_target(url, settings)
-        response = _post(
+        answer = _post(
             url,
             address,
             signature_headers(secret, event_id, body),
             body,
             settings.webhook_timeout_s,
         )
-        status_code = response.status_code
-        if response.is_redirect or 300 <= status_code < 400:
-            location = response.headers.get("location", "")
+        status_code = answer.status_code
+        if 300 <= status_code < 400:
             error = (
-                f"receiver answered {status_code} redirecting to {location[:300]!r}; redirects "
-                "are not followed: point the endpoint at the final URL"
+                f"receiver answered {status_code} redirecting to {answer.location[:300]!r}; "
+                "redirects are not followed: point the endpoint at the final URL"
             )
         elif not 200 <= status_code < 300:
-            error = f"receiver answered {status_code}: {response.text[:200]!r}"
+            error = f"receiver answered {status_code}: {answer.text[:200]!r}"
     except TargetRefused as exc:
         error = f"refused: {exc}"
     except httpx.HTTPError as exc:
