@@ -782,15 +782,3 @@ def _hand_over(ctx: JobContext, policy: JobPolicy, stage: NextStage, celery: Cel
     if policy.retrying(f"handing over job {ctx.job_id}")(write):
         dispatch(celery, ctx.factory, ctx.job_id)
 
-
-def guarded(
-    factory: sessionmaker[Session],
-    model: type[Any],
-    id_param: str,
-    work: Callable[[JobContext], dict[str, Any] | NextStage],
-) -> Callable[[JobContext], dict[str, Any] | NextStage]:
-    """``work`` as it is: the row a job makes now ends with the job itself, in
-    :func:`end_job` (see :data:`RESOURCES`), whatever ends it. Kept for task modules
-    written against it."""
-    del factory, model, id_param
-    return work

@@ -1,12 +1,13 @@
-"""Celery task of the ``train`` queue: thin, idempotent, by job id."""
+"""Celery task of the ``train`` queue: thin, idempotent, by job id.
+
+The experiment a job makes ends with the job itself (:func:`shared.jobs.end_job`)."""
 
 from __future__ import annotations
 
 from celery import shared_task
 
 from services.trainer.experiment_job import run_experiment_job
-from shared.jobs import guarded, run_job
-from shared.models import Experiment
+from shared.jobs import run_job
 from shared.runtime import get_runtime
 
 
@@ -14,10 +15,4 @@ from shared.runtime import get_runtime
 def run_experiment(job_id: str) -> None:
     """Train and score every arm of an experiment; resumes from its recorded runs."""
     runtime = get_runtime()
-    work = guarded(
-        runtime.sessions,
-        Experiment,
-        "experiment_id",
-        lambda ctx: run_experiment_job(ctx, runtime),
-    )
-    run_job(runtime.sessions, job_id, work)
+    run_job(runtime.sessions, job_id, lambda ctx: run_experiment_job(ctx, runtime))
