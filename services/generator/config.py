@@ -16,6 +16,10 @@ from typing import Any, Literal, cast
 from shared.sampling_params import prediction_type_for
 
 MIN_RESOLUTION = 32
+#: Largest UNet a training request may ask for: 20 bytes a parameter to train (weights,
+#: gradients, two Adam moments, EMA) make 1e9 about 20 GB before activations; Stable
+#: Diffusion's UNet has 0.86e9. Checked before any job from the architecture alone.
+MAX_UNET_PARAMETERS = 1_000_000_000
 MAX_RESOLUTION = 256
 
 SynthesisMode = Literal["inpaint", "img2img", "generate"]
@@ -216,6 +220,50 @@ class GeneratorConfig:
         return self.latent_channels if self.latent else self.channels
 
     @property
+    def unet_parameters(self) -> int:
+        """Parameters of the UNet ``model.build_unet`` makes for this config, counted from
+        the architecture without building it (diffusers ``UNet2DModel``: ResNet blocks
+        with a time-embedding projection, attention with q, k, v and out projections;
+        tests/generator/test_config.py checks the count against the built model)."""
+        widths, layers, attention = self.block_out_channels, self.layers_per_block, set(
+            self.attention_levels)
+        temb = 4 * widths[0]
+
+        def resnet(c_in: int, c_out: int) -> int:
+            shortcut = c_in * c_out + c_out if c_in != c_out else 0
+            return (2 * c_in + 9 * c_in * c_out + c_out + temb * c_out + c_out + 2 * c_out
+                    + 9 * c_out * c_out + c_out + shortcut)
+
+        def attn(c: int) -> int:
+            return 4 * c * c + 6 * c
+
+        c_in = 2 * self.model_channels + 1
+        total = 9 * c_in * widths[0] + widths[0]  # conv_in
+        total += widths[0] * temb + temb + temb * temb + temb  # time embedding
+        total += (self.num_classes + 1) * temb  # class embedding, null class included
+        last = len(widths) - 1
+        previous = widths[0]
+        for i, width in enumerate(widths):  # down blocks
+            for k in range(layers):
+                total += resnet(previous if k == 0 else width, width)
+                total += attn(width) if i in attention else 0
+            total += 9 * width * width + width if i < last else 0  # downsample
+            previous = width
+        total += 2 * resnet(widths[-1], widths[-1]) + attn(widths[-1])  # mid block
+        reversed_widths = list(reversed(widths))
+        out = reversed_widths[0]
+        for j, width in enumerate(reversed_widths):  # up blocks
+            prev_out, out = out, width
+            skip_in = reversed_widths[min(j + 1, last)]
+            for k in range(layers + 1):
+                skip = skip_in if k == layers else out
+                total += resnet((prev_out if k == 0 else out) + skip, out)
+                total += attn(out) if (last - j) in attention else 0
+            total += 9 * out * out + out if j < last else 0  # upsample
+        total += 2 * widths[0] + 9 * widths[0] * self.model_channels + self.model_channels
+        return total
+
+    @property
     def sample_size(self) -> int:
         """Spatial side of the diffused tensor (pixels, or latent cells)."""
         return self.resolution // self.vae_scale_factor
@@ -248,6 +296,13 @@ class GeneratorConfig:
             raise ValueError(
                 f"attention_levels {self.attention_levels} out of range for "
                 f"{len(self.block_out_channels)} levels"
+            )
+        if self.unet_parameters > MAX_UNET_PARAMETERS:
+            raise ValueError(
+                f"block_out_channels {list(self.block_out_channels)} with "
+                f"{self.layers_per_block} layers per block make a UNet of "
+                f"{self.unet_parameters / 1e9:.1f} billion parameters; the limit is "
+                f"{MAX_UNET_PARAMETERS / 1e9:.0f} billion"
             )
         if not self.modes or len(set(self.modes)) != len(self.modes):
             raise ValueError(f"modes must be distinct and not empty, got {list(self.modes)}")

@@ -110,3 +110,28 @@ def test_a_config_written_before_prediction_type_loads_as_the_epsilon_model_it_w
     saved = GeneratorConfig(modes=("inpaint", "generate")).to_dict()
     del saved["prediction_type"]
     assert GeneratorConfig.from_dict(saved).prediction_type == "epsilon"
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        GeneratorConfig(),
+        GeneratorConfig(block_out_channels=(16, 32), attention_levels=()),
+        GeneratorConfig(resolution=64, channels=1, num_classes=2, layers_per_block=3,
+                        block_out_channels=(32, 64, 64, 128), attention_levels=(1, 2)),
+    ],
+)
+def test_unet_parameters_counts_the_model_build_unet_makes(config: GeneratorConfig) -> None:
+    import torch
+
+    from services.generator.model import build_unet
+
+    with torch.device("meta"):  # shapes only, no memory
+        built = sum(p.numel() for p in build_unet(config).parameters())
+    assert config.unet_parameters == built
+
+
+def test_a_unet_over_the_parameter_limit_is_refused_before_training() -> None:
+    with pytest.raises(ValueError, match=r"make a UNet of \d+\.\d billion parameters"):
+        GeneratorConfig(block_out_channels=(4096,) * 6, attention_levels=(0, 1, 2, 3, 4, 5),
+                        resolution=32)
