@@ -190,7 +190,8 @@ def _send_after_commit(session: Session, delivery_ids: list[uuid.UUID]) -> None:
 
 
 def _forget_pending(session: Session) -> None:
-    session.info.pop(_PENDING_SENDS, None)
+    if session.get_nested_transaction() is None:  # the whole transaction, not a savepoint
+        session.info.pop(_PENDING_SENDS, None)
 
 
 def attach_celery(factory: sessionmaker[Session], celery: Celery) -> None:
@@ -202,6 +203,10 @@ def attach_celery(factory: sessionmaker[Session], celery: Celery) -> None:
 def _send_pending(session: Session) -> None:
     """After commit: send each new delivery to the ``webhooks`` queue. A failed send is
     left to the reaper's sweep."""
+    if session.get_nested_transaction() is not None:
+        # SQLAlchemy calls this when a SAVEPOINT is released too (job_event's own): the
+        # rows are not visible to the worker until the enclosing transaction commits.
+        return
     delivery_ids = session.info.pop(_PENDING_SENDS, [])
     if not delivery_ids:
         return
