@@ -43,6 +43,7 @@ from shared.models import (
     SynthesisRequest,
     SyntheticImage,
     Tenant,
+    WebhookEndpoint,
 )
 from shared.settings import Settings
 from shared.storage import make_store
@@ -145,6 +146,7 @@ def add_owned_rows(api: LiveApi, tenant_id: uuid.UUID, marker: str) -> dict[str,
     """One row of every kind a path names, owned by ``tenant_id``: path param -> id."""
     ids = {name: uuid.uuid4() for name in ("dataset", "image", "generator", "synthesis")}
     ids |= {name: uuid.uuid4() for name in ("curated", "synthetic", "job", "experiment")}
+    ids["webhook"] = uuid.uuid4()
     store = make_store(api.settings)
     report_key = f"reports/{ids['experiment']}/report.html"
     store.put_bytes(report_key, f"<html>{marker}</html>".encode())
@@ -241,6 +243,13 @@ def add_owned_rows(api: LiveApi, tenant_id: uuid.UUID, marker: str) -> dict[str,
             config={"note": marker},
             report_key=report_key,
         ),
+        WebhookEndpoint(
+            id=ids["webhook"],
+            tenant_id=tenant_id,
+            url=f"https://{marker}.example.org/hook",
+            events=["job.succeeded"],
+            secret=f"whsec_{marker}",
+        ),
     ]
     with api.factory.begin() as session:
         for row in rows:  # in order: each row's foreign keys exist before it
@@ -253,6 +262,7 @@ def add_owned_rows(api: LiveApi, tenant_id: uuid.UUID, marker: str) -> dict[str,
         "image_id": ids["synthetic"],
         "job_id": ids["job"],
         "experiment_id": ids["experiment"],
+        "webhook_id": ids["webhook"],
     }
 
 
