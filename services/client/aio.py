@@ -49,6 +49,7 @@ from services.client._common import (
 from services.client.download import DownloadResult, PartialFile, RestartDownload
 from services.client.errors import Conflict, ServerError, ServerUnreachable
 from services.client.retry import RetryPolicy
+from services.webhooks.schemas import WebhookAttemptRead, WebhookCreated, WebhookRead
 
 
 class AsyncTailsynthClient:
@@ -80,6 +81,7 @@ class AsyncTailsynthClient:
         self.curated_sets = CuratedSets(self)
         self.synthetic_images = SyntheticImages(self)
         self.experiments = Experiments(self)
+        self.webhooks = Webhooks(self)
 
     async def close(self) -> None:
         await self.http.aclose()
@@ -393,3 +395,34 @@ class Experiments(_Group):
     async def report(self, experiment_id: ID) -> str:
         """``GET /v1/experiments/{id}/report``: the self-contained HTML report."""
         return (await self._client.send("GET", f"/v1/experiments/{experiment_id}/report")).text
+
+
+class Webhooks(_Group):
+    async def create(self, body: Body = None, **fields: Any) -> WebhookCreated:
+        """``POST /v1/webhooks`` (fields of ``WebhookCreate``: ``url``, ``events``): an
+        endpoint for every job of the tenant; the answer's ``secret``, shown only here,
+        verifies the signatures (:func:`services.client.verify_webhook`)."""
+        response = await self._client.send("POST", "/v1/webhooks", json=json_body(body, fields))
+        return parse(WebhookCreated, response)
+
+    async def list(self, *, limit: int = 50, offset: int = 0) -> Page[WebhookRead]:
+        """``GET /v1/webhooks``, newest first."""
+        params = {"limit": limit, "offset": offset}
+        response = await self._client.send("GET", "/v1/webhooks", params=params)
+        return parse(Page[WebhookRead], response)
+
+    async def get(self, webhook_id: ID) -> WebhookRead:
+        """``GET /v1/webhooks/{id}`` (the secret is not shown again)."""
+        return parse(WebhookRead, await self._client.send("GET", f"/v1/webhooks/{webhook_id}"))
+
+    async def delete(self, webhook_id: ID) -> None:
+        """``DELETE /v1/webhooks/{id}``: its pending deliveries are dropped."""
+        await self._client.send("DELETE", f"/v1/webhooks/{webhook_id}")
+
+    async def deliveries(
+        self, webhook_id: ID, *, limit: int = 50, offset: int = 0
+    ) -> Page[WebhookAttemptRead]:
+        """``GET /v1/webhooks/{id}/deliveries``: every attempt, newest first."""
+        params = {"limit": limit, "offset": offset}
+        path = f"/v1/webhooks/{webhook_id}/deliveries"
+        return parse(Page[WebhookAttemptRead], await self._client.send("GET", path, params=params))

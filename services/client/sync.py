@@ -49,6 +49,7 @@ from services.client._common import (
 from services.client.download import DownloadResult, PartialFile, RestartDownload
 from services.client.errors import Conflict, ServerError, ServerUnreachable
 from services.client.retry import RetryPolicy
+from services.webhooks.schemas import WebhookAttemptRead, WebhookCreated, WebhookRead
 
 
 class TailsynthClient:
@@ -80,6 +81,7 @@ class TailsynthClient:
         self.curated_sets = CuratedSets(self)
         self.synthetic_images = SyntheticImages(self)
         self.experiments = Experiments(self)
+        self.webhooks = Webhooks(self)
 
     def close(self) -> None:
         self.http.close()
@@ -408,3 +410,34 @@ class Experiments(_Group):
     def report(self, experiment_id: ID) -> str:
         """``GET /v1/experiments/{id}/report``: the self-contained HTML report."""
         return self._client.send("GET", f"/v1/experiments/{experiment_id}/report").text
+
+
+class Webhooks(_Group):
+    def create(self, body: Body = None, **fields: Any) -> WebhookCreated:
+        """``POST /v1/webhooks`` (fields of ``WebhookCreate``: ``url``, ``events``): an
+        endpoint for every job of the tenant; the answer's ``secret``, shown only here,
+        verifies the signatures (:func:`services.client.verify_webhook`)."""
+        response = self._client.send("POST", "/v1/webhooks", json=json_body(body, fields))
+        return parse(WebhookCreated, response)
+
+    def list(self, *, limit: int = 50, offset: int = 0) -> Page[WebhookRead]:
+        """``GET /v1/webhooks``, newest first."""
+        params = {"limit": limit, "offset": offset}
+        response = self._client.send("GET", "/v1/webhooks", params=params)
+        return parse(Page[WebhookRead], response)
+
+    def get(self, webhook_id: ID) -> WebhookRead:
+        """``GET /v1/webhooks/{id}`` (the secret is not shown again)."""
+        return parse(WebhookRead, self._client.send("GET", f"/v1/webhooks/{webhook_id}"))
+
+    def delete(self, webhook_id: ID) -> None:
+        """``DELETE /v1/webhooks/{id}``: its pending deliveries are dropped."""
+        self._client.send("DELETE", f"/v1/webhooks/{webhook_id}")
+
+    def deliveries(
+        self, webhook_id: ID, *, limit: int = 50, offset: int = 0
+    ) -> Page[WebhookAttemptRead]:
+        """``GET /v1/webhooks/{id}/deliveries``: every attempt, newest first."""
+        params = {"limit": limit, "offset": offset}
+        path = f"/v1/webhooks/{webhook_id}/deliveries"
+        return parse(Page[WebhookAttemptRead], self._client.send("GET", path, params=params))
