@@ -5,19 +5,15 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 
 from services.client import TailsynthClient
-from tests.fixtures.services import ManagedProcess, free_port, start_process
+from tests.fixtures.cli_server import create_key, start_cli_server
 
-CLI = [sys.executable, "-m", "services.cli"]
 # Small enough for seconds on a 2-core CPU; the flow is what these tests are about.
 FAST_POLL = {"poll_interval": 0.2, "max_poll_interval": 0.5}
 TINY_GENERATOR = {
@@ -56,13 +52,7 @@ class Live:
 
     def new_key(self, tenant: str) -> str:
         """A key of a tenant of its own: its lists see only what the test made."""
-        return subprocess.run(
-            [*CLI, "keys", "create", "--name", tenant, "--tenant", tenant],
-            capture_output=True,
-            text=True,
-            check=True,
-            env=self.env,
-        ).stdout.strip()
+        return create_key(self.env, tenant, "--tenant", tenant)
 
 
 @dataclass(frozen=True)
@@ -85,29 +75,8 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     }
     for name in ("TAILSYNTH_URL", "TAILSYNTH_API_KEY", "TAILSYNTH_MAX_RETRIES"):
         env.pop(name, None)
-    key = subprocess.run(
-        [*CLI, "keys", "create", "--name", "client-tests"],
-        capture_output=True,
-        text=True,
-        check=True,
-        env=env,
-    ).stdout.strip()
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-
-    def healthy(_: ManagedProcess) -> bool:
-        try:
-            return httpx.get(f"{url}/v1/health", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    serve = start_process(
-        [*CLI, "serve", "--port", str(port), "--data-dir", str(data_dir)],
-        data_dir / "serve.log",
-        env,
-        healthy,
-        timeout=120,
-    )
+    key = create_key(env, "client-tests")
+    serve, url = start_cli_server("serve", data_dir, env)
     try:
         yield Live(url, key, data_dir, weights_root, env)
     finally:

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from services.cli import EXIT_CODES_EPILOG, ExitCode
-from tests.client.conftest import CLI, TINY_GENERATOR, TINY_SYNTHESIS, Campaign, Live
+from tests.client.conftest import TINY_GENERATOR, TINY_SYNTHESIS, Campaign, Live
+from tests.fixtures.cli_server import CLI
 from tests.fixtures.services import free_port
 
 

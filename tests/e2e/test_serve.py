@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,53 +14,24 @@ import psutil
 import pytest
 
 from tests.fixtures.archives import build, samples
-from tests.fixtures.services import ManagedProcess, free_port, start_process
+from tests.fixtures.cli_server import CLI, cli_env, create_key, start_cli_server
 
 pytestmark = pytest.mark.e2e
-CLI = [sys.executable, "-m", "services.cli"]
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, Path]]:
     data_dir = tmp_path_factory.mktemp("serve")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    key = subprocess.run(
-        [*CLI, "keys", "create", "--name", "e2e", "--data-dir", str(data_dir)],
-        capture_output=True,
-        text=True,
-        check=True,
-        env=env,
-    ).stdout.strip()
-    serve, url = start_serve(data_dir)
+    key = create_key(cli_env(), "e2e", "--data-dir", str(data_dir))
+    serve, url = start_cli_server("serve", data_dir, cli_env())
     try:
         yield url, key, data_dir
     finally:
         serve.stop()  # stops its workers too (test_stopping_serve_stops_its_workers...)
 
 
-def start_serve(data_dir: Path) -> tuple[ManagedProcess, str]:
-    """``tailsynth serve`` on a free port, once it answers /v1/health; and its URL."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-
-    def healthy(_: ManagedProcess) -> bool:
-        try:
-            return httpx.get(f"{url}/v1/health", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    serve = start_process(
-        [*CLI, "serve", "--port", str(port), "--data-dir", str(data_dir)],
-        data_dir / "serve.log",
-        {**os.environ, "OMP_NUM_THREADS": "1"},
-        healthy,
-        timeout=120,
-    )
-    return serve, url
-
-
 def test_stopping_serve_stops_its_workers_and_their_pools(tmp_path: Path) -> None:
-    serve, _ = start_serve(tmp_path)
+    serve, _ = start_cli_server("serve", tmp_path, cli_env())
     try:
         spawned = psutil.Process(serve.process.pid).children(recursive=True)
         assert len([p for p in spawned if "celery" in " ".join(p.cmdline())]) >= 4
