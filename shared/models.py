@@ -174,6 +174,8 @@ class Job(TimestampMixin, Base):
 
 class Dataset(TimestampMixin, Base):
     __tablename__ = "datasets"
+    # GET /v1/datasets lists a tenant's datasets newest first.
+    __table_args__ = (Index("ix_datasets_tenant_created", "tenant_id", "created_at"),)
     id: Mapped[uuid.UUID] = _uuid_pk()
     tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
     name: Mapped[str] = mapped_column(String(200))
@@ -273,6 +275,14 @@ class SyntheticImage(TimestampMixin, Base):
     __table_args__ = (
         # A re-delivered generation task writes the same (request, index) again: no duplicate.
         UniqueConstraint("synthesis_id", "index_in_request"),
+        # A curated set's archive reads its kept images by keyset in manifest order.
+        Index(
+            "ix_synthetic_images_curated_order",
+            "curated_set_id",
+            "label",
+            "index_in_request",
+            "id",
+        ),
     )
     id: Mapped[uuid.UUID] = _uuid_pk()
     tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
@@ -322,6 +332,8 @@ class OodScore(TimestampMixin, Base):
 
 class Experiment(TimestampMixin, Base):
     __tablename__ = "experiments"
+    # GET /v1/experiments lists a tenant's experiments newest first.
+    __table_args__ = (Index("ix_experiments_tenant_created", "tenant_id", "created_at"),)
     id: Mapped[uuid.UUID] = _uuid_pk()
     tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
     dataset_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("datasets.id"))

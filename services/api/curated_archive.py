@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import zipstream.ng
-from sqlalchemy import select, tuple_
+from sqlalchemy import Select, select, tuple_
 from sqlalchemy.orm import Session, sessionmaker
 from zipstream import ZipStream
 
@@ -128,19 +128,28 @@ def _scores_by_image(
     return scores
 
 
+def kept_page_query(
+    curated_set_id: uuid.UUID, after: tuple[str, int, uuid.UUID] | None, limit: int
+) -> Select[SyntheticImage]:
+    """The next ``limit`` kept images after ``after`` in manifest order: an index range
+    scan on ``ix_synthetic_images_curated_order``, whatever the table's size."""
+    order = (SyntheticImage.label, SyntheticImage.index_in_request, SyntheticImage.id)
+    query = select(SyntheticImage).where(SyntheticImage.curated_set_id == curated_set_id)
+    if after is not None:
+        query = query.where(tuple_(*order) > tuple_(*after))
+    return query.order_by(*order).limit(limit)
+
+
 def kept_batches(
     sessions: sessionmaker[Session], curated_set_id: uuid.UUID, batch_rows: int | None = None
 ) -> Iterator[list[KeptImage]]:
     """The curated set's images in manifest order (label, request index), at most
     ``batch_rows`` at a time, each batch read by keyset in a short session of its own."""
-    order = (SyntheticImage.label, SyntheticImage.index_in_request, SyntheticImage.id)
     after: tuple[str, int, uuid.UUID] | None = None
     while True:
-        query = select(SyntheticImage).where(SyntheticImage.curated_set_id == curated_set_id)
-        if after is not None:
-            query = query.where(tuple_(*order) > tuple_(*after))
+        query = kept_page_query(curated_set_id, after, batch_rows or BATCH_ROWS)
         with sessions() as session:
-            images = list(session.scalars(query.order_by(*order).limit(batch_rows or BATCH_ROWS)))
+            images = list(session.scalars(query))
             if not images:
                 return
             scores = _scores_by_image(session, [image.id for image in images])
