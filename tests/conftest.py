@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 import redis
 from fastapi.testclient import TestClient
@@ -22,12 +21,12 @@ from shared.db import make_engine, make_session_factory, session_scope
 from shared.migrate import upgrade
 from shared.settings import Settings
 from tests.fixtures.services import (
-    PG_DSN,
     REDIS_URL,
     ManagedProcess,
     require,
     start_moto,
     start_worker,
+    temporary_schema,
     wait_for,
 )
 
@@ -121,18 +120,9 @@ def local_api(local_settings: Settings) -> Iterator[ApiHarness]:
 
 @pytest.fixture(scope="session")
 def pg_schema_url() -> Iterator[str]:
-    """A fresh Postgres schema for this test session, migrated to head."""
-    plain = PG_DSN.replace("postgresql+psycopg://", "postgresql://")
-    require("Postgres", lambda: psycopg.connect(plain, connect_timeout=3).close())
-    schema = f"ts_test_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(plain, autocommit=True) as conn:
-        conn.execute(f'CREATE SCHEMA "{schema}"')
-    url = f"{PG_DSN}?options=-csearch_path%3D{schema}"
-    try:
+    """A fresh Postgres schema for this test session (migrated by ``service_settings``)."""
+    with temporary_schema("ts_test_") as url:
         yield url
-    finally:
-        with psycopg.connect(plain, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 
-import psycopg
 import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
@@ -16,24 +15,18 @@ from sqlalchemy import Engine, create_engine, text
 from services.api.curated_archive import kept_page_query
 from shared.migrate import alembic_config, upgrade
 from shared.models import Base
-from tests.fixtures.services import PG_DSN, require
+from tests.fixtures.services import temporary_schema
 
 
 @pytest.fixture
 def fresh_engine() -> Iterator[Engine]:
     """An engine on a new, empty Postgres schema, dropped afterwards."""
-    plain = PG_DSN.replace("postgresql+psycopg://", "postgresql://")
-    require("Postgres", lambda: psycopg.connect(plain, connect_timeout=3).close())
-    schema = f"ts_migrate_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(plain, autocommit=True) as conn:
-        conn.execute(f'CREATE SCHEMA "{schema}"')
-    engine = create_engine(f"{PG_DSN}?options=-csearch_path%3D{schema}")
-    try:
-        yield engine
-    finally:
-        engine.dispose()
-        with psycopg.connect(plain, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+    with temporary_schema("ts_migrate_") as url:
+        engine = create_engine(url)
+        try:
+            yield engine
+        finally:
+            engine.dispose()
 
 
 def drift(engine: Engine) -> list[object]:
