@@ -9,8 +9,9 @@ rejections per candidate), and the accuracy of the real-data probe classifier â€
 model the filter shares with the generator's quality probe â€” on the kept images and on
 the real validation images. It writes a PNG grid per class (rows: real training images,
 kept candidates, rejected candidates with their reason) and, unless ``--no-experiment``,
-runs ce / weighted_ce / logit_adjusted / curated + logit_adjusted over ``--seeds`` seeds
-and prints each tail class's recall gain with its paired 95 % interval. A second run with
+runs ce, every other non-generative baseline (``--baselines``), the curated set and
+curated + logit_adjusted over ``--seeds`` seeds and prints each class's recall gain of
+the best curated arm over the best baseline with its paired 95 % interval. A second run with
 ``--dataset-id`` / ``--generator-id`` reuses what the first one made, so guidance can
 be swept on one generator (``--classes DF,VASC --guidance-scale 3 --tail-guidance-scale
 none``)::
@@ -33,7 +34,10 @@ from grids import candidates_of, database, pixels, write_grids
 
 from services.client import TailsynthClient
 from services.demo import DemoPlan, embedded_server, ingest_demo, run_experiment, train_generator
+from shared.experiments import BASELINE_ARMS, REFERENCE_ARM
 from shared.synthesis import TAIL_TRAIN_IMAGES
+
+ALL_BASELINES = tuple(name for name in BASELINE_ARMS if name != REFERENCE_ARM)
 
 
 def main() -> None:
@@ -56,6 +60,12 @@ def main() -> None:
     )
     parser.add_argument("--classes", help="comma-separated classes to ask for (default: all)")
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument(
+        "--baselines",
+        default=",".join(ALL_BASELINES),
+        help="comma-separated non-generative arms beside ce (default: every one the API has, "
+        "so the curated arms meet the best of them)",
+    )
     parser.add_argument("--no-experiment", action="store_true")
     parser.add_argument("--dataset-id", help="reuse a dataset of an earlier run in --data-dir")
     parser.add_argument("--generator-id", help="reuse a generator of an earlier run")
@@ -70,6 +80,7 @@ def main() -> None:
         experiment_seeds=args.seeds,
         experiment_epochs=8,
         experiment_min_steps=300,
+        baseline_arms=tuple(args.baselines.split(",")) if args.baselines else (),
     )
     args.data_dir.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
