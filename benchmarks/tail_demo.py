@@ -59,6 +59,12 @@ def main() -> None:
         "the API's; 'none': --guidance-scale for every class, as before the tail rule)",
     )
     parser.add_argument("--classes", help="comma-separated classes to ask for (default: all)")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="draws the demo set and seeds the generator and synthesis (a replication: 1)",
+    )
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument(
         "--baselines",
@@ -74,6 +80,7 @@ def main() -> None:
 
     plan = DemoPlan(
         total=args.total,
+        seed=args.seed,
         imbalance=args.imbalance,
         min_per_class=args.min_per_class,
         train_steps=args.train_steps,
@@ -116,6 +123,7 @@ def main() -> None:
                     **tail_guidance(args.tail_guidance_scale),
                 },
                 "background_policy": plan.background_policy,
+                "seed": args.seed,
                 "filter": {
                     "classifier_epochs": plan.classifier_epochs,
                     "classifier_min_steps": plan.classifier_min_steps,
