@@ -7,13 +7,12 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import Engine, create_engine, text
 
 from services.api.curated_archive import kept_page_query
-from shared.migrate import alembic_config, upgrade
+from shared.migrate import downgrade, upgrade
 from shared.models import Base
 from tests.fixtures.services import temporary_schema
 
@@ -42,10 +41,7 @@ def test_head_matches_the_models_and_the_last_migration_round_trips(
     upgrade(fresh_engine)
     assert drift(fresh_engine) == []
 
-    config = alembic_config(fresh_engine.url.render_as_string(hide_password=False))
-    with fresh_engine.begin() as connection:
-        config.attributes["connection"] = connection
-        command.downgrade(config, "-1")
+    downgrade(fresh_engine, "-1")
     missing = drift(fresh_engine)
     assert missing, "downgrading the last migration changed nothing the models declare"
 
