@@ -33,8 +33,7 @@ from services.demo import (
     synthesize,
     train_generator,
 )
-
-BASELINES = ("weighted_ce", "balanced_sampler", "focal", "logit_adjusted", "balanced_softmax")
+from shared.experiments import OTHER_BASELINES
 
 
 def fmt(value: dict[str, float]) -> str:
@@ -134,7 +133,7 @@ def main() -> None:
         experiment_image_size=args.image_size,
         experiment_epochs=args.epochs,
         experiment_seeds=args.seeds,
-        baseline_arms=BASELINES,
+        baseline_arms=OTHER_BASELINES,
     )
     args.data_dir.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
@@ -175,7 +174,7 @@ def main() -> None:
             curated_id,
             folds=args.folds,
             arms=[
-                *BASELINES,
+                *OTHER_BASELINES,
                 {"curated_set_ids": [curated_id], "synthetic_ratio_cap": args.ratio_cap},
                 *(
                     {

@@ -34,10 +34,8 @@ from grids import candidates_of, database, pixels, write_grids
 
 from services.client import TailsynthClient
 from services.demo import DemoPlan, embedded_server, ingest_demo, run_experiment, train_generator
-from shared.experiments import BASELINE_ARMS, REFERENCE_ARM
+from shared.experiments import OTHER_BASELINES
 from shared.synthesis import TAIL_TRAIN_IMAGES
-
-ALL_BASELINES = tuple(name for name in BASELINE_ARMS if name != REFERENCE_ARM)
 
 
 def main() -> None:
@@ -68,7 +66,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument(
         "--baselines",
-        default=",".join(ALL_BASELINES),
+        default=",".join(OTHER_BASELINES),
         help="comma-separated non-generative arms beside ce (default: every one the API has, "
         "so the curated arms meet the best of them)",
     )

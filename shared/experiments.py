@@ -34,6 +34,8 @@ BASELINE_ARMS: dict[str, tuple[str, bool]] = {
 }
 LOSSES = ("ce", "weighted_ce", "focal", "logit_adjusted", "balanced_softmax")
 REFERENCE_ARM = "ce"
+#: Every baseline an experiment may ask for; the reference arm runs in any case.
+OTHER_BASELINES = tuple(name for name in BASELINE_ARMS if name != REFERENCE_ARM)
 
 
 @dataclass(frozen=True)
