@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from grids import candidates_of, database, pixels
+from grids import candidates_of, database, pixels, real_rows
 
 from services.ood_filter.hashing import hamming_distances, perceptual_hashes
 from services.ood_filter.records import Reason
@@ -76,15 +76,16 @@ def main() -> None:
         real_features = classifier.features(real_images) if len(real_images) else None
         features = classifier.features(pool.images)
         predicted = classifier.predict_proba(pool.images).argmax(axis=1)
-        hashes = perceptual_hashes(pool.images, all_orientations=False)[:, 0]
+        hashes = phashes(pool.images)
+        real_hashes = phashes(real_images)
         entry: dict[str, Any] = {
             "asked": pool.asked,
             "candidates": len(pool.combined),
             "passed_thresholds": sum(r in PASSED for r in pool.reasons),
             "distinct_backgrounds": len(np.unique(pool.backgrounds[pool.backgrounds >= 0])),
             "real_train_images": len(real_images),
-            "real_pairs_within": real_pairs_within(real_images, bits),
-            "real_median_nearest_phash_bits": median_nearest_bits(real_images),
+            "real_pairs_within": real_pairs_within(real_hashes, bits),
+            "real_median_nearest_phash_bits": median_nearest_bits(real_hashes),
             "settings": [],
         }
         real_spread = spread(real_features) if real_features is not None else None
@@ -118,7 +119,7 @@ def load(
     """The probe classifier, every class's candidate pool, and the real training images."""
     from sqlalchemy import select
 
-    from shared.models import Generator, OodScore, RealImage, Split, SynthesisRequest
+    from shared.models import Generator, OodScore, Split, SynthesisRequest
 
     with database(data_dir)() as session:
         request = session.get(SynthesisRequest, uuid.UUID(synthesis_id))
@@ -132,13 +133,7 @@ def load(
                 )
             ).all()
         )
-        real_rows = list(
-            session.scalars(
-                select(RealImage).where(
-                    RealImage.dataset_id == request.dataset_id, RealImage.split == Split.TRAIN
-                )
-            )
-        )
+        dataset_id = request.dataset_id
         counts = {name: int(n) for name, n in request.counts.items()}
         classifier_key = generator.quality["classifier_key"]
     classifier = ImageClassifier.load(data_dir / "cache" / classifier_key)
@@ -170,7 +165,7 @@ def load(
             )
         )
     real: dict[str, list[np.ndarray]] = {}
-    for r in real_rows:
+    for r in real_rows(data_dir, dataset_id, Split.TRAIN):
         if r.label in by_class:
             real.setdefault(r.label, []).append(pixels(data_dir, r.object_key, size))
     return classifier, pools, {label: np.stack(images) for label, images in real.items()}
@@ -210,7 +205,7 @@ def kept_figures(
         "kept": int(kept.sum()),
         "backgrounds_used": len(per_background),
         "most_on_one_background": int(per_background.max()) if len(per_background) else 0,
-        "median_nearest_phash_bits": median_nearest_bits(pool.images[kept]),
+        "median_nearest_phash_bits": median_nearest_bits(hashes[kept]),
         "spread_vs_real": None
         if kept_spread is None or not real_spread
         else kept_spread / real_spread,
@@ -228,20 +223,25 @@ def spread(features: np.ndarray) -> float | None:
     return float(np.sqrt(np.clip(d2[upper], 0, None)).mean())
 
 
-def real_pairs_within(images: np.ndarray, bits: list[int | None]) -> dict[str, float | None]:
-    """Per setting, the share of distinct real image pairs within that many pHash bits."""
-    if len(images) < 2:
+def phashes(images: np.ndarray) -> np.ndarray:
+    """(N,) uint64 pHashes of the images as given, as the filter hashes candidates."""
+    if len(images) == 0:
+        return np.empty(0, dtype=np.uint64)
+    return perceptual_hashes(images, all_orientations=False)[:, 0]
+
+
+def real_pairs_within(hashes: np.ndarray, bits: list[int | None]) -> dict[str, float | None]:
+    """Per setting, the share of distinct image pairs within that many pHash bits."""
+    if len(hashes) < 2:
         return {str(b): None for b in bits}
-    hashes = perceptual_hashes(images, all_orientations=False)[:, 0]
-    distances = hamming_distances(hashes, hashes)[np.triu_indices(len(images), k=1)]
+    distances = hamming_distances(hashes, hashes)[np.triu_indices(len(hashes), k=1)]
     return {str(b): None if b is None else float(np.mean(distances <= b)) for b in bits}
 
 
-def median_nearest_bits(images: np.ndarray) -> float | None:
+def median_nearest_bits(hashes: np.ndarray) -> float | None:
     """Median pHash distance from each image to its nearest other one (None below two)."""
-    if len(images) < 2:
+    if len(hashes) < 2:
         return None
-    hashes = perceptual_hashes(images, all_orientations=False)[:, 0]
     distances = hamming_distances(hashes, hashes).astype(float)
     np.fill_diagonal(distances, np.inf)
     return float(np.median(distances.min(axis=1)))

@@ -45,6 +45,23 @@ def candidates_of(data_dir: Path, synthesis_id: str) -> list[Any]:
         )
 
 
+def real_rows(data_dir: Path, dataset_id: str | uuid.UUID, *splits: Any) -> list[Any]:
+    """The real images (``RealImage`` rows) of a dataset in the given ``Split``s."""
+    from sqlalchemy import select
+
+    from shared.models import RealImage
+
+    with database(data_dir)() as session:
+        return list(
+            session.scalars(
+                select(RealImage).where(
+                    RealImage.dataset_id == uuid.UUID(str(dataset_id)),
+                    RealImage.split.in_(splits),
+                )
+            )
+        )
+
+
 def pixels(data_dir: Path, key: str, size: int = TILE) -> np.ndarray:
     """A stored image as (size, size, 3) uint8 (grayscale repeated into RGB)."""
     return _tile(decode_image((data_dir / "objects" / key).read_bytes()).pixels, size)
@@ -77,18 +94,9 @@ def write_grids(
     data_dir: Path, dataset_id: str, synthesis_id: str, classes: list[str], name: str
 ) -> Path:
     """One PNG: per class three rows — real train images, kept, rejected (with reason)."""
-    from sqlalchemy import select
+    from shared.models import Split
 
-    from shared.models import RealImage, Split
-
-    with database(data_dir)() as session:
-        real = list(
-            session.scalars(
-                select(RealImage).where(
-                    RealImage.dataset_id == uuid.UUID(dataset_id), RealImage.split == Split.TRAIN
-                )
-            )
-        )
+    real = real_rows(data_dir, dataset_id, Split.TRAIN)
     candidates = candidates_of(data_dir, synthesis_id)
     rows: list[tuple[str, list[np.ndarray]]] = []
     for label in classes:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from grids import candidates_of, database, pixels
+from grids import candidates_of, database, pixels, real_rows
 
 from services.trainer.classifier import ClassifierConfig, train_classifier
 
@@ -96,23 +96,14 @@ def real_images(
     data_dir: Path, synthesis_id: str, size: int
 ) -> dict[str, list[tuple[np.ndarray, str]]]:
     """The synthesis's dataset's real train and val images (never test) with labels."""
-    from sqlalchemy import select
-
-    from shared.models import RealImage, Split, SynthesisRequest
+    from shared.models import Split, SynthesisRequest
 
     with database(data_dir)() as session:
         request = session.get(SynthesisRequest, uuid.UUID(synthesis_id))
         assert request is not None, f"no synthesis {synthesis_id} in {data_dir}"
-        rows = list(
-            session.scalars(
-                select(RealImage).where(
-                    RealImage.dataset_id == request.dataset_id,
-                    RealImage.split.in_([Split.TRAIN, Split.VAL]),
-                )
-            )
-        )
+        dataset_id = request.dataset_id
     split: dict[str, list[tuple[np.ndarray, str]]] = {"train": [], "val": []}
-    for row in rows:
+    for row in real_rows(data_dir, dataset_id, Split.TRAIN, Split.VAL):
         assert row.split is not None
         split[row.split.value].append((pixels(data_dir, row.object_key, size), row.label))
     return split
